@@ -1,0 +1,57 @@
+# make demo : set up (once) and run the main job.   make test : set up (once) and run the tests.
+# Set-up installs the CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.qpolicy-installed
+SHARED := $(abspath ../shared)
+
+# Data and weights resolve through QPOLICY_HOME; point it at ../shared when that exists and nothing else is set.
+ifeq ($(strip $(QPOLICY_HOME)),)
+ifneq ($(wildcard $(SHARED)/models),)
+export QPOLICY_HOME := $(SHARED)
+endif
+endif
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/qpolicy inspect --model resnet20
+	$(VENV)/bin/qpolicy evaluate --model resnet20
+	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4 --save-policy runs/demo/w4a4.json
+	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/w4a4.json --calib minmax --no-bn-reestimate
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: bench-ptq bench-overhead bench-qat
+
+bench-ptq: $(STAMP)
+	$(PY) benchmarks/uniform_ptq.py
+
+bench-overhead: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+bench-qat: $(STAMP)
+	$(PY) benchmarks/qat_w3a4.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

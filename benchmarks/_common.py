@@ -1,0 +1,70 @@
+"""Shared helpers of the benchmark scripts: machine/version record and JSON + markdown output."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import qpolicy
+from qpolicy._io import atomic_write, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "qpolicy": qpolicy.__version__,
+    }
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def write(name: str, payload: dict[str, Any], table: str, notes: str = "") -> None:
+    """Write results/<name>.json and results/<name>.md with the machine, versions and command."""
+    meta = {"benchmark": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command(), "machine": machine()}
+    write_json(RESULTS / f"{name}.json", {**meta, **payload})
+    m = meta["machine"]
+    md = (f"# {name}\n\n{notes}\n\n{table}\n\n"
+          f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
+          f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+          f"CUDA: {m['cuda'] or 'none'}  \nVersions: python {m['python']}, torch {m['torch']}, "
+          f"qpolicy {m['qpolicy']}\n")
+    with atomic_write(RESULTS / f"{name}.md") as f:
+        f.write(md)
+    print(md)
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

@@ -1,0 +1,271 @@
+"""The ``qpolicy`` command line: thin subcommands over the public API.
+
+Every error a user can cause prints one line ``qpolicy: error: ...`` and exits with status 2 (130 on Ctrl-C);
+nothing is left half-written, since every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+log = logging.getLogger("qpolicy")
+EXIT_USAGE = 2
+
+
+def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    p.add_argument("--model", required=True, help="zoo name (see `qpolicy models`) or package.module:factory")
+    p.add_argument("--weights-dir", help="folder with pretrained weight files (default: $QPOLICY_HOME/models)")
+    p.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
+    p.add_argument("--input-shape", help="per-sample input shape C,H,W for models outside the zoo")
+    if data:
+        p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+        p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+        p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of this many test images")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
+
+
+def _add_policy(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--uniform", metavar="SPEC", help="uniform policy, e.g. w4a8 (f = float)")
+    g.add_argument("--policy", metavar="FILE", help="policy JSON file")
+    p.add_argument("--first-last", default="8", help="bits of the first and last layer for --uniform: 2..8, "
+                   "'same' or 'float' (default 8)")
+    p.add_argument("--calib", default="mse", help="clipping for weights and activations: minmax, percentile, mse, "
+                   "or WEIGHT/ACT such as mse/percentile (default mse)")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches of 128 train images")
+    p.add_argument("--no-bn-reestimate", action="store_true", help="skip re-estimating BatchNorm statistics")
+    p.add_argument("--save-policy", metavar="FILE", help="also write the policy used to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and of training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qpolicy", description="Mixed-precision quantization policies for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"qpolicy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("inspect", help="table of quantizable layers: name, kind, params, MACs, shapes")
+    _add_common(p, data=False)
+
+    p = sub.add_parser("evaluate", help="top-1 and costs of the float model or a policy (PTQ)")
+    _add_common(p)
+    _add_policy(p)
+
+    p = sub.add_parser("finetune", help="quantization-aware fine-tuning under a policy (checkpointed, resumable)")
+    _add_common(p)
+    _add_policy(p, required=True)
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, policy.json, result.json")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--train-batch-size", type=int, default=128)
+    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    return parser
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    from .errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be integers like 3,32,32, got {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ConfigError(f"--input-shape must be positive integers like 3,32,32, got {text!r}")
+    return shape
+
+
+def _load_model(args: argparse.Namespace):
+    from . import models
+    from .errors import UnknownNameError
+
+    shape = _shape(args.input_shape)
+    if ":" in args.model:
+        model = models.from_reference(args.model)
+    elif args.model in models.REGISTRY:
+        model = models.load(args.model, pretrained=not args.random_init, weights_dir=args.weights_dir)
+    else:
+        raise UnknownNameError("model", args.model, models.names())
+    if shape is not None:
+        model.input_shape = shape
+    return model
+
+
+def _calib_config(args: argparse.Namespace):
+    from .quant.fake_quant import CalibConfig
+
+    w, _, a = args.calib.partition("/")
+    return CalibConfig(weight_method=w, act_method=a or w, batches=args.calib_batches, seed=args.seed,
+                       bn_reestimate=not args.no_bn_reestimate)
+
+
+def _check_policy_args(args: argparse.Namespace) -> None:
+    """Fail on a bad spec, first/last rule or calibration choice before any model or data is loaded."""
+    from .policy import _first_last_bits, parse_uniform_spec
+
+    if args.uniform:
+        _first_last_bits(args.first_last, parse_uniform_spec(args.uniform))
+    _calib_config(args)
+
+
+def _policy(args: argparse.Namespace, model):
+    from .policy import Policy, uniform_policy
+
+    if args.policy:
+        policy = Policy.load(args.policy)
+        policy.validate(model)
+        return policy
+    if args.uniform:
+        return uniform_policy(model, args.uniform, first_last=args.first_last, model_name=args.model)
+    return None
+
+
+def _loaders(args: argparse.Namespace, *, calib: bool):
+    from . import data
+
+    test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
+    cal = data.calib_loader("cifar10", batches=args.calib_batches, seed=args.seed, data_dir=args.data_dir) if calib else None
+    return test, cal
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj, indent=2) if args.json else text)
+
+
+def _policy_label(policy) -> str:
+    if policy is None:
+        return "float"
+    prov = policy.provenance
+    if prov.get("method") == "uniform":
+        return f"uniform {prov.get('spec')} (first/last: {prov.get('first_last')})"
+    return f"{prov.get('method', 'policy')}"
+
+
+# ---- commands ----------------------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    rows = [models.spec(n) for n in models.names()]
+    obj = {"models": [{"name": s.name, "dataset": s.dataset, "input_shape": list(s.input_shape),
+                       "pretrained": bool(s.weights), "weights": s.weights, "url": s.url,
+                       "reference_top1": s.reference_top1, "description": s.description} for s in rows]}
+    lines = [f"{'name':<18} {'dataset':<9} {'input':<12} {'weights':<24} description"]
+    for s in rows:
+        lines.append(f"{s.name:<18} {s.dataset:<9} {'x'.join(map(str, s.input_shape)):<12} "
+                     f"{s.weights or '-':<24} {s.description}")
+    _emit(args, obj, "\n".join(lines))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .layers import quantizable_layers
+
+    model = _load_model(args)
+    layers = quantizable_layers(model)
+    obj = {"model": args.model, "layers": [li.to_dict() for li in layers],
+           "total": {"params": sum(li.params for li in layers), "macs": sum(li.macs for li in layers)}}
+    lines = [f"{'#':>3} {'name':<28} {'kind':<9} {'params':>9} {'MACs':>11} {'input':<14} output"]
+    for i, li in enumerate(layers):
+        fmt = lambda s: "x".join(map(str, s)) if s else "-"  # noqa: E731
+        lines.append(f"{i:>3} {li.name:<28} {li.kind:<9} {li.params:>9,} {li.macs:>11,} {fmt(li.in_shape):<14} "
+                     f"{fmt(li.out_shape)}")
+    lines.append(f"{len(layers)} quantizable layers, {obj['total']['params']:,} weights, "
+                 f"{obj['total']['macs'] / 1e6:.2f} M MACs per sample")
+    _emit(args, obj, "\n".join(lines))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate_policy
+
+    _check_policy_args(args)
+    model = _load_model(args)
+    policy = _policy(args, model)
+    calib_config = _calib_config(args) if policy is not None else None
+    test, cal = _loaders(args, calib=policy is not None)
+    res = evaluate_policy(model, policy, test=test, calib=cal, calib_config=calib_config, device=args.device)
+    if args.save_policy and policy is not None:
+        policy.save(args.save_policy)
+    a = res.accuracy
+    obj = {"model": args.model, "policy_label": _policy_label(policy), "top1": a.top1, "loss": a.loss,
+           "correct": a.correct, "total": a.total, "eval_seconds": a.seconds, "calib_seconds": res.calib_seconds,
+           "calib": calib_config.to_dict() if calib_config else None, "cost": res.cost.to_dict(per_layer=False),
+           "policy": res.policy.to_dict()}
+    text = (f"{args.model} | {_policy_label(policy)}"
+            + (f" | calib {args.calib}, {args.calib_batches} batches, {res.calib_seconds:.1f} s" if policy else "")
+            + f"\ntop-1 {a.top1:.2f}% ({a.correct}/{a.total}), loss {a.loss:.4f}, {a.seconds:.1f} s"
+            + f"\n{res.cost.summary()}")
+    _emit(args, obj, text)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import data
+    from .pipeline import finetune_policy
+    from .qat.finetune import FinetuneConfig
+
+    _check_policy_args(args)
+    config = FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                            checkpoint_every=args.checkpoint_every, seed=args.seed)
+    model = _load_model(args)
+    policy = _policy(args, model)
+    test, cal = _loaders(args, calib=True)
+    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit,
+                        seed=args.seed, data_dir=args.data_dir)
+    run, _ = finetune_policy(model, policy, train=train, test=test, calib=cal, out_dir=args.out, config=config,
+                             calib_config=_calib_config(args), resume=args.resume, device=args.device)
+    f = run.finetune
+    resumed = f" (resumed from epoch {f.resumed_from['epoch']} step {f.resumed_from['step']})" if f.resumed_from else ""
+    spe = f"{f.seconds_per_epoch:.1f} s/epoch" if f.seconds_per_epoch else f"{f.seconds:.1f} s"
+    text = (f"{args.model} | {_policy_label(policy)} | {f.epochs} epoch(s){resumed}, {spe}\n"
+            f"top-1 before {run.before.top1:.2f}% -> after {run.after.top1:.2f}%\n"
+            f"wrote {Path(args.out) / 'result.json'}, {Path(args.out) / 'policy.json'}, {f.checkpoint}")
+    _emit(args, run.to_dict(), text)
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    from . import progress
+    from .errors import QPolicyError
+
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    if getattr(args, "quiet", False):
+        progress.set_enabled(False)
+    try:
+        return COMMANDS[args.command](args)
+    except QPolicyError as e:
+        print(f"qpolicy: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qpolicy: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
+        return 130
+    finally:
+        progress.set_enabled(None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Quantizable-layer discovery: which layers a policy covers, and their sizes measured by one traced forward."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["LayerInfo", "quantizable_modules", "quantizable_layers", "model_input_shape"]
+
+QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerInfo:
+    """One quantizable layer.
+
+    Attributes:
+        name: Module name in ``model.named_modules()``; the key of the layer in a policy.
+        kind: "conv", "depthwise", "grouped" or "linear".
+        params: Number of weight elements (the bias is kept in float and not counted).
+        macs: Multiply-accumulates per input sample, summed over every call in the traced forward.
+        in_shape: Input shape of the first call, without the batch dimension (``None`` if never called).
+        out_shape: Output shape of the first call, without the batch dimension.
+        order: Position in execution order (layers never called come last, in definition order).
+    """
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+    in_shape: tuple[int, ...] | None
+    out_shape: tuple[int, ...] | None
+    order: int
+
+    @property
+    def act_elems(self) -> int:
+        """Input activation elements per sample (what an activation quantizer sees)."""
+        return math.prod(self.in_shape) if self.in_shape else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["in_shape"] = list(self.in_shape) if self.in_shape else None
+        d["out_shape"] = list(self.out_shape) if self.out_shape else None
+        return d
+
+
+def quantizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` for every Conv2d and Linear in definition order (no forward pass)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES) and n]
+
+
+def _kind(m: nn.Module) -> str:
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if m.groups == 1:
+        return "conv"
+    if m.groups == m.in_channels and m.groups == m.out_channels:
+        return "depthwise"
+    return "grouped"
+
+
+def _macs(m: nn.Module, out: torch.Tensor) -> int:
+    per_out = math.prod(out.shape[1:])  # output elements per sample
+    if isinstance(m, nn.Linear):
+        return per_out * m.in_features
+    kh, kw = m.kernel_size
+    return per_out * (m.in_channels // m.groups) * kh * kw
+
+
+def model_input_shape(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The per-sample input shape: the argument, else the model's ``input_shape`` attribute (zoo models)."""
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError(
+            "the model's input shape is unknown: pass input_shape=(C, H, W) (CLI: --input-shape C,H,W) "
+            "or set model.input_shape"
+        )
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise ConfigError(f"input_shape must be positive integers, got {shape}")
+    return shape
+
+
+def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[LayerInfo]:
+    """Every quantizable layer with its size, MACs and shapes, from one forward pass of a single sample.
+
+    The model is left as it was: same parameters, buffers and train/eval mode (the pass runs in eval mode
+    under ``torch.no_grad`` and the hooks are removed in ``finally``).
+
+    Returns:
+        Layers in execution order.
+    """
+    shape = model_input_shape(model, input_shape)
+    modules = quantizable_modules(model)
+    seen: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+
+    def make_hook(name: str):
+        def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            rec = seen.get(name)
+            if rec is None:
+                order.append(name)
+                seen[name] = {"in": tuple(inputs[0].shape[1:]), "out": tuple(out.shape[1:]), "macs": 0}
+                rec = seen[name]
+            rec["macs"] += _macs(mod, out)
+
+        return hook
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules]
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+
+    rank = {n: i for i, n in enumerate(order)}
+    unreached = [n for n, _ in modules if n not in rank]
+    for i, n in enumerate(unreached):
+        rank[n] = len(order) + i
+    infos = []
+    for n, m in modules:
+        rec = seen.get(n)
+        infos.append(
+            LayerInfo(
+                name=n,
+                kind=_kind(m),
+                params=m.weight.numel(),
+                macs=rec["macs"] if rec else 0,
+                in_shape=rec["in"] if rec else None,
+                out_shape=rec["out"] if rec else None,
+                order=rank[n],
+            )
+        )
+    return sorted(infos, key=lambda li: li.order)

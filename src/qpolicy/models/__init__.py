@@ -1,0 +1,184 @@
+"""The model zoo: a registry of names -> constructors and pretrained weight files.
+
+Weights are found in ``--weights-dir`` > ``$QPOLICY_HOME/models`` > ``~/.cache/qpolicy/models``, checked against
+the sha256 prefix in their file name (``resnet20-12fca82f.th``), and downloaded from the canonical URL when
+missing. A user model is any ``nn.Module``, or from the CLI a ``package.module:factory`` reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError, WeightsError, first_line
+from ..paths import download, models_dir, sha256_file
+from ..registry import Registry
+from .mobilenetv2 import mobilenetv2
+from .resnet_cifar import cifar_resnet
+
+__all__ = ["ModelSpec", "REGISTRY", "register", "names", "spec", "load", "load_weights", "resolve_weights",
+           "from_reference"]
+
+log = logging.getLogger(__name__)
+_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A zoo entry.
+
+    Attributes:
+        name: Registry name.
+        factory: Builds the model with random weights.
+        input_shape: Per-sample input shape (C, H, W).
+        dataset: The data set it is meant for ("cifar10", "imagenet").
+        weights: Pretrained weight file name (``<name>-<sha256 prefix>.<ext>``), or None.
+        url: Canonical download URL of the weights.
+        reference_top1: Published float top-1 (%) of the pretrained weights on the test set.
+        description: One line for ``qpolicy models``.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    dataset: str
+    weights: str | None = None
+    url: str | None = None
+    reference_top1: float | None = None
+    description: str = ""
+
+
+REGISTRY: Registry[ModelSpec] = Registry("model")
+
+
+def register(model_spec: ModelSpec) -> ModelSpec:
+    REGISTRY.add(model_spec.name, model_spec)
+    return model_spec
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
+
+
+def spec(name: str) -> ModelSpec:
+    return REGISTRY.get(name)
+
+
+_RESNET_WEIGHTS = {20: ("resnet20-12fca82f.th", 91.73), 32: ("resnet32-d509ac18.th", 92.63),
+                   44: ("resnet44-014dd654.th", None), 56: ("resnet56-4bfd9763.th", None)}
+for _depth, (_file, _top1) in _RESNET_WEIGHTS.items():
+    register(ModelSpec(
+        name=f"resnet{_depth}",
+        factory=lambda d=_depth: cifar_resnet(d),
+        input_shape=(3, 32, 32),
+        dataset="cifar10",
+        weights=_file,
+        url=_AKAMASTER + _file,
+        reference_top1=_top1,
+        description=f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), akamaster weights",
+    ))
+register(ModelSpec(
+    name="mobilenetv2_cifar",
+    factory=lambda: mobilenetv2(10, image_size=32),
+    input_shape=(3, 32, 32),
+    dataset="cifar10",
+    description="MobileNetV2 for 32x32 inputs (stride-1 stem and stage 2), no pretrained weights",
+))
+register(ModelSpec(
+    name="mobilenetv2",
+    factory=lambda: mobilenetv2(1000, image_size=224),
+    input_shape=(3, 224, 224),
+    dataset="imagenet",
+    description="ImageNet MobileNetV2 (224x224), random weights: for timing work",
+))
+
+_HASHED = re.compile(r"-(?P<h>[0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+
+
+def resolve_weights(model_spec: ModelSpec, weights_dir: str | os.PathLike | None = None,
+                    *, download_missing: bool = True) -> Path:
+    """Path of a zoo model's verified weight file, downloading it when missing.
+
+    Raises:
+        WeightsError: no weights for this model, hash mismatch, or missing and not downloadable.
+    """
+    if not model_spec.weights:
+        raise WeightsError(f"model {model_spec.name!r} has no pretrained weights (use pretrained=False)")
+    folder = models_dir(weights_dir)
+    path = folder / model_spec.weights
+    m = _HASHED.search(model_spec.weights)
+    prefix = m["h"] if m else None
+    if not path.exists():
+        if not download_missing or not model_spec.url:
+            raise WeightsError(f"weights {model_spec.weights} not found in {folder}")
+        try:
+            download(model_spec.url, path, sha256_prefix=prefix)
+        except WeightsError as e:
+            raise WeightsError(f"weights {model_spec.weights} not found in {folder}, and {e}") from None
+    if prefix:
+        digest = sha256_file(path)
+        if not digest.startswith(prefix):
+            raise WeightsError(f"weights file {path} is corrupt: sha256 {digest[:16]}... does not start with {prefix}")
+    return path
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a ``{"state_dict": ...}`` or bare state-dict file into ``model`` (``module.`` prefixes removed)."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/corrupt files
+        raise WeightsError(f"cannot read weights file {path}: {first_line(e)}") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights file {path} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"weights file {path} does not fit the model: {first_line(e)}") from None
+    return model
+
+
+def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike | None = None,
+         download_missing: bool = True) -> nn.Module:
+    """Build a zoo model, with its pretrained weights when ``pretrained`` and it has some.
+
+    The model is returned in eval mode and carries ``input_shape`` and ``zoo_name`` attributes.
+    """
+    s = spec(name)
+    model = s.factory()
+    if pretrained and s.weights:
+        load_weights(model, resolve_weights(s, weights_dir, download_missing=download_missing))
+    elif pretrained:
+        log.info("model %s has no pretrained weights; using random initialization", name)
+    model.input_shape = s.input_shape
+    model.zoo_name = s.name
+    return model.eval()
+
+
+def from_reference(ref: str, **kwargs: Any) -> nn.Module:
+    """Build a user model from ``package.module:factory`` (the factory is called with ``kwargs``)."""
+    mod_name, sep, attr = ref.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ConfigError(f"model reference must look like package.module:factory, got {ref!r}")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import {mod_name!r} for model {ref!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{mod_name!r} has no callable {attr!r} (model {ref!r})")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -1,0 +1,119 @@
+"""End-to-end jobs built from the public pieces: PTQ evaluation of a policy, and QAT of a policy.
+
+These are what the CLI's ``evaluate`` and ``finetune`` subcommands call; they read and write the same JSON
+artefacts (policy.json, result.json) as the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ._io import write_json
+from .costs import CostReport, policy_cost
+from .errors import CheckpointError
+from .evaluate import EvalResult, evaluate
+from .layers import quantizable_layers
+from .policy import LayerBits, Policy
+from .qat.finetune import CHECKPOINT_NAME, FinetuneConfig, FinetuneResult, finetune, load_checkpoint
+from .quant.apply import apply_policy
+from .quant.fake_quant import CalibConfig
+
+__all__ = ["PolicyEvaluation", "evaluate_policy", "QATRun", "finetune_policy", "float_policy"]
+
+log = logging.getLogger(__name__)
+
+
+def float_policy(model: nn.Module, *, model_name: str | None = None) -> Policy:
+    """The policy that keeps every layer in float (for costs of the float model)."""
+    names = [li.name for li in quantizable_layers(model)]
+    return Policy(layers={n: LayerBits(weight_bits=None, act_bits=None) for n in names}, model=model_name,
+                  provenance={"method": "float"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyEvaluation:
+    """Accuracy and cost of a model under a policy (PTQ, no training)."""
+
+    policy: Policy
+    accuracy: EvalResult
+    cost: CostReport
+    calib: CalibConfig | None
+    calib_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.policy.model, "policy": self.policy.to_dict(), "accuracy": self.accuracy.to_dict(),
+                "cost": self.cost.to_dict(), "calib": self.calib.to_dict() if self.calib else None,
+                "calib_seconds": self.calib_seconds}
+
+
+def evaluate_policy(model: nn.Module, policy: Policy | None, *, test: Iterable[Any], calib: Iterable[Any] | None = None,
+                    calib_config: CalibConfig | None = None, device: str | None = None) -> PolicyEvaluation:
+    """Quantize a copy of ``model`` under ``policy`` (None: float), calibrate it, and measure top-1 and cost."""
+    if policy is None:
+        policy = float_policy(model, model_name=getattr(model, "zoo_name", None))
+        qmodel, calib_config, seconds = model, None, 0.0
+    else:
+        calib_config = calib_config or CalibConfig()
+        t = time.perf_counter()
+        qmodel = apply_policy(model, policy, calib=calib, config=calib_config)
+        seconds = time.perf_counter() - t
+    cost = policy_cost(quantizable_layers(model), policy)
+    acc = evaluate(qmodel, test, device=device)
+    return PolicyEvaluation(policy=policy, accuracy=acc, cost=cost, calib=calib_config, calib_seconds=seconds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QATRun:
+    """Before/after accuracy of a fine-tuning run under a policy."""
+
+    policy: Policy
+    before: EvalResult
+    after: EvalResult
+    finetune: FinetuneResult
+    cost: CostReport
+    out_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**{k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in d.items()},
+                "model": self.policy.model}
+
+
+def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], test: Iterable[Any],
+                    calib: Iterable[Any] | None, out_dir: str | Path, config: FinetuneConfig | None = None,
+                    calib_config: CalibConfig | None = None, resume: bool = False,
+                    device: str | None = None) -> tuple[QATRun, nn.Module]:
+    """PTQ-calibrate a copy of ``model`` under ``policy``, fine-tune it with checkpoints in ``out_dir``, and
+    evaluate before and after. Writes ``policy.json`` and ``result.json`` to ``out_dir``.
+
+    Returns:
+        The run record and the fine-tuned quantized model.
+    """
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT_NAME
+    if ckpt_path.exists() and not resume:
+        raise CheckpointError(f"{ckpt_path} exists: resume it (--resume) or choose another output folder")
+    qmodel = apply_policy(model, policy, calib=calib, config=calib_config)
+    if resume:
+        before_d = load_checkpoint(ckpt_path).get("extra", {}).get("before")
+        if not isinstance(before_d, dict):
+            raise CheckpointError(f"{ckpt_path} has no record of the accuracy before fine-tuning")
+        before = EvalResult(**before_d)
+    else:
+        before = evaluate(qmodel, test, device=device, desc="before")
+        policy.save(out / "policy.json")
+    log.info("before fine-tuning: top-1 %.2f%%", before.top1)
+    result = finetune(qmodel, train, config=config, out_dir=out, resume=resume, device=device,
+                      extra={"policy": policy.to_dict(), "before": before.to_dict()})
+    after = evaluate(qmodel, test, device=device, desc="after")
+    run = QATRun(policy=policy, before=before, after=after, finetune=result,
+                 cost=policy_cost(quantizable_layers(model), policy), out_dir=str(out))
+    write_json(out / "result.json", run.to_dict())
+    return run, qmodel

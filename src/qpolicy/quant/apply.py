@@ -1,0 +1,145 @@
+"""``apply_policy``: a calibrated fake-quantized copy of a model under a policy."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CalibrationError, ConfigError
+from ..policy import Policy
+from .fake_quant import ActQuantizer, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
+
+__all__ = ["apply_policy", "calibrate_", "quantizers", "batch_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_inputs(batch: Any) -> torch.Tensor:
+    """The input tensor of a batch that is a tensor or an ``(inputs, targets, ...)`` tuple."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise ConfigError(f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}")
+
+
+def quantizers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, quantizer)`` for every weight and activation quantizer in ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (WeightQuantizer, ActQuantizer))]
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Recompute every BatchNorm's running mean/var as the plain average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return
+    momenta = {bn: bn.momentum for bn in bns}
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+        bn.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn in bns:
+            bn.momentum = momenta[bn]
+            bn.eval()
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfig | None = None) -> nn.Module:
+    """Calibrate every quantizer of a fake-quant model in place, in three steps:
+
+    1. weight step sizes from the weights (``config.weight_method``);
+    2. if ``config.bn_reestimate``: BatchNorm statistics re-estimated on the weight-quantized model (activations
+       still float), since quantized weights shift each layer's output distribution;
+    3. activation step sizes from what each quantized layer's input looks like in that model
+       (``config.act_method``), with activation quantizers passing their inputs through while they observe.
+
+    Steps 2-3 use the first ``config.batches`` batches of ``calib`` (held in memory once, so a one-shot
+    iterator works too) and run in eval mode; the model's train/eval modes are restored afterwards.
+    """
+    config = config or CalibConfig()
+    for _, m in model.named_modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant is not None:
+            m.weight_quant.calibrate_(m.weight, config)
+    acts = [m for _, m in quantizers(model) if isinstance(m, ActQuantizer)]
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not acts and not (config.bn_reestimate and has_bn):
+        return model
+    if calib is None:
+        if acts:
+            raise CalibrationError("the policy quantizes activations, which needs calibration data (calib=...)")
+        log.warning("no calibration data: BatchNorm statistics are not re-estimated")
+        return model
+    device = _device(model)
+    batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches)]
+    if not batches:
+        raise CalibrationError("the calibration data yielded no batch")
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        for a in acts:
+            a.enabled = False
+        if config.bn_reestimate:
+            _reestimate_bn(model, batches)
+        for a in acts:
+            a.enabled = True
+            a.start_calibration_(config)
+        for x in batches:
+            model(x)
+        for a in acts:
+            a.finish_calibration_()
+    finally:
+        for a in acts:
+            a.observing, a.enabled = False, True
+        for m, mode in modes.items():
+            m.training = mode
+    log.info("calibrated %d activation quantizers on %d batches", len(acts), len(batches))
+    return model
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: Policy,
+    *,
+    calib: Iterable[Any] | None = None,
+    config: CalibConfig | None = None,
+    learnable: bool = True,
+) -> nn.Module:
+    """Return a fake-quantized copy of ``model`` under ``policy``; ``model`` itself is not touched.
+
+    Args:
+        model: Float model.
+        policy: Bits per quantizable layer; must name exactly the model's quantizable layers.
+        calib: Batches (tensors or ``(x, y)`` tuples) for activation calibration; required when any layer
+            quantizes activations.
+        config: Calibration rules; default :class:`CalibConfig` (MSE-optimal clipping).
+        learnable: Make step sizes trainable parameters (LSQ) for fine-tuning.
+
+    Returns:
+        The quantized copy, in the same train/eval mode as ``model``.
+    """
+    policy.validate(model)
+    qmodel = copy.deepcopy(model)
+    for name, bits in policy.layers.items():
+        if bits.is_float:
+            continue
+        mod = qmodel.get_submodule(name)
+        cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
+        qmod = cls.from_float(mod, weight_bits=bits.weight_bits, act_bits=bits.act_bits, learnable=learnable)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(qmodel.get_submodule(parent_name) if parent_name else qmodel, attr, qmod)
+    return calibrate_(qmodel, calib, config)

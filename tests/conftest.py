@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared() -> Path | None:
+    for cand in (os.environ.get("QPOLICY_HOME"), REPO.parent / "shared"):
+        if cand and (Path(cand) / "models" / "resnet20-12fca82f.th").exists() and \
+                (Path(cand) / "datasets" / "cifar10" / "test.npz").exists():
+            return Path(cand)
+    return None
+
+
+SHARED = _shared()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Unit tests never read or write the user's cache: QPOLICY_HOME points at an empty folder."""
+    monkeypatch.setenv("QPOLICY_HOME", str(tmp_path_factory.mktemp("home")))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_home(monkeypatch) -> Path:
+    """The real data and weights (../shared); the test is skipped when they are not there."""
+    if SHARED is None:
+        pytest.skip("real CIFAR-10 and pretrained weights not found (../shared or QPOLICY_HOME)")
+    monkeypatch.setenv("QPOLICY_HOME", str(SHARED))
+    return SHARED

@@ -1,0 +1,114 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qpolicy import data
+from qpolicy.cli import main
+from qpolicy.policy import Policy
+from qpolicy.testing import write_cifar_npz
+
+TINY = ["--model", "resnet20", "--random-init", "--limit", "32", "--batch-size", "16", "--calib-batches", "1"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    write_cifar_npz(tmp_path / "datasets", train=128, test=64)
+    monkeypatch.setenv("QPOLICY_HOME", str(tmp_path))
+    data._CACHE.clear()
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_and_inspect(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "resnet20" in out and "mobilenetv2" in out
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0 and {m["name"] for m in json.loads(out)["models"]} >= {"resnet20", "resnet32"}
+    code, out, _ = run(capsys, "inspect", "--model", "resnet20", "--random-init")
+    assert code == 0 and "layer3.2.conv2" in out and "20 quantizable layers" in out and "40.55 M MACs" in out
+    code, out, _ = run(capsys, "inspect", "--model", "qpolicy.testing:TinyConvNet", "--json")
+    assert code == 0 and [li["name"] for li in json.loads(out)["layers"]] == ["conv1", "dw", "pw", "fc"]
+
+
+def test_evaluate_float_uniform_json_and_saved_policy(capsys, home, tmp_path):
+    code, out, _ = run(capsys, "evaluate", *TINY)
+    assert code == 0 and "float" in out and "top-1" in out
+    pol = tmp_path / "out" / "w4a8.json"
+    code, out, _ = run(capsys, "evaluate", *TINY, "--uniform", "w4a8", "--json", "--save-policy", str(pol))
+    obj = json.loads(out)
+    assert code == 0 and obj["total"] == 32 and 0 <= obj["top1"] <= 100
+    assert obj["cost"]["avg_act_bits"] == 8.0 and obj["cost"]["size_rel_w8a8"] == pytest.approx(0.502, abs=1e-3)
+    p = Policy.load(pol)
+    assert p.layers["layer1.0.conv1"].weight_bits == 4 and p.layers["conv1"].weight_bits == 8
+    code, out2, _ = run(capsys, "evaluate", *TINY, "--policy", str(pol), "--json")
+    assert code == 0 and json.loads(out2)["top1"] == obj["top1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--model", "resnet21"], "did you mean"),
+    (["evaluate", *TINY, "--uniform", "w9a8"], "bad uniform spec"),
+    (["evaluate", *TINY, "--uniform", "w4a4", "--calib", "best"], "weight_method must be one of"),
+    (["evaluate", *TINY, "--uniform", "w4a4", "--first-last", "x"], "first_last"),
+    (["evaluate", *TINY, "--policy", "/nonexistent.json"], "policy file not found"),
+    (["inspect", "--model", "nomodule_xyz:factory"], "cannot import"),
+    (["evaluate", "--model", "resnet20", "--limit", "4"], "weights resnet20-12fca82f.th not found"),
+])
+def test_bad_input_one_line_exit_2(capsys, home, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert message in err and err.startswith("qpolicy: error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_policy_for_another_model_and_corrupt_policy(capsys, home, tmp_path):
+    pol = tmp_path / "p20.json"
+    run(capsys, "evaluate", *TINY, "--uniform", "w4a4", "--save-policy", str(pol))
+    code, _, err = run(capsys, "evaluate", "--model", "resnet32", "--random-init", "--limit", "8", "--policy", str(pol))
+    assert code == 2 and "missing from the policy" in err and "made for 'resnet20'" in err
+    pol.write_text(pol.read_text()[:200])
+    code, _, err = run(capsys, "evaluate", *TINY, "--policy", str(pol))
+    assert code == 2 and "not valid JSON" in err
+
+
+def test_missing_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("QPOLICY_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(data, "CIFAR10_URL", (tmp_path / "no.tar.gz").as_uri())
+    data._CACHE.clear()
+    code, _, err = run(capsys, "evaluate", *TINY)
+    assert code == 2 and "CIFAR-10 test split not found" in err
+
+
+def test_finetune_resume_and_refusal(capsys, home, tmp_path):
+    out_dir = tmp_path / "run"
+    args = ["finetune", *TINY, "--uniform", "w3a4", "--epochs", "1", "--train-limit", "64",
+            "--train-batch-size", "16", "--out", str(out_dir), "--json"]
+    code, out, _ = run(capsys, *args)
+    res = json.loads(out)
+    assert code == 0 and res["finetune"]["epochs"] == 1 and "top1" in res["before"] and "top1" in res["after"]
+    assert {p.name for p in out_dir.iterdir()} == {"checkpoint.pt", "policy.json", "result.json"}
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--resume" in err
+    code, out, _ = run(capsys, *args, "--resume")
+    assert code == 0 and json.loads(out)["finetune"]["resumed_from"] == {"epoch": 1, "step": 0}
+
+
+def test_real_subprocess(home):
+    env = {**os.environ, "QPOLICY_HOME": str(home)}
+    exe = Path(sys.executable).with_name("qpolicy")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "qpolicy.cli"]
+    ok = subprocess.run([*cmd, "evaluate", *TINY, "--uniform", "w4a4", "--json"], capture_output=True, text=True,
+                        env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["total"] == 32
+    bad = subprocess.run([*cmd, "evaluate", "--model", "resnet20", "--uniform", "w1a8"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "bad uniform spec" in bad.stderr
