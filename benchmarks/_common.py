@@ -46,7 +46,7 @@ def command() -> str:
 
 def write(name: str, payload: dict[str, Any], table: str, notes: str = "") -> None:
     """Write results/<name>.json and results/<name>.md with the machine, versions and command."""
-    meta = {"benchmark": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"benchmark": name, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "command": command(), "machine": machine()}
     write_json(RESULTS / f"{name}.json", {**meta, **payload})
     m = meta["machine"]

@@ -12,9 +12,9 @@ import statistics
 import time
 
 import torch
+from _common import md_table, write
 
 import qpolicy as qp
-from _common import md_table, write
 
 
 def forward_seconds(model: torch.nn.Module, batches: list[torch.Tensor], repeats: int) -> list[float]:

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import qpolicy as qp
 from _common import md_table, write
+
+import qpolicy as qp
 from qpolicy.pipeline import finetune_policy
 from qpolicy.qat import load_checkpoint
 

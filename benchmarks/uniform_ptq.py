@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import qpolicy as qp
 from _common import md_table, write
+
+import qpolicy as qp
 from qpolicy.pipeline import evaluate_policy
 
 SPECS = ["w8a8", "w6a6", "w5a5", "w4a8", "w4a4", "w3a8", "w3a4", "w2a8"]
@@ -27,7 +28,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="test images (default: all 10,000)")
     args = ap.parse_args()
     test = qp.data.loader("cifar10", "test", batch_size=500, limit=args.limit)
-    calib = qp.data.calib_loader("cifar10", batches=8, batch_size=128)
+    calib = qp.data.calib_loader("cifar10", batches=CALIBS["ours"].batches_needed, batch_size=128)
 
     floats = {}
     for name in ("resnet20", "resnet32"):
@@ -55,14 +56,17 @@ def main() -> None:
                      f"{rec['minmax']['eval_seconds']:.1f} / {rec['ours']['eval_seconds']:.1f}",
                      f"{rec['ours']['calib_seconds']:.1f}"])
     n = records and test.num_samples
-    float_rows = [[k, f"{v['top1']:.2f}", f"{v['reference_top1']:.2f}", f"{v['seconds']:.1f}"] for k, v in floats.items()]
+    float_rows = [[k, f"{v['top1']:.2f}", f"{v['reference_top1']:.2f}", f"{v['seconds']:.1f}"]
+                  for k, v in floats.items()]
     table = (md_table(["model", "float top-1 %", "reference %", "eval s"], float_rows) + "\n\n" + md_table(
         ["policy (first/last 8)", "min-max top-1 %", "ours top-1 %", "gain", "size KiB", "size / W8A8",
          "GBitOPs", "BitOPs / W8A8", "eval s (min-max / ours)", "calib s (ours)"], rows))
-    notes = (f"ResNet-20, CIFAR-10 test set ({n} images), PTQ only. Calibration: 1,024 training images "
-             "(8 batches of 128, with the training augmentation). *min-max*: per-channel weight and per-tensor activation ranges "
-             "from min/max. *ours*: MSE-optimal clipping for both, after re-estimating BatchNorm statistics of "
-             "the weight-quantized model. Size counts conv/linear weights only; BitOPs per image.")
+    notes = (f"ResNet-20, CIFAR-10 test set ({n} images), PTQ only. Calibration: random training images with "
+             "the training augmentation, "
+             "batches of 128; activation ranges from 8 batches (1,024 images). *min-max*: per-channel weight and "
+             "per-tensor activation ranges from min/max. *ours*: MSE-optimal clipping for both, after "
+             "re-estimating BatchNorm statistics of the weight-quantized model on 32 batches (4,096 images). "
+             "Size counts conv/linear weights only; BitOPs per image.")
     write("uniform_ptq", {"float": floats, "test_images": n, "policies": records}, table, notes)
 
 

@@ -8,7 +8,7 @@ from qpolicy.testing import ThreeLayerNet
 
 
 def _policy(a, b, c):
-    return Policy(layers={n: LayerBits(weight_bits=w, act_bits=x) for n, (w, x) in zip("abc", (a, b, c))})
+    return Policy(layers={n: LayerBits(weight_bits=w, act_bits=x) for n, (w, x) in zip("abc", (a, b, c), strict=True)})
 
 
 def test_three_layer_costs_by_hand():

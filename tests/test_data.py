@@ -24,8 +24,8 @@ def test_npz_loader_normalizes_and_batches(npz_home):
     x, y = batches[0]
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     raw = np.load(npz_home / "datasets" / "cifar10" / "test.npz")["images"][:16]
-    expect = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255 - torch.tensor(data.CIFAR10_MEAN).view(1, 3, 1, 1)) \
-        / torch.tensor(data.CIFAR10_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(data.CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(data.CIFAR10_STD).view(1, 3, 1, 1)
+    expect = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255 - mean) / std
     assert torch.allclose(x, expect, atol=1e-5)
     assert batches[-1][0].shape[0] == 8
 
@@ -34,14 +34,14 @@ def test_train_loader_is_deterministic_per_seed_and_epoch(npz_home):
     a = data.loader("cifar10", "train", batch_size=32, seed=1)
     b = data.loader("cifar10", "train", batch_size=32, seed=1)
     assert a.shuffle and a.augment
-    for (xa, ya), (xb, yb) in zip(a.batches(0), b.batches(0)):
+    for (xa, ya), (xb, yb) in zip(a.batches(0), b.batches(0), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     e0, e1 = next(a.batches(0))[1], next(a.batches(1))[1]
     assert not torch.equal(e0, e1)
     # starting at batch 2 gives exactly batches 2.. of the full epoch (what resume relies on)
     full = list(a.batches(3))
     tail = list(a.batches(3, start=2))
-    assert all(torch.equal(p[0], q[0]) for p, q in zip(full[2:], tail))
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(full[2:], tail, strict=True))
 
 
 def test_crop_flip_geometry():
@@ -122,3 +122,18 @@ def test_corrupt_npz(tmp_path):
     data._CACHE.clear()
     with pytest.raises(DataError, match="cannot read"):
         data.load_cifar10("test", data_dir=tmp_path)
+
+
+def test_subset_prefixes_mix_classes_even_when_the_file_is_sorted_by_class(tmp_path, monkeypatch):
+    # The real train.npz is sorted by class: a subset's first batches must still cover many classes,
+    # or BatchNorm re-estimation and activation calibration see one class only.
+    ds = random_dataset(1000, size=32, num_classes=10)
+    labels = np.repeat(np.arange(10), 100)
+    out = tmp_path / "datasets" / "cifar10"
+    out.mkdir(parents=True)
+    for split in ("train", "test"):
+        np.savez(out / f"{split}.npz", images=ds.images.numpy(), labels=labels)
+    monkeypatch.setenv("QPOLICY_HOME", str(tmp_path))
+    data._CACHE.clear()
+    first = next(iter(data.calib_loader(batches=4, batch_size=32)))[1]
+    assert len(set(first.tolist())) >= 8

@@ -42,7 +42,8 @@ def _add_policy(p: argparse.ArgumentParser, *, required: bool = False) -> None:
                    "'same' or 'float' (default 8)")
     p.add_argument("--calib", default="mse", help="clipping for weights and activations: minmax, percentile, mse, "
                    "or WEIGHT/ACT such as mse/percentile (default mse)")
-    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches of 128 train images")
+    p.add_argument("--calib-batches", type=int, default=8, help="batches of 128 train images for activation ranges")
+    p.add_argument("--bn-batches", type=int, default=32, help="batches of 128 train images for BatchNorm statistics")
     p.add_argument("--no-bn-reestimate", action="store_true", help="skip re-estimating BatchNorm statistics")
     p.add_argument("--save-policy", metavar="FILE", help="also write the policy used to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and of training")
@@ -113,8 +114,8 @@ def _calib_config(args: argparse.Namespace):
     from .quant.fake_quant import CalibConfig
 
     w, _, a = args.calib.partition("/")
-    return CalibConfig(weight_method=w, act_method=a or w, batches=args.calib_batches, seed=args.seed,
-                       bn_reestimate=not args.no_bn_reestimate)
+    return CalibConfig(weight_method=w, act_method=a or w, batches=args.calib_batches, bn_batches=args.bn_batches,
+                       seed=args.seed, bn_reestimate=not args.no_bn_reestimate)
 
 
 def _check_policy_args(args: argparse.Namespace) -> None:
@@ -142,7 +143,10 @@ def _loaders(args: argparse.Namespace, *, calib: bool):
     from . import data
 
     test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
-    cal = data.calib_loader("cifar10", batches=args.calib_batches, seed=args.seed, data_dir=args.data_dir) if calib else None
+    cal = None
+    if calib:
+        cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
+                                data_dir=args.data_dir)
     return test, cal
 
 

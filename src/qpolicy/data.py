@@ -252,19 +252,20 @@ def loader(name: str = "cifar10", split: str = "test", *, batch_size: int = 256,
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be a positive integer, got {limit!r}")
         perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))
-        idx = idx[perm[:limit]].sort().values
+        idx = idx[perm[:limit]]  # random order: any prefix is a random sample, even of a class-sorted file
     train = split == "train"
     return ArrayLoader(ds, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
                        augment=train if augment is None else augment, seed=seed, indices=idx)
 
 
-def calib_loader(name: str = "cifar10", *, batches: int = 8, batch_size: int = 128, seed: int = 0,
+def calib_loader(name: str = "cifar10", *, batches: int = 32, batch_size: int = 128, seed: int = 0,
                  data_dir: str | os.PathLike | None = None) -> ArrayLoader:
     """Calibration batches: ``batches * batch_size`` seeded training images **with** training augmentation.
 
     The augmentation matters: BatchNorm statistics are re-estimated on these batches, and the pretrained
-    statistics were gathered on augmented images (crop with zero padding, flip). Re-estimating on plain images
-    costs ResNet-20 about 2.4 points of float top-1 (91.7 -> 89.3); on augmented ones it keeps 91.7.
+    statistics were gathered on augmented images (crop with zero padding, flip). Re-estimating the float
+    ResNet-20's statistics on 4,096 plain images drops its test top-1 from 91.73% to 88.84%; on the same images
+    augmented it gives 91.77%.
     """
     return loader(name, "train", batch_size=batch_size, shuffle=False, augment=True, limit=batches * batch_size,
                   seed=seed, data_dir=data_dir)

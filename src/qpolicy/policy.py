@@ -28,8 +28,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._io import write_json
-from .errors import BitWidthError, ConfigError, PolicyError, PolicyMismatchError, suggest
 from .bits import MAX_BITS, MIN_BITS, check_bits
+from .errors import BitWidthError, ConfigError, PolicyError, PolicyMismatchError, suggest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -299,7 +299,7 @@ def uniform_policy(
         "spec": spec.lower(),
         "first_last": fl,
         "cost": cost.to_dict(per_layer=False),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     }
     return Policy(layers=layers, model=model_name, provenance=provenance)

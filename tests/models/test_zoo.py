@@ -51,7 +51,8 @@ def test_option_a_shortcut_zero_pads_channels():
 def test_pretrained_weights_resolve_verify_and_load(shared_home):
     m = models.load("resnet20")
     assert m.zoo_name == "resnet20" and m.input_shape == (3, 32, 32) and not m.training
-    ref = torch.load(shared_home / "models" / "resnet20-12fca82f.th", map_location="cpu", weights_only=True)["state_dict"]
+    path = shared_home / "models" / "resnet20-12fca82f.th"
+    ref = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(m.conv1.weight, ref["module.conv1.weight"])
 
 

@@ -64,7 +64,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     fresh = _qmodel()
     res = finetune(fresh, data, config=cfg, out_dir=tmp_path / "run", resume=True, device="cpu")
     assert res.resumed_from == {"epoch": 1, "step": 2} and res.epochs == 2
-    for (k, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()):
+    for (k, a), b in zip(ref.state_dict().items(), fresh.state_dict().values(), strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.allclose(a, b, atol=1e-6), k
 

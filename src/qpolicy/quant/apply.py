@@ -68,8 +68,8 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
     3. activation step sizes from what each quantized layer's input looks like in that model
        (``config.act_method``), with activation quantizers passing their inputs through while they observe.
 
-    Steps 2-3 use the first ``config.batches`` batches of ``calib`` (held in memory once, so a one-shot
-    iterator works too) and run in eval mode; the model's train/eval modes are restored afterwards.
+    Steps 2-3 use the first ``config.bn_batches`` / ``config.batches`` batches of ``calib`` (held in memory once,
+    so a one-shot iterator works too) and run in eval mode; the model's train/eval modes are restored afterwards.
     """
     config = config or CalibConfig()
     for _, m in model.named_modules():
@@ -85,7 +85,8 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
         log.warning("no calibration data: BatchNorm statistics are not re-estimated")
         return model
     device = _device(model)
-    batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches)]
+    n_bn = config.bn_batches if config.bn_reestimate else 0
+    batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches_needed)]
     if not batches:
         raise CalibrationError("the calibration data yielded no batch")
     modes = {m: m.training for m in model.modules()}
@@ -94,11 +95,11 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
         for a in acts:
             a.enabled = False
         if config.bn_reestimate:
-            _reestimate_bn(model, batches)
+            _reestimate_bn(model, batches[:n_bn])
         for a in acts:
             a.enabled = True
             a.start_calibration_(config)
-        for x in batches:
+        for x in batches[: config.batches]:
             model(x)
         for a in acts:
             a.finish_calibration_()

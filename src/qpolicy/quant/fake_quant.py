@@ -46,7 +46,9 @@ class CalibConfig:
         weight_method: Clipping rule for weights, per output channel: one of CALIB_METHODS.
         act_method: Clipping rule for activations, per tensor: one of CALIB_METHODS.
         percentile: Percentile of |x| used by the "percentile" method.
-        batches: Number of calibration batches run through the model.
+        batches: Number of calibration batches whose activations set the activation ranges.
+        bn_batches: Number of calibration batches BatchNorm statistics are re-estimated on (more batches give
+            less noisy statistics; the forward passes are cheap compared with the range searches).
         samples_per_batch: Activation values kept per layer and batch (a seeded uniform subsample) for the
             percentile and MSE searches; the running min/max always see every value.
         seed: Seed of that subsample.
@@ -62,6 +64,7 @@ class CalibConfig:
     act_method: str = "mse"
     percentile: float = 99.99
     batches: int = 8
+    bn_batches: int = 32
     samples_per_batch: int = 2**17
     seed: int = 0
     bn_reestimate: bool = True
@@ -73,10 +76,15 @@ class CalibConfig:
                 raise ConfigError(f"{field} must be one of {', '.join(CALIB_METHODS)}, got {value!r}")
         if not 0.0 < float(self.percentile) <= 100.0:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        for field in ("batches", "samples_per_batch"):
+        for field in ("batches", "bn_batches", "samples_per_batch"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+
+    @property
+    def batches_needed(self) -> int:
+        """How many calibration batches ``calibrate_`` reads."""
+        return max(self.batches, self.bn_batches if self.bn_reestimate else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -192,57 +200,64 @@ class ActQuantizer(_Quantizer):
         return fake_quantize(x, self.scale, self.bits, self.signed, grad_scale=grad_scale)
 
 
-def _quantizers(weight_bits: int | None, act_bits: int | None, out_channels: int, learnable: bool):
-    wq = None if weight_bits is None else WeightQuantizer(weight_bits, out_channels, learnable=learnable)
-    aq = None if act_bits is None else ActQuantizer(act_bits, learnable=learnable)
-    return wq, aq
+class _QuantLayer:
+    """What QuantConv2d and QuantLinear share: the two quantizers and how they wrap the float computation."""
+
+    weight: nn.Parameter
+    weight_quant: WeightQuantizer | None
+    act_quant: ActQuantizer | None
+
+    def _init_quantizers(self) -> None:
+        self.register_module("weight_quant", None)  # type: ignore[attr-defined]
+        self.register_module("act_quant", None)  # type: ignore[attr-defined]
+
+    def _adopt(self, src: nn.Module, weight_bits: int | None, act_bits: int | None, learnable: bool):
+        """Take ``src``'s parameters (the caller passes a copy it owns) and add the quantizers."""
+        self.weight, self.bias = src.weight, src.bias
+        if weight_bits is not None:
+            self.weight_quant = WeightQuantizer(weight_bits, src.weight.shape[0], learnable=learnable)
+        if act_bits is not None:
+            self.act_quant = ActQuantizer(act_bits, learnable=learnable)
+        self.to(src.weight.device)  # type: ignore[attr-defined]
+        self.train(src.training)  # type: ignore[attr-defined]
+        return self
+
+    def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fake-quantized input and weight."""
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        return x, w
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(_QuantLayer, nn.Conv2d):
     """``nn.Conv2d`` with fake-quantized weights and input."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.register_module("weight_quant", None)
-        self.register_module("act_quant", None)
+        self._init_quantizers()
 
     @classmethod
     def from_float(
         cls, conv: nn.Conv2d, *, weight_bits: int | None, act_bits: int | None, learnable: bool = True
     ) -> QuantConv2d:
         """A quantized layer sharing ``conv``'s parameters (the caller passes a copy it owns)."""
-        q = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device="meta",
-        )
-        q.weight, q.bias = conv.weight, conv.bias
-        q.weight_quant, q.act_quant = _quantizers(weight_bits, act_bits, conv.out_channels, learnable)
-        q.to(conv.weight.device)
-        q.train(conv.training)
-        return q
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                padding_mode=conv.padding_mode, device="meta")
+        return q._adopt(conv, weight_bits, act_bits, learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        x, w = self._quantized(x)
         return self._conv_forward(x, w, self.bias)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_QuantLayer, nn.Linear):
     """``nn.Linear`` with fake-quantized weights and input."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.register_module("weight_quant", None)
-        self.register_module("act_quant", None)
+        self._init_quantizers()
 
     @classmethod
     def from_float(
@@ -250,16 +265,10 @@ class QuantLinear(nn.Linear):
     ) -> QuantLinear:
         """A quantized layer sharing ``linear``'s parameters (the caller passes a copy it owns)."""
         q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        q.weight, q.bias = linear.weight, linear.bias
-        q.weight_quant, q.act_quant = _quantizers(weight_bits, act_bits, linear.out_features, learnable)
-        q.to(linear.weight.device)
-        q.train(linear.training)
-        return q
+        return q._adopt(linear, weight_bits, act_bits, learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        x, w = self._quantized(x)
         return F.linear(x, w, self.bias)
 
 
