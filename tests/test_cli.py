@@ -60,6 +60,7 @@ def test_evaluate_float_uniform_json_and_saved_policy(capsys, home, tmp_path):
     (["evaluate", *TINY, "--uniform", "w4a4", "--first-last", "x"], "first_last"),
     (["evaluate", *TINY, "--policy", "/nonexistent.json"], "policy file not found"),
     (["inspect", "--model", "nomodule_xyz:factory"], "cannot import"),
+    (["evaluate", *TINY, "--save-policy", "x.json"], "--save-policy needs a policy"),
     (["evaluate", "--model", "resnet20", "--limit", "4"], "weights resnet20-12fca82f.th not found"),
 ])
 def test_bad_input_one_line_exit_2(capsys, home, argv, message):

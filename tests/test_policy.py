@@ -110,3 +110,15 @@ def test_bad_files_give_clear_errors(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(PolicyError, match="not found"):
         Policy.load("/nonexistent/policy.json")
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "p.json"
+        uniform_policy(TinyConvNet(), "w4a4").save(path)
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)

@@ -120,8 +120,11 @@ def _calib_config(args: argparse.Namespace):
 
 def _check_policy_args(args: argparse.Namespace) -> None:
     """Fail on a bad spec, first/last rule or calibration choice before any model or data is loaded."""
+    from .errors import ConfigError
     from .policy import _first_last_bits, parse_uniform_spec
 
+    if getattr(args, "save_policy", None) and not (args.uniform or args.policy):
+        raise ConfigError("--save-policy needs a policy: give --uniform SPEC or --policy FILE")
     if args.uniform:
         _first_last_bits(args.first_last, parse_uniform_spec(args.uniform))
     _calib_config(args)
