@@ -108,7 +108,8 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
             a.observing, a.enabled = False, True
         for m, mode in modes.items():
             m.training = mode
-    log.info("calibrated %d activation quantizers on %d batches", len(acts), len(batches))
+    log.info("BatchNorm re-estimated on %d batches; %d activation quantizers calibrated on %d batches",
+             n_bn, len(acts), min(len(batches), config.batches))
     return model
 
 
