@@ -56,20 +56,22 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: str | torch.devic
     p = next(model.parameters(), None)
     home = p.device if p is not None else dev
     model.eval().to(dev)
-    correct = total = 0
-    loss_sum = 0.0
+    total = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)  # accumulated on the device: no per-batch sync
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
     start = time.perf_counter()
     try:
         total_batches = len(data) if hasattr(data, "__len__") else None
         for x, y in progress(data, desc=desc, total=total_batches):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            total += int(y.numel())
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            total += y.numel()
     finally:
         model.train(was_training).to(home)
     if total == 0:
         raise ConfigError("evaluation data yielded no samples")
-    return EvalResult(top1=100.0 * correct / total, loss=loss_sum / total, correct=correct, total=total,
+    n_correct = int(correct)
+    return EvalResult(top1=100.0 * n_correct / total, loss=float(loss_sum) / total, correct=n_correct, total=total,
                       seconds=time.perf_counter() - start)

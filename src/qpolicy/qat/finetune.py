@@ -206,7 +206,10 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
         while epoch < config.epochs:
             model.train()
             t_epoch, first_step = time.perf_counter(), step
-            loss_sum, correct, seen = 0.0, 0, 0
+            # accumulated on the device: no per-step sync
+            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            correct = torch.zeros((), dtype=torch.int64, device=dev)
+            seen = 0
             batches = progress(_batches(data, epoch, step), desc=f"epoch {epoch + 1}/{config.epochs}",
                                total=steps_per_epoch - step)
             for x, y in batches:
@@ -220,8 +223,8 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += float(loss.detach()) * y.numel()
-                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += loss.detach() * y.numel()
+                correct += (logits.argmax(1) == y).sum()
                 seen += y.numel()
                 step += 1
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps_per_epoch:
@@ -229,7 +232,8 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
             seconds = time.perf_counter() - t_epoch
             if first_step == 0:
                 full_epochs_seconds.append(seconds)
-            history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "top1": 100.0 * correct / max(seen, 1),
+            history.append({"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1),
+                            "top1": 100.0 * int(correct) / max(seen, 1),
                             "lr_end": optimizer.param_groups[0]["lr"], "seconds": seconds,
                             "steps_this_run": step - first_step})
             log.info("epoch %d: loss %.4f, train top-1 %.2f%%, %.1f s", epoch + 1, history[-1]["loss"],
