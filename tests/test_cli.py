@@ -113,3 +113,48 @@ def test_real_subprocess(home):
     bad = subprocess.run([*cmd, "evaluate", "--model", "resnet20", "--uniform", "w1a8"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "bad uniform spec" in bad.stderr
+
+
+def test_list(capsys):
+    code, out, _ = run(capsys, "list", "metrics")
+    assert code == 0 and {"qerror", "hessian"} <= set(out.split())
+    code, out, _ = run(capsys, "list", "strategies", "--json")
+    assert code == 0 and {"ilp", "uniform", "random"} <= set(json.loads(out)["strategies"])
+
+
+def test_analyze_then_search_then_evaluate(capsys, home, tmp_path):
+    table = tmp_path / "t.json"
+    code, out, _ = run(capsys, "analyze", "--model", "resnet20", "--random-init", "--metric", "qerror",
+                       "--bits", "2,4,8", "-o", str(table))
+    assert code == 0 and "most sensitive" in out and table.exists()
+    pol = tmp_path / "p.json"
+    code, out, _ = run(capsys, "search", str(table), "--budget", "bitops=0.2", "-o", str(pol), "--json")
+    res = json.loads(out)
+    assert code == 0 and res["cost"]["bitops_rel_w8a8"] <= 0.2 + 1e-9
+    p = Policy.load(pol)
+    assert p.layers["conv1"].weight_bits == 8 and p.provenance["strategy"] == "ilp"
+    assert p.provenance["metric"] == "qerror" and p.provenance["budget"] == {"bitops": 0.2}
+    code, out, _ = run(capsys, "evaluate", *TINY, "--policy", str(pol), "--json")
+    assert code == 0 and json.loads(out)["cost"]["bitops_rel_w8a8"] == pytest.approx(res["cost"]["bitops_rel_w8a8"])
+    code, out, _ = run(capsys, "search", "--model", "resnet20", "--random-init", "--bits", "2,4,8",
+                       "--budget", "size=0.4", "--budget", "abits=8", "--strategy", "uniform", "--json")
+    assert code == 0 and json.loads(out)["cost"]["avg_act_bits"] <= 8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--budget", "bitops=0.2"], "give a sensitivity table"),
+    (["search", "missing.json", "--budget", "bitops=0.2"], "sensitivity table not found"),
+    (["search", "x.json", "--budget", "speed=2"], "bad budget"),
+    (["search", "x.json", "--budget", "bitops=0.2", "--strategy", "ipl"], "did you mean 'ilp'"),
+    (["analyze", "--model", "resnet20", "--random-init", "--metric", "hesian", "-o", "t.json"], "did you mean"),
+])
+def test_search_bad_input(capsys, home, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_infeasible_budget_exit_2(capsys, home, tmp_path):
+    table = tmp_path / "t.json"
+    run(capsys, "analyze", "--model", "resnet20", "--random-init", "--bits", "2,8", "-o", str(table))
+    code, _, err = run(capsys, "search", str(table), "--budget", "size=0.1")
+    assert code == 2 and "smallest achievable size" in err

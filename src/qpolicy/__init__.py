@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from . import data, models  # noqa: E402
+from .budget import Budget  # noqa: E402
 from .costs import CostReport, policy_cost  # noqa: E402
 from .errors import QPolicyError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
@@ -10,6 +11,8 @@ from .layers import LayerInfo, quantizable_layers  # noqa: E402
 from .policy import LayerBits, Policy, uniform_policy  # noqa: E402
 from .qat import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
 from .quant import CalibConfig, apply_policy  # noqa: E402
+from .search import SearchResult, search  # noqa: E402
+from .sensitivity import SensitivityTable, analyze  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -30,4 +33,9 @@ __all__ = [
     "finetune",
     "CalibConfig",
     "apply_policy",
+    "Budget",
+    "SearchResult",
+    "search",
+    "SensitivityTable",
+    "analyze",
 ]

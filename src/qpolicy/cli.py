@@ -76,7 +76,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+    p = sub.add_parser("analyze", help="per-layer sensitivity table of a model under a metric")
+    _add_common(p)
+    _add_analyze(p)
+    p.add_argument("-o", "--out", required=True, help="sensitivity table JSON to write")
+
+    p = sub.add_parser("search", help="the least-damage policy within a budget")
+    p.add_argument("table", nargs="?", help="sensitivity table JSON (or give --model and --metric)")
+    p.add_argument("--model", help="analyze this model first (zoo name or package.module:factory)")
+    p.add_argument("--weights-dir")
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--input-shape")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    _add_analyze(p)
+    p.add_argument("--budget", action="append", required=True,
+                   help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 (repeatable)")
+    p.add_argument("--strategy", default="ilp", help="see `qpolicy list strategies` (default ilp)")
+    p.add_argument("--weight-bits", help="candidate weight bits, e.g. 2,3,4,8 (default: the table's)")
+    p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
+    p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search' (default 8)")
+    p.add_argument("-o", "--out", help="policy JSON to write")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("list", help="registered metrics or strategies")
+    p.add_argument("what", choices=["metrics", "strategies", "models"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", default="qerror", help="see `qpolicy list metrics` (default qerror)")
+    p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths to score")
+    p.add_argument("--calib-batches", type=int, default=1, help="batches of 128 train images the metric uses")
+    p.add_argument("--seed", type=int, default=0)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
@@ -249,7 +285,84 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune}
+def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
+    from .errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be integers like 2,4,8, got {text!r}") from None
+
+
+def _analyze(args: argparse.Namespace):
+    from . import data
+    from .sensitivity import METRICS, analyze
+
+    METRICS.get(args.metric)  # unknown names fail before anything is loaded
+    bits = _int_list(args.bits, "--bits")
+    model = _load_model(args)
+    calib = data.calib_loader("cifar10", batches=args.calib_batches, seed=args.seed, data_dir=args.data_dir)
+    name = args.model if ":" not in args.model else None
+    return analyze(model, calib, metric=args.metric, bits=bits, seed=args.seed, model_name=name)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    table = _analyze(args)
+    table.save(args.out)
+    low = table.bits[0]
+    obj = {"out": args.out, "metric": table.metric, "seconds": table.provenance.get("seconds"),
+           "ranking": table.ranking(low)}
+    text = (f"{table.metric} sensitivity of {len(table.layers)} layers in {table.provenance.get('seconds', 0):.2f} s "
+            f"-> {args.out}\nmost sensitive at {low} bits: {', '.join(table.ranking(low)[:5])}")
+    _emit(args, obj, text)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .budget import Budget
+    from .errors import ConfigError
+    from .search import STRATEGIES, search
+    from .sensitivity import SensitivityTable
+
+    budget = Budget.parse(args.budget)
+    STRATEGIES.get(args.strategy)
+    acts = _int_list(args.act_bits, "--act-bits")
+    act_bits = acts[0] if acts is not None and len(acts) == 1 else acts
+    first_last = None if args.first_last == "search" else _int_list(args.first_last, "--first-last")[0]
+    if args.table and args.model:
+        raise ConfigError("give a sensitivity table or --model, not both")
+    if args.table:
+        table = SensitivityTable.load(args.table)
+    elif args.model:
+        table = _analyze(args)
+    else:
+        raise ConfigError("give a sensitivity table file, or --model (and --metric) to analyze one")
+    res = search(table, budget, strategy=args.strategy, seed=args.seed,
+                 weight_bits=_int_list(args.weight_bits, "--weight-bits"), act_bits=act_bits, first_last=first_last)
+    if args.out:
+        res.policy.save(args.out)
+    bits = " ".join(f"{b.short()}" for b in res.policy.layers.values())
+    text = (f"{table.metric} + {res.strategy} under {budget}: predicted damage {res.predicted_damage:.4g}, "
+            f"solved in {res.seconds * 1000:.1f} ms\n{res.cost.summary()}\n{bits}"
+            + (f"\nwrote {args.out}" if args.out else ""))
+    _emit(args, res.to_dict(), text)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import models
+    from .search import STRATEGIES
+    from .sensitivity import METRICS
+
+    names = {"metrics": METRICS.names(), "strategies": STRATEGIES.names(), "models": models.names()}[args.what]
+    _emit(args, {args.what: names}, "\n".join(names))
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+            "analyze": cmd_analyze, "search": cmd_search, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "WeightsError",
     "CheckpointError",
     "CalibrationError",
+    "InfeasibleBudgetError",
 ]
 
 
@@ -85,6 +86,14 @@ class CheckpointError(QPolicyError, OSError):
 
 class CalibrationError(QPolicyError, RuntimeError):
     """Quantizer calibration that cannot run (no data, or no statistics collected)."""
+
+
+class InfeasibleBudgetError(QPolicyError, ValueError):
+    """No policy over the candidate bit-widths meets the budget; the message gives the smallest achievable cost."""
+
+    def __init__(self, message: str, *, smallest: dict | None = None):
+        self.smallest = dict(smallest or {})
+        super().__init__(message)
 
 
 def _edit_distance(a: str, b: str) -> int:

@@ -1,19 +1,22 @@
-"""Quantizable-layer discovery: which layers a policy covers, and their sizes measured by one traced forward."""
+"""Quantizable-layer discovery: which layers a policy covers, and their sizes measured by one traced forward.
+
+torch is imported inside the functions, so the torch-free parts of qpolicy (costs, budgets, search) can use
+:class:`LayerInfo` without importing it.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
-__all__ = ["LayerInfo", "quantizable_modules", "quantizable_layers", "model_input_shape"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
+__all__ = ["LayerInfo", "quantizable_modules", "quantizable_layers", "model_input_shape"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +55,14 @@ class LayerInfo:
 
 def quantizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` for every Conv2d and Linear in definition order (no forward pass)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES) and n]
+    from torch import nn
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n]
 
 
 def _kind(m: nn.Module) -> str:
+    from torch import nn
+
     if isinstance(m, nn.Linear):
         return "linear"
     if m.groups == 1:
@@ -66,6 +73,8 @@ def _kind(m: nn.Module) -> str:
 
 
 def _macs(m: nn.Module, out: torch.Tensor) -> int:
+    from torch import nn
+
     per_out = math.prod(out.shape[1:])  # output elements per sample
     if isinstance(m, nn.Linear):
         return per_out * m.in_features
@@ -96,6 +105,8 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
     Returns:
         Layers in execution order.
     """
+    import torch
+
     shape = model_input_shape(model, input_shape)
     modules = quantizable_modules(model)
     seen: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,171 @@
+"""Policy search: strategies are pure functions of (sensitivity table, allowed choices, budget limits).
+
+This package never imports ``torch.nn``: a strategy sees layer sizes and scores only.
+
+A strategy is ``solve(problem, seed) -> {layer: (weight_bits, act_bits)}``, deterministic for a seed, and raises
+``InfeasibleBudgetError`` when nothing fits. :func:`search` builds the problem (candidate pairs per layer, fixed
+first/last layers, fixed activation bits), checks feasibility, calls the strategy and wraps the answer in a Policy
+with provenance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bits import check_bits
+from ..budget import Budget, BudgetLimits
+from ..costs import CostReport, policy_cost
+from ..errors import ConfigError, InfeasibleBudgetError
+from ..layers import LayerInfo
+from ..policy import LayerBits, Policy
+from ..registry import Registry
+from ..sensitivity.base import SensitivityTable
+
+__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "search", "choice_cost", "total_cost", "fits"]
+
+Choice = tuple[int, int]  # (weight_bits, act_bits)
+COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
+
+
+def choice_cost(li: LayerInfo, choice: Choice) -> dict[str, float]:
+    """The four budgeted quantities of one layer at one (weight_bits, act_bits) choice."""
+    wb, ab = choice
+    return {"size_bytes": li.params * wb / 8, "bitops": li.macs * wb * ab, "weight_bit_sum": li.params * wb,
+            "act_bit_sum": li.act_elems * ab}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """What a strategy solves: for each layer, pick one of ``choices[layer]`` within ``limits``, least damage."""
+
+    table: SensitivityTable
+    choices: Mapping[str, tuple[Choice, ...]]
+    limits: BudgetLimits
+
+    def damage(self, name: str, choice: Choice) -> float:
+        return self.table.weight[name][choice[0]] + self.table.act[name][choice[1]]
+
+    @property
+    def layers(self) -> tuple[LayerInfo, ...]:
+        return self.table.layers
+
+
+def total_cost(problem: Problem, assignment: Mapping[str, Choice]) -> dict[str, float]:
+    out = dict.fromkeys(COST_KEYS, 0.0)
+    for li in problem.layers:
+        for k, v in choice_cost(li, assignment[li.name]).items():
+            out[k] += v
+    return out
+
+
+def fits(problem: Problem, cost: Mapping[str, float], rtol: float = 1e-9) -> bool:
+    lim = problem.limits
+    return all(getattr(lim, k) is None or cost[k] <= getattr(lim, k) * (1 + rtol) for k in COST_KEYS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    """A searched policy and what it costs and is predicted to lose."""
+
+    policy: Policy
+    cost: CostReport
+    predicted_damage: float
+    strategy: str
+    seconds: float
+    status: str = "optimal"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.to_dict(), "cost": self.cost.to_dict(per_layer=False),
+                "predicted_damage": self.predicted_damage, "strategy": self.strategy, "seconds": self.seconds,
+                "status": self.status, **dict(self.extra)}
+
+
+Strategy = Callable[[Problem, int], dict[str, Choice]]
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def _check_feasible(problem: Problem) -> None:
+    """Raise InfeasibleBudgetError naming the smallest achievable value of each limit that cannot be met."""
+    smallest = dict.fromkeys(COST_KEYS, 0.0)
+    for li in problem.layers:
+        for k in COST_KEYS:
+            smallest[k] += min(choice_cost(li, c)[k] for c in problem.choices[li.name])
+    params = sum(li.params for li in problem.layers) or 1
+    acts = sum(li.act_elems for li in problem.layers) or 1
+    bitops8 = sum(li.macs for li in problem.layers) * 64 or 1
+    shown = {"size_bytes": lambda v: f"size {v:,.0f} B ({v / params:.4f} of W8A8)",
+             "bitops": lambda v: f"BitOPs {v / 1e9:.4f} G ({v / bitops8:.4f} of W8A8)",
+             "weight_bit_sum": lambda v: f"average weight bits {v / params:.3f}",
+             "act_bit_sum": lambda v: f"average activation bits {v / acts:.3f}"}
+    bad = [k for k in COST_KEYS if getattr(problem.limits, k) is not None
+           and smallest[k] > getattr(problem.limits, k) * (1 + 1e-9)]
+    if bad:
+        raise InfeasibleBudgetError(
+            "budget cannot be met with the candidate bit-widths: the smallest achievable "
+            + "; ".join(shown[k](smallest[k]) for k in bad) + " (with fixed first/last layers, if any)",
+            smallest={k: smallest[k] for k in bad})
+
+
+def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy = "ilp", seed: int = 0,
+           weight_bits: Sequence[int] | None = None, act_bits: Sequence[int] | int | None = None,
+           first_last: int | None = None, model_name: str | None = None) -> SearchResult:
+    """Search the least-damage policy that meets ``budget``.
+
+    Args:
+        table: Sensitivity scores and layer sizes (from :func:`qpolicy.analyze` or a saved table).
+        budget: Limits; see :class:`qpolicy.Budget`.
+        strategy: A registered name (``qpolicy list strategies``) or a ``solve(problem, seed)`` function.
+        seed: Seed of stochastic strategies (recorded in provenance).
+        weight_bits: Candidate weight bits (default: the table's).
+        act_bits: Candidate activation bits (default: the table's), or one integer to hold activations fixed.
+        first_last: Fix the first and last layer (execution order) at these bits, weights and activations.
+    """
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
+    solve = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
+    wbits = _candidates(weight_bits, table, "weight_bits")
+    abits = (check_bits(act_bits, "act_bits"),) if isinstance(act_bits, int) else _candidates(act_bits, table,
+                                                                                              "act_bits")
+    pairs = tuple((w, a) for w in wbits for a in abits)
+    edges = {table.layers[0].name, table.layers[-1].name} if first_last is not None else set()
+    if first_last is not None:
+        fl = check_bits(first_last, "first_last")
+        if fl not in table.bits:
+            raise ConfigError(f"first_last={fl} is not among the table's scored bits {table.bits}")
+    choices = {li.name: (((first_last, first_last),) if li.name in edges else pairs) for li in table.layers}
+    problem = Problem(table=table, choices=choices, limits=budget.limits(table.layers))
+    _check_feasible(problem)
+    t = time.perf_counter()
+    assignment = solve(problem, seed)
+    seconds = time.perf_counter() - t
+    if set(assignment) != set(choices) or any(assignment[n] not in choices[n] for n in choices):
+        raise RuntimeError(f"strategy {name!r} returned an assignment outside the allowed choices")
+    if not fits(problem, total_cost(problem, assignment)):
+        raise RuntimeError(f"strategy {name!r} returned a policy over budget")
+    layers = {li.name: LayerBits(weight_bits=assignment[li.name][0], act_bits=assignment[li.name][1])
+              for li in table.layers}
+    cost = policy_cost(table.layers, layers)
+    damage = sum(problem.damage(n, c) for n, c in assignment.items())
+    from ..policy import versions
+
+    policy = Policy(layers=layers, model=model_name or table.model, provenance={
+        "method": "search", "metric": table.metric, "strategy": name, "budget": budget.to_dict(),
+        "candidates": {"weight_bits": list(wbits), "act_bits": list(abits)}, "first_last": first_last,
+        "seed": seed, "predicted_damage": damage, "cost": cost.to_dict(per_layer=False),
+        "search_seconds": seconds, "sensitivity": dict(table.provenance),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()})
+    return SearchResult(policy=policy, cost=cost, predicted_damage=damage, strategy=name, seconds=seconds)
+
+
+def _candidates(bits: Sequence[int] | None, table: SensitivityTable, what: str) -> tuple[int, ...]:
+    if bits is None:
+        return table.bits
+    out = tuple(sorted({check_bits(b, what) for b in bits}))
+    missing = [b for b in out if b not in table.bits]
+    if not out or missing:
+        raise ConfigError(f"{what} {list(out)} must be non-empty and among the table's scored bits {table.bits}")
+    return out

@@ -1,0 +1,50 @@
+"""Baseline strategies: ``uniform`` (the widest uniform choice that fits) and ``random`` (a seeded random policy
+that fills the budget)."""
+
+from __future__ import annotations
+
+import random as _random
+
+from ..errors import InfeasibleBudgetError
+from .base import STRATEGIES, Choice, Problem, fits, total_cost
+
+__all__ = ["solve_uniform", "solve_random"]
+
+
+@STRATEGIES.register("uniform")
+def solve_uniform(problem: Problem, seed: int = 0) -> dict[str, Choice]:
+    """Every free layer at the same (weight, act) bits: the widest pair within budget, widest meaning the larger
+    of the two narrower sides first (W3A4 over W6A2), then the larger sum, then wider weights."""
+    free = [li.name for li in problem.layers if len(problem.choices[li.name]) > 1]
+    pairs = sorted({c for n in free for c in problem.choices[n]},
+                   key=lambda c: (min(c), c[0] + c[1], c[0]), reverse=True)
+    fixed = {n: cs[0] for n, cs in problem.choices.items() if len(cs) == 1}
+    for pair in pairs or [None]:
+        assignment = {**fixed, **({n: pair for n in free} if pair else {})}
+        if all(assignment.get(n) in problem.choices[n] for n in problem.choices) and \
+                fits(problem, total_cost(problem, assignment)):
+            return assignment
+    raise InfeasibleBudgetError("no uniform policy over the candidate bits meets the budget")
+
+
+@STRATEGIES.register("random")
+def solve_random(problem: Problem, seed: int = 0, steps_per_layer: int = 50) -> dict[str, Choice]:
+    """A random walk on the policies within budget, from the cheapest one: each step proposes a random choice
+    for a random layer and keeps it if the policy still fits. Deterministic for a seed."""
+    rng = _random.Random(seed)
+    names = [li.name for li in problem.layers]
+    totals = {li.name: li for li in problem.layers}
+
+    def cheapness(name: str, c: Choice) -> float:
+        li = totals[name]
+        return li.params * c[0] + li.macs * c[0] * c[1] + li.act_elems * c[1]
+
+    assignment = {n: min(problem.choices[n], key=lambda c, n=n: cheapness(n, c)) for n in names}
+    if not fits(problem, total_cost(problem, assignment)):
+        raise InfeasibleBudgetError("even the cheapest policy exceeds the budget")
+    for _ in range(steps_per_layer * len(names)):
+        n = rng.choice(names)
+        proposal = {**assignment, n: rng.choice(problem.choices[n])}
+        if fits(problem, total_cost(problem, proposal)):
+            assignment = proposal
+    return assignment

@@ -1,0 +1,42 @@
+"""``ilp``: the exact least-damage policy under every budget at once, as one integer linear program.
+
+Binary ``x[l, k]`` picks choice k = (weight bits, act bits) for layer l; minimize ``sum damage[l, k] x[l, k]``
+subject to one choice per layer and one row per budgeted quantity (size, BitOPs, weighted bit sums), all linear in
+x. Solved by HiGHS through ``scipy.optimize.milp``; optimal up to HiGHS's default MIP gap (1e-4 relative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from ..errors import InfeasibleBudgetError
+from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost
+
+__all__ = ["solve_ilp"]
+
+
+@STRATEGIES.register("ilp")
+def solve_ilp(problem: Problem, seed: int = 0) -> dict[str, Choice]:
+    index: list[tuple[str, Choice]] = [(li.name, c) for li in problem.layers for c in problem.choices[li.name]]
+    n = len(index)
+    c = np.array([problem.damage(name, ch) for name, ch in index])
+    pos = {li.name: i for i, li in enumerate(problem.layers)}
+    eq = np.zeros((len(problem.layers), n))
+    for j, (name, _) in enumerate(index):
+        eq[pos[name], j] = 1.0
+    constraints = [LinearConstraint(eq, 1.0, 1.0)]
+    info = {li.name: li for li in problem.layers}
+    for key in COST_KEYS:
+        limit = getattr(problem.limits, key)
+        if limit is None:
+            continue
+        row = np.array([choice_cost(info[name], ch)[key] for name, ch in index])
+        scale = max(abs(limit), 1.0)  # keep coefficients near 1 for the solver
+        constraints.append(LinearConstraint(row / scale, -np.inf, limit / scale * (1 + 1e-12)))
+    res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
+               options={"presolve": True})
+    if res.status != 0 or res.x is None:
+        raise InfeasibleBudgetError(f"no policy meets all budget limits together (HiGHS: {res.message})")
+    x = np.round(res.x).astype(int)
+    return {name: ch for (name, ch), v in zip(index, x, strict=True) if v == 1}

@@ -1,0 +1,81 @@
+"""Helpers shared by metrics: capture layer inputs, quantize one tensor the way apply_policy would."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import LayerInfo
+from ..quant.apply import batch_inputs
+from ..quant.primitives import fake_quantize, mse_scale
+
+__all__ = ["private_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "layer_forward"]
+
+_ACT_SAMPLE = 2**16
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy the metric may change freely (the user's model is never touched)."""
+    return copy.deepcopy(model).eval()
+
+
+def batches_of(calib: Iterable[Any], n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    out = []
+    for b in itertools.islice(calib, n):
+        x = batch_inputs(b).to(device)
+        y = b[1].to(device) if isinstance(b, (tuple, list)) and len(b) > 1 else None
+        out.append((x, y))
+    if not out:
+        raise ValueError("the calibration data yielded no batch")
+    return out
+
+
+@torch.no_grad()
+def capture_inputs(
+    model: nn.Module, layers: Sequence[LayerInfo], xs: Sequence[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The input of every layer (first call) on the batches ``xs``, concatenated along the batch axis."""
+    seen: dict[str, list[torch.Tensor]] = {li.name: [] for li in layers}
+    handles = []
+    for li in layers:
+        mod = model.get_submodule(li.name)
+
+        def hook(m, inputs, out, name=li.name):
+            if len(seen[name]) < len(xs):
+                seen[name].append(inputs[0].detach())
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        for x in xs:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v) for n, v in seen.items() if v}
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric weight quantization with MSE clipping (apply_policy's default)."""
+    return fake_quantize(w, mse_scale(w, bits, True, axis=0), bits, True, axis=0)
+
+
+def quantize_act(x: torch.Tensor, bits: int, seed: int = 0) -> torch.Tensor:
+    """Per-tensor activation quantization with MSE clipping on a seeded subsample (apply_policy's default)."""
+    flat = x.detach().reshape(-1)
+    if flat.numel() > _ACT_SAMPLE:
+        idx = torch.randint(flat.numel(), (_ACT_SAMPLE,), generator=torch.Generator().manual_seed(seed))
+        flat = flat[idx.to(flat.device)]
+    signed = bool(x.min() < 0)
+    return fake_quantize(x, mse_scale(flat, bits, signed), bits, signed)
+
+
+def layer_forward(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The layer's output for input ``x`` with weight ``w`` in place of its own."""
+    if isinstance(mod, nn.Conv2d):
+        return mod._conv_forward(x, w, mod.bias)
+    return nn.functional.linear(x, w, mod.bias)

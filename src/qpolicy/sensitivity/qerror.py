@@ -1,0 +1,55 @@
+"""``qerror``: relative output error of each layer quantized alone.
+
+For layer l and width b, the damage is ``||f_l(Q_b(.)) - f_l(.)||^2 / ||f_l(.)||^2`` on the layer's real inputs
+from calibration batches, with the weights (or the input activations) quantized as apply_policy would (MSE clipping).
+Cheap: one forward pass captures the inputs, then each (layer, bits) costs one layer evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ._common import batches_of, capture_inputs, layer_forward, private_copy, quantize_act, quantize_weight
+from .base import METRICS
+
+__all__ = ["QErrorMetric"]
+
+
+@METRICS.register("qerror")
+@dataclass(kw_only=True)
+class QErrorMetric:
+    """Args: batches: calibration batches whose layer inputs are used."""
+
+    batches: int = 1
+    name: str = "qerror"
+
+    def __post_init__(self) -> None:
+        if self.batches < 1:
+            raise ConfigError(f"batches must be >= 1, got {self.batches}")
+
+    def config_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+    @torch.no_grad()
+    def score(self, model, calib, *, layers, bits, seed):
+        m = private_copy(model)
+        device = next(m.parameters()).device
+        xs = [x for x, _ in batches_of(calib, self.batches, device)]
+        inputs = capture_inputs(m, layers, xs)
+        weight, act = {}, {}
+        for li in layers:
+            mod = m.get_submodule(li.name)
+            x = inputs.get(li.name)
+            if x is None:  # never called in the forward pass: quantizing it cannot hurt
+                weight[li.name] = act[li.name] = {b: 0.0 for b in bits}
+                continue
+            y = layer_forward(mod, x, mod.weight)
+            energy = float(y.pow(2).mean()) or 1.0
+            weight[li.name] = {b: float((layer_forward(mod, x, quantize_weight(mod.weight, b)) - y).pow(2).mean())
+                               / energy for b in bits}
+            act[li.name] = {b: float((layer_forward(mod, quantize_act(x, b, seed), mod.weight) - y).pow(2).mean())
+                            / energy for b in bits}
+        return weight, act

@@ -1,0 +1,155 @@
+import ast
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qpolicy.budget import Budget
+from qpolicy.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
+from qpolicy.layers import LayerInfo
+from qpolicy.search import STRATEGIES, search
+from qpolicy.search.base import Problem, choice_cost
+from qpolicy.sensitivity import SensitivityTable
+
+
+def _layer(name, params, macs, acts, order):
+    return LayerInfo(name=name, kind="conv", params=params, macs=macs, in_shape=(acts,), out_shape=(1,), order=order)
+
+
+def _table(layers, weight, act=None, bits=(2, 4, 8)):
+    act = act or {li.name: dict.fromkeys(bits, 0.0) for li in layers}
+    return SensitivityTable(metric="golden", bits=bits, layers=tuple(layers), weight=weight, act=act)
+
+
+# A golden case checkable by hand: four layers of 100 weights; W8 everywhere is 400 B, the budget 250 B.
+# Damage per layer at (2, 4, 8) bits: a is fragile, d barely cares.
+GOLDEN = [_layer(n, 100, 1000, 10, i) for i, n in enumerate("abcd")]
+GOLDEN_W = {"a": {2: 10.0, 4: 2.0, 8: 0.0}, "b": {2: 4.0, 4: 1.0, 8: 0.0},
+            "c": {2: 3.0, 4: 0.5, 8: 0.0}, "d": {2: 0.1, 4: 0.05, 8: 0.0}}
+
+
+def test_golden_ilp_by_hand():
+    # Bytes per layer at 2/4/8 bits: 25/50/100. Within 250 B: a8 b4 c4 d4 (100+50+50+50) has damage
+    # 0 + 1 + 0.5 + 0.05 = 1.55; a8 b8 c2 d2 (100+100+25+25) has 3.1; a4 b4 c4 d8 has 2 + 1 + 0.5 = 3.5;
+    # a8 b4 c8 d2 would be 275 B. So the optimum is a8 b4 c4 d4.
+    r = search(_table(GOLDEN, GOLDEN_W), Budget(size_bytes=250), act_bits=8)
+    assert {n: b.weight_bits for n, b in r.policy.layers.items()} == {"a": 8, "b": 4, "c": 4, "d": 4}
+    assert r.predicted_damage == pytest.approx(1.55) and r.cost.size_bytes == 250
+    # With 200 B: a4 b4 c4 d4 = 200 B, damage 3.55; a8 b4 c2 d2 = 100 + 50 + 25 + 25 = 200, damage 4.1;
+    # a8 b2 c4 d2 = 200, damage 4.0+0.5+0.1 = 4.6. So uniform 4 bits wins.
+    r = search(_table(GOLDEN, GOLDEN_W), Budget(size_bytes=200), act_bits=8)
+    assert {b.weight_bits for b in r.policy.layers.values()} == {4}
+    assert r.policy.provenance["strategy"] == "ilp" and r.policy.provenance["budget"] == {"size_bytes": 200}
+
+
+def _brute_force(problem: Problem):
+    names = [li.name for li in problem.layers]
+    best = None
+    for combo in itertools.product(*(problem.choices[n] for n in names)):
+        cost = dict.fromkeys(("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum"), 0.0)
+        for li, c in zip(problem.layers, combo, strict=True):
+            for k, v in choice_cost(li, c).items():
+                cost[k] += v
+        if all(getattr(problem.limits, k) is None or cost[k] <= getattr(problem.limits, k) * (1 + 1e-9) for k in cost):
+            d = sum(problem.damage(n, c) for n, c in zip(names, combo, strict=True))
+            best = d if best is None else min(best, d)
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), search_acts=st.booleans())
+def test_ilp_equals_brute_force(data, search_acts):
+    # up to 6 layers x 3 weight widths (activations fixed), or 4 layers x 9 (weight, act) pairs
+    n = data.draw(st.integers(1, 4 if search_acts else 6))
+    bits = (2, 4, 8)
+    layers = [_layer(f"l{i}", data.draw(st.integers(1, 500)), data.draw(st.integers(1, 5000)),
+                     data.draw(st.integers(1, 100)), i) for i in range(n)]
+    score = st.floats(0, 10, allow_nan=False)
+    weight = {li.name: {b: data.draw(score) for b in bits} for li in layers}
+    act = {li.name: {b: data.draw(score) for b in bits} for li in layers}
+    table = _table(layers, weight, act, bits)
+    budget = Budget(size=data.draw(st.floats(0.25, 1.0)), bitops=data.draw(st.floats(0.07, 1.0)))
+    from qpolicy.search.base import Problem as P
+
+    act_bits = None if search_acts else 8
+    pairs = tuple((w, a) for w in bits for a in (bits if search_acts else (8,)))
+    problem = P(table=table, choices={li.name: pairs for li in layers}, limits=budget.limits(layers))
+    best = _brute_force(problem)
+    if best is None:
+        with pytest.raises(InfeasibleBudgetError):
+            search(table, budget, act_bits=act_bits)
+        return
+    r = search(table, budget, act_bits=act_bits)
+    assert r.predicted_damage == pytest.approx(best, rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+@pytest.mark.parametrize("budget", [Budget(size=0.5), Budget(bitops=0.2), Budget(wbits=3, abits=6),
+                                    Budget(size=0.6, bitops=0.3)])
+def test_every_strategy_stays_within_budget_and_is_deterministic(strategy, budget):
+    layers = [_layer(f"l{i}", 50 * (i + 1), 1000 * (5 - i), 20 + i, i) for i in range(5)]
+    bits = (2, 3, 4, 8)
+    weight = {li.name: {b: (9 - b) * (i + 1) for b in bits} for i, li in enumerate(layers)}
+    table = _table(layers, weight, None, bits)
+    r1 = search(table, budget, strategy=strategy, seed=3)
+    r2 = search(table, budget, strategy=strategy, seed=3)
+    assert r1.policy.layers == r2.policy.layers
+    c, lim = r1.cost, budget.limits(layers)
+    params = sum(li.params for li in layers)
+    acts = sum(li.act_elems for li in layers)
+    assert lim.size_bytes is None or c.size_bytes <= lim.size_bytes * (1 + 1e-9)
+    assert lim.bitops is None or c.bitops <= lim.bitops * (1 + 1e-9)
+    assert budget.wbits is None or c.avg_weight_bits <= budget.wbits + 1e-9
+    assert budget.abits is None or c.avg_act_bits <= budget.abits + 1e-9
+    assert params and acts
+
+
+def test_ilp_is_never_worse_than_the_baselines():
+    layers = [_layer(f"l{i}", 50 * (i + 1), 1000 * (5 - i), 20 + i, i) for i in range(5)]
+    bits = (2, 3, 4, 8)
+    weight = {li.name: {b: (9 - b) ** 2 * ((i * 7) % 5 + 1) for b in bits} for i, li in enumerate(layers)}
+    table = _table(layers, weight, None, bits)
+    best = search(table, Budget(bitops=0.25)).predicted_damage
+    for s in ("uniform", "random"):
+        assert best <= search(table, Budget(bitops=0.25), strategy=s).predicted_damage + 1e-9
+
+
+def test_first_last_and_fixed_act_bits():
+    r = search(_table(GOLDEN, GOLDEN_W), Budget(size=0.75), first_last=8, act_bits=4)  # a, d: 200 B; b, c: 100 B
+    assert r.policy["a"].weight_bits == 8 and r.policy["d"].weight_bits == 8 and r.policy["d"].act_bits == 8
+    assert r.policy["b"].act_bits == 4 and r.policy["c"].act_bits == 4
+
+
+def test_uniform_prefers_balanced_pairs():
+    r = search(_table(GOLDEN, GOLDEN_W), Budget(bitops=12 / 64), strategy="uniform")
+    # candidates (2, 4, 8); BitOPs 12/64 of W8A8 allow w*a <= 12: w4a2 and w2a4 tie on every key but weights
+    assert {b.short() for b in r.policy.layers.values()} == {"w4a2"}
+
+
+def test_infeasible_budget_names_the_smallest_achievable():
+    with pytest.raises(InfeasibleBudgetError) as e:
+        search(_table(GOLDEN, GOLDEN_W), Budget(size=0.1))
+    assert "smallest achievable size 100 B (0.2500 of W8A8)" in str(e.value)
+    assert e.value.smallest == {"size_bytes": 100.0}
+    with pytest.raises(InfeasibleBudgetError, match="first/last"):
+        search(_table(GOLDEN, GOLDEN_W), Budget(size=0.3), first_last=8)
+
+
+def test_bad_arguments():
+    t = _table(GOLDEN, GOLDEN_W)
+    with pytest.raises(UnknownNameError, match="did you mean 'ilp'"):
+        search(t, Budget(size=0.5), strategy="ipl")
+    with pytest.raises(ConfigError, match="scored bits"):
+        search(t, Budget(size=0.5), weight_bits=(3,))
+    with pytest.raises(ConfigError, match="first_last"):
+        search(t, Budget(size=0.5), first_last=6)
+
+
+def test_search_package_never_imports_torch():
+    for path in (Path(__file__).parents[2] / "src" / "qpolicy" / "search").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(m == "torch" or m.startswith("torch.") for m in mods), path
