@@ -15,12 +15,14 @@ def _calib():
 def _fragile_model():
     """TinyConvNet whose 1x1 conv ``pw`` is fragile on purpose: each output channel has one huge weight on an input
     channel that is always zero (dead after the ReLU). The outlier sets the quantization range but carries no
-    signal, so at low bits the small weights that do carry the signal round away."""
+    signal, so at low bits the small weights that do carry the signal round away. The classifier ``fc`` gets
+    ternary weights (exactly representable at every width), so the layer next to the loss, which gradient-based
+    metrics weigh most, is not fragile by accident."""
     m = TinyConvNet(seed=1)
     with torch.no_grad():
         m.bn2.bias[0] = -100.0  # input channel 0 of pw is dead
-        m.pw.weight.mul_(0.1)
-        m.pw.weight[:, 0] = 3.0
+        m.pw.weight[:, 0] = 30.0
+        m.fc.weight.copy_(torch.sign(m.fc.weight) * 0.5)
     return m
 
 

@@ -1,0 +1,75 @@
+"""``fisher``: gradient-weighted output perturbation (a diagonal empirical-Fisher estimate of the loss increase).
+
+For layer l with output y and per-sample loss gradient g = dL/dy: ``damage(b) = sum (g^2 * (y_b - y)^2) / N``, where
+y_b is the layer's output with its weights (or its input activations) quantized to b bits as apply_policy would.
+Under the Fisher approximation of the Hessian, this is twice the expected loss increase from quantizing that layer
+alone. One forward/backward pass captures every layer's input, output and output gradient; then each
+(layer, bits) costs one layer evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ._common import batches_of, layer_forward, private_copy, quantize_act, quantize_weight
+from .base import METRICS
+
+__all__ = ["FisherMetric"]
+
+
+@METRICS.register("fisher")
+@dataclass(kw_only=True)
+class FisherMetric:
+    """Args: batches: labelled calibration batches."""
+
+    batches: int = 1
+    name: str = "fisher"
+
+    def __post_init__(self) -> None:
+        if self.batches < 1:
+            raise ConfigError(f"batches must be >= 1, got {self.batches}")
+
+    def config_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+    def score(self, model, calib, *, layers, bits, seed):
+        m = private_copy(model)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        mods = {li.name: m.get_submodule(li.name) for li in layers}
+        device = next(m.parameters()).device
+        weight = {n: dict.fromkeys(bits, 0.0) for n in mods}
+        act = {n: dict.fromkeys(bits, 0.0) for n in mods}
+        total = 0
+        for x, y in batches_of(calib, self.batches, device):
+            if y is None:
+                raise ConfigError("the fisher metric needs labelled batches (x, y)")
+            seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            handles = []
+            for n, mod in mods.items():
+                def hook(module, inputs, out, n=n, seen=seen):
+                    if n not in seen and out.requires_grad:
+                        out.retain_grad()
+                        seen[n] = (inputs[0].detach(), out)
+                handles.append(mod.register_forward_hook(hook))
+            try:
+                x = x.clone().requires_grad_(True)  # so every layer output is in the graph
+                F.cross_entropy(m(x), y, reduction="sum").backward()  # per-sample gradients dL_i/dy_i
+            finally:
+                for h in handles:
+                    h.remove()
+            total += y.numel()
+            with torch.no_grad():
+                for n, (xin, out) in seen.items():
+                    mod, g2, y0 = mods[n], out.grad.pow(2), out.detach()
+                    for b in bits:
+                        dw = layer_forward(mod, xin, quantize_weight(mod.weight, b)) - y0
+                        da = layer_forward(mod, quantize_act(xin, b, seed), mod.weight) - y0
+                        weight[n][b] += float((g2 * dw.pow(2)).sum())
+                        act[n][b] += float((g2 * da.pow(2)).sum())
+        return ({n: {b: v / total for b, v in s.items()} for n, s in weight.items()},
+                {n: {b: v / total for b, v in s.items()} for n, s in act.items()})
