@@ -158,3 +158,18 @@ def test_infeasible_budget_exit_2(capsys, home, tmp_path):
     run(capsys, "analyze", "--model", "resnet20", "--random-init", "--bits", "2,8", "-o", str(table))
     code, _, err = run(capsys, "search", str(table), "--budget", "size=0.1")
     assert code == 2 and "smallest achievable size" in err
+
+
+def test_pareto_cli(capsys, home, tmp_path):
+    table = tmp_path / "t.json"
+    run(capsys, "analyze", "--model", "resnet20", "--random-init", "--bits", "2,4,8", "-o", str(table))
+    out_file = tmp_path / "front.json"
+    code, out, _ = run(capsys, "pareto", str(table), "--bitops", "0.1:0.5:3", "-o", str(out_file), "--json")
+    front = json.loads(out)
+    assert code == 0 and front["key"] == "bitops" and len(front["points"]) + len(front["infeasible"]) == 3
+    assert json.loads(out_file.read_text())["points"] == front["points"]
+    code, out, _ = run(capsys, "pareto", str(table), "--bitops", "0.3", "--evaluate", "--random-init", "--limit",
+                       "16", "--batch-size", "16", "--json")
+    assert code == 0 and "top1" in json.loads(out)["points"][0]
+    code, _, err = run(capsys, "pareto", str(table), "--bitops", "0.5:0.1:3")
+    assert code == 2 and "bad sweep" in err

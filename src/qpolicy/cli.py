@@ -101,6 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("pareto", help="re-solve a sensitivity table over a budget sweep (optionally evaluate)")
+    p.add_argument("table", help="sensitivity table JSON")
+    g = p.add_mutually_exclusive_group(required=True)
+    for key, example in (("size", "0.2:0.6:10"), ("bitops", "0.1:0.5:20"), ("wbits", "2:6:9"), ("abits", "2:8:7")):
+        g.add_argument(f"--{key}", metavar="LOW:HIGH:N", help=f"sweep {key}, e.g. {example}, or a list 0.2,0.3")
+    p.add_argument("--budget", action="append", default=[], help="limits that hold at every point (repeatable)")
+    p.add_argument("--strategy", default="ilp")
+    p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
+    p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search'")
+    p.add_argument("--evaluate", action="store_true", help="PTQ top-1 of every point on the test set")
+    p.add_argument("--model", help="model to evaluate (default: the table's zoo model)")
+    p.add_argument("--weights-dir")
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--input-shape")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of this many test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", help="front JSON to write")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("list", help="registered metrics or strategies")
     p.add_argument("what", choices=["metrics", "strategies", "models"])
     p.add_argument("--json", action="store_true")
@@ -351,6 +374,48 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from . import data
+    from .budget import Budget
+    from .errors import ConfigError
+    from .pipeline import evaluate_front
+    from .quant.fake_quant import CalibConfig
+    from .search import STRATEGIES, pareto
+    from .search.pareto import parse_sweep
+    from .sensitivity import SensitivityTable
+
+    key = next(k for k in ("size", "bitops", "wbits", "abits") if getattr(args, k))
+    values = parse_sweep(getattr(args, key))
+    fixed = Budget.parse(args.budget) if args.budget else None
+    STRATEGIES.get(args.strategy)
+    acts = _int_list(args.act_bits, "--act-bits")
+    act_bits = acts[0] if acts is not None and len(acts) == 1 else acts
+    first_last = None if args.first_last == "search" else _int_list(args.first_last, "--first-last")[0]
+    table = SensitivityTable.load(args.table)
+    front = pareto(table, key, values, strategy=args.strategy, fixed=fixed, act_bits=act_bits, first_last=first_last,
+                   seed=args.seed)
+    if args.evaluate:
+        args.model = args.model or table.model
+        if not args.model:
+            raise ConfigError("the table names no model: give --model to evaluate the front")
+        model = _load_model(args)
+        cfg = CalibConfig()
+        test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
+        calib = data.calib_loader("cifar10", batches=cfg.batches_needed, seed=args.seed, data_dir=args.data_dir)
+        front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device)
+    if args.out:
+        front.save(args.out)
+    lines = [f"{table.metric} + {front.strategy}, sweep {key}: {len(front.points)} points"
+             + (f", infeasible at {', '.join(f'{v:g}' for v in front.infeasible)}" if front.infeasible else "")]
+    for pt in front.points:
+        c = pt["cost"]
+        lines.append(f"{key}={pt['value']:.4g}: size {c['size_rel_w8a8']:.3f}, BitOPs {c['bitops_rel_w8a8']:.3f}, "
+                     f"damage {pt['predicted_damage']:.4g}, {pt['seconds'] * 1000:.1f} ms"
+                     + (f", top-1 {pt['top1']:.2f}%" if "top1" in pt else ""))
+    _emit(args, front.to_dict(), "\n".join(lines))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import models
     from .search import STRATEGIES
@@ -362,7 +427,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "analyze": cmd_analyze, "search": cmd_search, "list": cmd_list}
+            "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from .qat.finetune import CHECKPOINT_NAME, FinetuneConfig, FinetuneResult, finet
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
 
-__all__ = ["PolicyEvaluation", "evaluate_policy", "QATRun", "finetune_policy", "float_policy"]
+__all__ = ["PolicyEvaluation", "evaluate_policy", "QATRun", "finetune_policy", "float_policy", "evaluate_front"]
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +117,18 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
                  cost=policy_cost(quantizable_layers(model), policy), out_dir=str(out))
     write_json(out / "result.json", run.to_dict())
     return run, qmodel
+
+
+def evaluate_front(model: nn.Module, front: Any, *, test: Iterable[Any], calib: Iterable[Any] | None,
+                   calib_config: CalibConfig | None = None, device: str | None = None) -> Any:
+    """PTQ top-1 of every point of a Pareto front (adds ``top1`` to each point); returns a new front."""
+    from dataclasses import replace
+
+    from .progress import progress
+
+    points = []
+    for pt in progress(front.points, desc="pareto", total=len(front.points)):
+        policy = Policy.from_dict(pt["policy"])
+        res = evaluate_policy(model, policy, test=test, calib=calib, calib_config=calib_config, device=device)
+        points.append({**pt, "top1": res.accuracy.top1, "eval_seconds": res.accuracy.seconds})
+    return replace(front, points=tuple(points))

@@ -2,5 +2,6 @@
 
 from . import baselines, ilp  # noqa: F401  (register the strategies)
 from .base import STRATEGIES, Problem, SearchResult, search
+from .pareto import ParetoFront, pareto
 
-__all__ = ["STRATEGIES", "Problem", "SearchResult", "search"]
+__all__ = ["STRATEGIES", "Problem", "SearchResult", "search", "ParetoFront", "pareto"]
