@@ -153,3 +153,15 @@ def test_search_package_never_imports_torch():
             if isinstance(node, ast.Import | ast.ImportFrom):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(m == "torch" or m.startswith("torch.") for m in mods), path
+
+
+def test_te_lp_orders_bits_by_importance():
+    # importance (damage slope) a > b > c > d; a budget that allows some 8-bit layers
+    layers = [_layer(n, 100, 1000, 10, i) for i, n in enumerate("abcd")]
+    te = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    w = {n: {b: te[n] * (8 - b) for b in (2, 4, 8)} for n in te}
+    r = search(_table(layers, w, None), Budget(size=0.6), strategy="te-lp", act_bits=8)
+    wb = [r.policy[n].weight_bits for n in "abcd"]
+    assert wb == sorted(wb, reverse=True) and r.cost.size_rel_w8a8 <= 0.6 + 1e-9
+    assert r.predicted_damage == pytest.approx(search(_table(layers, w, None), Budget(size=0.6),
+                                                      act_bits=8).predicted_damage)  # here ilp agrees

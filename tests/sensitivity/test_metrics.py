@@ -1,15 +1,18 @@
 import pytest
 import torch
 
+from qpolicy.data import ArrayDataset, ArrayLoader
 from qpolicy.errors import PolicyError, UnknownNameError
 from qpolicy.sensitivity import METRICS, SensitivityTable, analyze, monotone
-from qpolicy.testing import TinyConvNet, random_loader
+from qpolicy.testing import TinyConvNet, random_dataset
 
 BITS = (2, 3, 4, 8)
 
 
 def _calib():
-    return random_loader(64, batch_size=32)
+    ds = random_dataset(64)
+    balanced = ArrayDataset(images=ds.images, labels=torch.arange(64) % 4, classes=ds.classes, source="test")
+    return ArrayLoader(balanced, batch_size=32)
 
 
 def _fragile_model():
@@ -49,7 +52,9 @@ def test_contract(metric):
     assert again.weight == table.weight and again.act == table.act
 
 
-@pytest.mark.parametrize("metric", METRICS.names())
+# te scores feature-map topology, not quantization error: planted fragile weights do not change it (its own
+# planted case is in test_te.py).
+@pytest.mark.parametrize("metric", [m for m in METRICS.names() if m != "te"])
 def test_planted_fragile_layer_ranks_first(metric):
     table = analyze(_fragile_model(), _calib(), metric=metric, bits=BITS)
     for b in (2, 3):

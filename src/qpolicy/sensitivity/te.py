@@ -1,0 +1,223 @@
+"""``te``: topological entropy of feature maps (GMPQ-TE), a per-layer importance computed in one forward pass.
+
+For each quantizable layer's output on a minibatch of images that share one label:
+
+* each channel's ``h x h`` map U is a weighted graph on h vertices with edge weights ``max(U, U^T)`` (diagonal
+  excluded); edges enter the filtration in descending weight order, one edge per step (ties by position); the
+  flag (clique) complex is taken at each step;
+* the **birth time** of a map is the first step at which the first Betti number beta_1 is non-zero (0: never);
+* a channel's entropy is the Shannon entropy (nats) of its birth times over the images that have one; when fewer
+  than ``min_rate`` (10%) of the images have a birth, the paper's rule ``H = eps * log |Omega|`` applies, with
+  Omega the possible birth steps (the edges);
+* the layer's TE is ``sum_c w_c H_c`` with ``w_c = H_c / sum_c H_c``: higher-entropy channels weigh more
+  (``weighting="uniform"`` gives the plain mean instead).
+
+Non-square maps are padded to a square with a value below every entry (padded edges enter last); a Linear layer's
+N outputs are placed on a ceil(sqrt(N)) x ceil(sqrt(N)) grid the same way.
+
+Birth times, exactly: if beta_1 = 0 before step t and step t adds edge (u, v), then beta_1 != 0 after it iff u and v
+were already connected and have no common neighbour. (A new edge between components adds no cycle. Between
+connected vertices it adds one cycle z; z is a boundary iff a triangle (u, v, w) exists, since z minus that
+triangle's boundary is an older cycle, and every older cycle was a boundary.) The fast path runs this test for all
+maps at once with component labels and neighbour bitmasks, stopping once every map has its birth;
+:func:`birth_times_reference` computes the same with ripser's persistent homology.
+
+As sensitivity scores, ``damage[layer][b] = TE * (max_bits - b)`` for weights and activations alike, so the least
+damage policy is the one maximizing ``sum TE_i * b_i``: GMPQ-TE's objective.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ._common import private_copy
+from .base import METRICS
+
+__all__ = ["TEMetric", "birth_times", "birth_times_reference", "channel_entropy", "square_maps"]
+
+
+def square_maps(out: torch.Tensor) -> np.ndarray:
+    """Layer output -> maps (N, C, s, s): conv maps padded to square, Linear outputs on a ceil(sqrt(F)) grid."""
+    x = out.detach().float()
+    if x.dim() == 2:  # (N, F) -> (N, 1, s, s)
+        n, f = x.shape
+        s = math.ceil(math.sqrt(f))
+        pad = torch.full((n, s * s - f), float(x.min()) - 1.0)
+        x = torch.cat([x, pad], dim=1).reshape(n, 1, s, s)
+    elif x.dim() == 4 and x.shape[2] != x.shape[3]:
+        n, c, h, w = x.shape
+        s = max(h, w)
+        canvas = torch.full((n, c, s, s), float(x.min()) - 1.0)
+        canvas[:, :, :h, :w] = x
+        x = canvas
+    elif x.dim() != 4:
+        raise ConfigError(f"cannot place a layer output of shape {tuple(x.shape)} on a square grid")
+    return x.cpu().numpy()
+
+
+def _edge_order(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For maps (M, h, h): per-map edge indices in filtration order, and the edges' endpoints."""
+    h = maps.shape[-1]
+    iu, ju = np.triu_indices(h, 1)
+    weights = np.maximum(maps[:, iu, ju], maps[:, ju, iu])  # (M, E)
+    order = np.argsort(-weights, axis=1, kind="stable")  # descending, ties by position
+    return order, iu, ju
+
+
+def birth_times(maps: np.ndarray) -> np.ndarray:
+    """First filtration step (1-based) with beta_1 != 0 for each map (M, h, h); 0 when none. Exact (see module)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    m, h = maps.shape[0], maps.shape[-1]
+    births = np.zeros(m, dtype=np.int64)
+    if h < 4 or m == 0:  # a flag complex on <= 3 vertices has no 1-cycle that is not a triangle
+        return births
+    order, iu, ju = _edge_order(maps)
+    us, vs = iu[order], ju[order]  # (M, E) endpoints in filtration order
+    words = (h + 63) // 64
+    comp = np.tile(np.arange(h), (m, 1))  # component label of each vertex
+    adj = np.zeros((m, h, words), dtype=np.uint64)  # neighbour bitmasks
+    active = np.arange(m)
+    one = np.uint64(1)
+    for t in range(order.shape[1]):
+        if active.size == 0:
+            break
+        u, v = us[active, t], vs[active, t]
+        cu, cv = comp[active, u], comp[active, v]
+        common = (adj[active, u] & adj[active, v]).any(axis=1)
+        hit = (cu == cv) & ~common
+        births[active[hit]] = t + 1
+        keep = ~hit
+        a, u, v, cu, cv = active[keep], u[keep], v[keep], cu[keep], cv[keep]
+        adj[a, u, v // 64] |= one << (v % 64).astype(np.uint64)
+        adj[a, v, u // 64] |= one << (u % 64).astype(np.uint64)
+        merge = cu != cv
+        if merge.any():
+            rows = a[merge]
+            block = comp[rows]
+            comp[rows] = np.where(block == cv[merge][:, None], cu[merge][:, None], block)
+        active = a
+    return births
+
+
+def birth_times_reference(maps: np.ndarray) -> np.ndarray:
+    """The same birth times from persistent homology (ripser): the smallest birth among H1 bars of positive
+    persistence, with each edge's filtration value set to its step number."""
+    from ripser import ripser
+
+    maps = np.asarray(maps, dtype=np.float64)
+    m, h = maps.shape[0], maps.shape[-1]
+    births = np.zeros(m, dtype=np.int64)
+    if h < 2:
+        return births
+    order, iu, ju = _edge_order(maps)
+    for k in range(m):
+        steps = np.empty(len(iu))
+        steps[order[k]] = np.arange(1, len(iu) + 1)
+        dist = np.zeros((h, h))
+        dist[iu, ju] = dist[ju, iu] = steps
+        bars = ripser(dist, distance_matrix=True, maxdim=1)["dgms"][1]
+        bars = bars[bars[:, 1] > bars[:, 0]]
+        births[k] = int(bars[:, 0].min()) if len(bars) else 0
+    return births
+
+
+def channel_entropy(births: np.ndarray, n_edges: int, *, min_rate: float = 0.1, eps: float = 0.01) -> np.ndarray:
+    """Entropy (nats) of birth times per channel; ``births`` is (N images, C channels), 0 meaning no birth."""
+    n, c = births.shape
+    out = np.zeros(c)
+    floor = eps * math.log(max(n_edges, 1))
+    for ch in range(c):
+        b = births[:, ch]
+        b = b[b > 0]
+        if len(b) < min_rate * n:
+            out[ch] = floor
+            continue
+        _, counts = np.unique(b, return_counts=True)
+        p = counts / counts.sum()
+        out[ch] = float(-(p * np.log(p)).sum())
+    return out
+
+
+def layer_te(entropy: np.ndarray, weighting: str = "entropy") -> float:
+    if weighting == "uniform":
+        return float(entropy.mean()) if entropy.size else 0.0
+    total = entropy.sum()
+    return float((entropy * entropy).sum() / total) if total > 0 else 0.0
+
+
+@METRICS.register("te")
+@dataclass(kw_only=True)
+class TEMetric:
+    """Args: label: class of the images; batch_size: images (taken from the calibration data with that label);
+    min_rate, eps: the paper's rule for channels with few births; weighting: "entropy" or "uniform";
+    reference: compute birth times with ripser instead of the fast path."""
+
+    label: int = 0
+    batch_size: int = 128
+    min_rate: float = 0.1
+    eps: float = 0.01
+    weighting: str = "entropy"
+    reference: bool = False
+    name: str = "te"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("entropy", "uniform"):
+            raise ConfigError(f"weighting must be 'entropy' or 'uniform', got {self.weighting!r}")
+        if self.batch_size < 2 or not 0 <= self.min_rate <= 1 or self.eps < 0:
+            raise ConfigError("batch_size must be >= 2, min_rate in [0, 1], eps >= 0")
+
+    def config_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+    def same_label_batch(self, calib, device) -> torch.Tensor:
+        xs, have = [], 0
+        for batch in calib:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ConfigError("the te metric needs labelled batches (x, y)")
+            x, y = batch[0], batch[1]
+            sel = x[y == self.label]
+            xs.append(sel)
+            have += len(sel)
+            if have >= self.batch_size:
+                break
+        if have < 2:
+            raise ConfigError(f"the calibration data has fewer than 2 images of label {self.label}")
+        return torch.cat(xs)[: self.batch_size].to(device)
+
+    @torch.no_grad()
+    def layer_scores(self, model, calib, layers) -> dict[str, float]:
+        """TE of every layer (higher: more important)."""
+        m = private_copy(model)
+        device = next(m.parameters()).device
+        x = self.same_label_batch(calib, device)
+        outs: dict[str, torch.Tensor] = {}
+        handles = [m.get_submodule(li.name).register_forward_hook(
+            lambda mod, inp, out, n=li.name: outs.setdefault(n, out.detach())) for li in layers]
+        try:
+            m(x)
+        finally:
+            for hnd in handles:
+                hnd.remove()
+        scores = {}
+        for li in layers:
+            if li.name not in outs:
+                scores[li.name] = 0.0
+                continue
+            maps = square_maps(outs[li.name])  # (N, C, s, s)
+            n, c, s, _ = maps.shape
+            flat = maps.reshape(n * c, s, s)
+            births = (birth_times_reference if self.reference else birth_times)(flat).reshape(n, c)
+            ent = channel_entropy(births, s * (s - 1) // 2, min_rate=self.min_rate, eps=self.eps)
+            scores[li.name] = layer_te(ent, self.weighting)
+        return scores
+
+    def score(self, model, calib, *, layers, bits, seed):
+        te = self.layer_scores(model, calib, layers)
+        top = max(bits)
+        table = {n: {b: v * (top - b) for b in bits} for n, v in te.items()}
+        return table, {n: dict(s) for n, s in table.items()}
