@@ -16,7 +16,7 @@ endif
 endif
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead lint clean
+.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search lint clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: bench-ptq bench-overhead bench-qat
+bench: bench-ptq bench-overhead bench-qat bench-search
 
 bench-ptq: $(STAMP)
 	$(PY) benchmarks/uniform_ptq.py
@@ -49,6 +49,10 @@ bench-overhead: $(STAMP)
 
 bench-qat: $(STAMP)
 	$(PY) benchmarks/qat_w3a4.py
+
+bench-search: $(STAMP)
+	$(PY) benchmarks/search_speed.py
+	$(PY) benchmarks/search_quality.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -135,6 +135,7 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="qerror", help="see `qpolicy list metrics` (default qerror)")
     p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths to score")
     p.add_argument("--calib-batches", type=int, default=1, help="batches of 128 train images the metric uses")
+    p.add_argument("--label", type=int, default=0, help="te: class of the same-label minibatch (default 0)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -323,12 +324,15 @@ def _analyze(args: argparse.Namespace):
     from . import data
     from .sensitivity import METRICS, analyze
 
-    METRICS.get(args.metric)  # unknown names fail before anything is loaded
+    factory = METRICS.get(args.metric)  # unknown names fail before anything is loaded
+    metric = factory(label=args.label) if args.metric == "te" else factory(batches=args.calib_batches)
     bits = _int_list(args.bits, "--bits")
     model = _load_model(args)
-    calib = data.calib_loader("cifar10", batches=args.calib_batches, seed=args.seed, data_dir=args.data_dir)
+    # plain, shuffled training images: metrics take the batches they need (te: those of one label)
+    train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=args.seed,
+                        data_dir=args.data_dir)
     name = args.model if ":" not in args.model else None
-    return analyze(model, calib, metric=args.metric, bits=bits, seed=args.seed, model_name=name)
+    return analyze(model, train, metric=metric, bits=bits, seed=args.seed, model_name=name)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
