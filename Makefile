@@ -30,8 +30,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/qpolicy inspect --model resnet20
 	$(VENV)/bin/qpolicy evaluate --model resnet20
-	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4 --save-policy runs/demo/w4a4.json
-	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/w4a4.json --calib minmax --no-bn-reestimate
+	$(VENV)/bin/qpolicy analyze --model resnet20 --metric fisher -o runs/demo/fisher.json
+	$(VENV)/bin/qpolicy search runs/demo/fisher.json --budget bitops=0.2582 -o runs/demo/policy.json
+	@echo "== searched policy (fisher + ilp) at the BitOPs of uniform W4A4 =="
+	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/policy.json
+	@echo "== uniform W4A4 (first/last 8 bits), the same BitOPs =="
+	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
