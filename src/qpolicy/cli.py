@@ -20,11 +20,22 @@ log = logging.getLogger("qpolicy")
 EXIT_USAGE = 2
 
 
-def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
-    p.add_argument("--model", required=True, help="zoo name (see `qpolicy models`) or package.module:factory")
+def _add_model(p: argparse.ArgumentParser, *, required: bool = True, help_text: str | None = None) -> None:
+    p.add_argument("--model", required=required,
+                   help=help_text or "zoo name (see `qpolicy models`) or package.module:factory")
     p.add_argument("--weights-dir", help="folder with pretrained weight files (default: $QPOLICY_HOME/models)")
     p.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
     p.add_argument("--input-shape", help="per-sample input shape C,H,W for models outside the zoo")
+
+
+def _add_search_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="ilp", help="see `qpolicy list strategies` (default ilp)")
+    p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
+    p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search' (default 8)")
+
+
+def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    _add_model(p)
     if data:
         p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -84,19 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="the least-damage policy within a budget")
     p.add_argument("table", nargs="?", help="sensitivity table JSON (or give --model and --metric)")
-    p.add_argument("--model", help="analyze this model first (zoo name or package.module:factory)")
-    p.add_argument("--weights-dir")
-    p.add_argument("--random-init", action="store_true")
-    p.add_argument("--input-shape")
+    _add_model(p, required=False, help_text="analyze this model first (zoo name or package.module:factory)")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     _add_analyze(p)
     p.add_argument("--budget", action="append", required=True,
                    help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 (repeatable)")
-    p.add_argument("--strategy", default="ilp", help="see `qpolicy list strategies` (default ilp)")
+    _add_search_opts(p)
     p.add_argument("--weight-bits", help="candidate weight bits, e.g. 2,3,4,8 (default: the table's)")
-    p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
-    p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search' (default 8)")
     p.add_argument("-o", "--out", help="policy JSON to write")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -107,14 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     for key, example in (("size", "0.2:0.6:10"), ("bitops", "0.1:0.5:20"), ("wbits", "2:6:9"), ("abits", "2:8:7")):
         g.add_argument(f"--{key}", metavar="LOW:HIGH:N", help=f"sweep {key}, e.g. {example}, or a list 0.2,0.3")
     p.add_argument("--budget", action="append", default=[], help="limits that hold at every point (repeatable)")
-    p.add_argument("--strategy", default="ilp")
-    p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
-    p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search'")
+    _add_search_opts(p)
     p.add_argument("--evaluate", action="store_true", help="PTQ top-1 of every point on the test set")
-    p.add_argument("--model", help="model to evaluate (default: the table's zoo model)")
-    p.add_argument("--weights-dir")
-    p.add_argument("--random-init", action="store_true")
-    p.add_argument("--input-shape")
+    _add_model(p, required=False, help_text="model to evaluate (default: the table's zoo model)")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
@@ -223,6 +224,8 @@ def _policy_label(policy) -> str:
     prov = policy.provenance
     if prov.get("method") == "uniform":
         return f"uniform {prov.get('spec')} (first/last: {prov.get('first_last')})"
+    if prov.get("method") == "search":
+        return f"{prov.get('metric')} + {prov.get('strategy')} policy under {prov.get('budget')}"
     return f"{prov.get('method', 'policy')}"
 
 
@@ -320,6 +323,17 @@ def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{what} must be integers like 2,4,8, got {text!r}") from None
 
 
+def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategy, activation-bits and first/last options shared by search and pareto, checked."""
+    from .search import STRATEGIES
+
+    STRATEGIES.get(args.strategy)
+    acts = _int_list(args.act_bits, "--act-bits")
+    first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
+    return {"strategy": args.strategy, "act_bits": acts[0] if acts is not None and len(acts) == 1 else acts,
+            "first_last": first_last}
+
+
 def _analyze(args: argparse.Namespace):
     from . import data
     from .sensitivity import METRICS, analyze
@@ -350,14 +364,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .budget import Budget
     from .errors import ConfigError
-    from .search import STRATEGIES, search
+    from .search import search
     from .sensitivity import SensitivityTable
 
     budget = Budget.parse(args.budget)
-    STRATEGIES.get(args.strategy)
-    acts = _int_list(args.act_bits, "--act-bits")
-    act_bits = acts[0] if acts is not None and len(acts) == 1 else acts
-    first_last = None if args.first_last == "search" else _int_list(args.first_last, "--first-last")[0]
+    choices = _search_choices(args)
     if args.table and args.model:
         raise ConfigError("give a sensitivity table or --model, not both")
     if args.table:
@@ -366,8 +377,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         table = _analyze(args)
     else:
         raise ConfigError("give a sensitivity table file, or --model (and --metric) to analyze one")
-    res = search(table, budget, strategy=args.strategy, seed=args.seed,
-                 weight_bits=_int_list(args.weight_bits, "--weight-bits"), act_bits=act_bits, first_last=first_last)
+    res = search(table, budget, seed=args.seed, weight_bits=_int_list(args.weight_bits, "--weight-bits"), **choices)
     if args.out:
         res.policy.save(args.out)
     bits = " ".join(f"{b.short()}" for b in res.policy.layers.values())
@@ -384,20 +394,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .pipeline import evaluate_front
     from .quant.fake_quant import CalibConfig
-    from .search import STRATEGIES, pareto
+    from .search import pareto
     from .search.pareto import parse_sweep
     from .sensitivity import SensitivityTable
 
     key = next(k for k in ("size", "bitops", "wbits", "abits") if getattr(args, k))
     values = parse_sweep(getattr(args, key))
     fixed = Budget.parse(args.budget) if args.budget else None
-    STRATEGIES.get(args.strategy)
-    acts = _int_list(args.act_bits, "--act-bits")
-    act_bits = acts[0] if acts is not None and len(acts) == 1 else acts
-    first_last = None if args.first_last == "search" else _int_list(args.first_last, "--first-last")[0]
+    choices = _search_choices(args)
     table = SensitivityTable.load(args.table)
-    front = pareto(table, key, values, strategy=args.strategy, fixed=fixed, act_bits=act_bits, first_last=first_last,
-                   seed=args.seed)
+    front = pareto(table, key, values, fixed=fixed, seed=args.seed, **choices)
     if args.evaluate:
         args.model = args.model or table.model
         if not args.model:

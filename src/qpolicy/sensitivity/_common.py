@@ -14,7 +14,8 @@ from ..layers import LayerInfo
 from ..quant.apply import batch_inputs
 from ..quant.primitives import fake_quantize, mse_scale
 
-__all__ = ["private_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "layer_forward"]
+__all__ = ["private_copy", "frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act",
+           "layer_forward"]
 
 _ACT_SAMPLE = 2**16
 
@@ -22,6 +23,14 @@ _ACT_SAMPLE = 2**16
 def private_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy the metric may change freely (the user's model is never touched)."""
     return copy.deepcopy(model).eval()
+
+
+def frozen_copy(model: nn.Module, layers: Sequence[LayerInfo]) -> tuple[nn.Module, dict[str, nn.Module], torch.device]:
+    """A private eval-mode copy with every parameter frozen, its quantizable layers by name, and its device."""
+    m = private_copy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m, {li.name: m.get_submodule(li.name) for li in layers}, next(m.parameters()).device
 
 
 def batches_of(calib: Iterable[Any], n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

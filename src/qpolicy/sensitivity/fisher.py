@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ._common import batches_of, layer_forward, private_copy, quantize_act, quantize_weight
+from ._common import batches_of, frozen_copy, layer_forward, quantize_act, quantize_weight
 from .base import METRICS
 
 __all__ = ["FisherMetric"]
@@ -37,11 +37,7 @@ class FisherMetric:
         return {k: v for k, v in asdict(self).items() if k != "name"}
 
     def score(self, model, calib, *, layers, bits, seed):
-        m = private_copy(model)
-        for p in m.parameters():
-            p.requires_grad_(False)
-        mods = {li.name: m.get_submodule(li.name) for li in layers}
-        device = next(m.parameters()).device
+        m, mods, device = frozen_copy(model, layers)
         weight = {n: dict.fromkeys(bits, 0.0) for n in mods}
         act = {n: dict.fromkeys(bits, 0.0) for n in mods}
         total = 0

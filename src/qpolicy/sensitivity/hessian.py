@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ._common import batches_of, private_copy, quantize_act, quantize_weight
+from ._common import batches_of, frozen_copy, quantize_act, quantize_weight
 from .base import METRICS
 
 __all__ = ["HessianMetric"]
@@ -39,13 +39,9 @@ class HessianMetric:
         return {k: v for k, v in asdict(self).items() if k != "name"}
 
     def score(self, model, calib, *, layers, bits, seed):
-        m = private_copy(model)
-        for p in m.parameters():
-            p.requires_grad_(False)
-        mods = {li.name: m.get_submodule(li.name) for li in layers}
+        m, mods, device = frozen_copy(model, layers)
         for mod in mods.values():
             mod.weight.requires_grad_(True)
-        device = next(m.parameters()).device
         gen = torch.Generator(device="cpu").manual_seed(seed)
         tr_w = {n: 0.0 for n in mods}
         tr_a = {n: 0.0 for n in mods}
