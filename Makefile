@@ -57,6 +57,7 @@ bench-qat: $(STAMP)
 bench-search: $(STAMP)
 	$(PY) benchmarks/search_speed.py
 	$(PY) benchmarks/search_quality.py
+	$(PY) benchmarks/search_claims.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
