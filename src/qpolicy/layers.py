@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._modes import eval_mode
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -123,20 +124,16 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
 
         return hook
 
-    modes = {m: m.training for m in model.modules()}
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     handles = [m.register_forward_hook(make_hook(n)) for n, m in modules]
     try:
-        model.eval()
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros((1, *shape), device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
 
     rank = {n: i for i, n in enumerate(order)}
     unreached = [n for n, _ in modules if n not in rank]

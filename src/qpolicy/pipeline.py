@@ -21,7 +21,7 @@ from .errors import CheckpointError
 from .evaluate import EvalResult, evaluate
 from .layers import quantizable_layers
 from .policy import LayerBits, Policy
-from .qat.finetune import CHECKPOINT_NAME, FinetuneConfig, FinetuneResult, finetune, load_checkpoint
+from .qat.finetune import FinetuneConfig, FinetuneResult, check_resume, finetune, load_checkpoint
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
 
@@ -97,9 +97,7 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
         The run record and the fine-tuned quantized model.
     """
     out = Path(out_dir)
-    ckpt_path = out / CHECKPOINT_NAME
-    if ckpt_path.exists() and not resume:
-        raise CheckpointError(f"{ckpt_path} exists: resume it (--resume) or choose another output folder")
+    ckpt_path = check_resume(out, resume)  # before any PTQ work
     qmodel = apply_policy(model, policy, calib=calib, config=calib_config)
     if resume:
         before_d = load_checkpoint(ckpt_path).get("extra", {}).get("before")

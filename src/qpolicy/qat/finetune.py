@@ -28,7 +28,7 @@ from ..evaluate import resolve_device
 from ..progress import progress
 from ..quant.fake_quant import _Quantizer
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_checkpoint", "check_resume", "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -131,6 +131,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_resume(out_dir: str | Path, resume: bool) -> Path:
+    """The checkpoint path of ``out_dir``; refuses to start over an existing checkpoint unless resuming."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if path.exists() and not resume:
+        raise CheckpointError(f"{path} exists: resume it (--resume) or choose another output folder")
+    return path
+
+
 def _batches(data: Iterable[Any], epoch: int, start: int):
     if hasattr(data, "batches"):
         return data.batches(epoch, start)
@@ -167,7 +175,7 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
     if not steps_per_epoch:
         raise ConfigError("training data must have a length (batches per epoch) and at least one batch")
     total_steps = config.epochs * steps_per_epoch
-    ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    ckpt_path = check_resume(out_dir, resume) if out_dir is not None else None
     p = next(model.parameters(), None)
     home = p.device if p is not None else dev
     model.to(dev)
@@ -175,8 +183,6 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
                                 momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
     epoch, step, history, resumed_from = 0, 0, [], None
     torch.manual_seed(config.seed)
-    if ckpt_path is not None and ckpt_path.exists() and not resume:
-        raise CheckpointError(f"{ckpt_path} exists: resume it (--resume) or choose another output folder")
     if resume:
         if ckpt_path is None:
             raise ConfigError("resume needs out_dir")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from ..errors import CalibrationError, ConfigError
 from ..policy import Policy
 from .fake_quant import ActQuantizer, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
@@ -89,25 +90,22 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
     batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches_needed)]
     if not batches:
         raise CalibrationError("the calibration data yielded no batch")
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        for a in acts:
-            a.enabled = False
-        if config.bn_reestimate:
-            _reestimate_bn(model, batches[:n_bn])
-        for a in acts:
-            a.enabled = True
-            a.start_calibration_(config)
-        for x in batches[: config.batches]:
-            model(x)
-        for a in acts:
-            a.finish_calibration_()
+        with eval_mode(model):
+            for a in acts:
+                a.enabled = False
+            if config.bn_reestimate:
+                _reestimate_bn(model, batches[:n_bn])
+            for a in acts:
+                a.enabled = True
+                a.start_calibration_(config)
+            for x in batches[: config.batches]:
+                model(x)
+            for a in acts:
+                a.finish_calibration_()
     finally:
         for a in acts:
             a.observing, a.enabled = False, True
-        for m, mode in modes.items():
-            m.training = mode
     log.info("BatchNorm re-estimated on %d batches; %d activation quantizers calibrated on %d batches",
              n_bn, len(acts), min(len(batches), config.batches))
     return model

@@ -14,20 +14,15 @@ from ..layers import LayerInfo
 from ..quant.apply import batch_inputs
 from ..quant.primitives import fake_quantize, mse_scale
 
-__all__ = ["private_copy", "frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act",
-           "layer_forward"]
+__all__ = ["frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "layer_forward"]
 
 _ACT_SAMPLE = 2**16
 
 
-def private_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy the metric may change freely (the user's model is never touched)."""
-    return copy.deepcopy(model).eval()
-
-
 def frozen_copy(model: nn.Module, layers: Sequence[LayerInfo]) -> tuple[nn.Module, dict[str, nn.Module], torch.device]:
-    """A private eval-mode copy with every parameter frozen, its quantizable layers by name, and its device."""
-    m = private_copy(model)
+    """A private eval-mode copy with every parameter frozen, its quantizable layers by name, and its device.
+    Gradient metrics change requires_grad and hook intermediate tensors, so they work on a copy."""
+    m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     return m, {li.name: m.get_submodule(li.name) for li in layers}, next(m.parameters()).device

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ from ..errors import ConfigError, PolicyError
 from ..layers import LayerInfo
 from ..registry import Registry
 
-__all__ = ["DEFAULT_BITS", "Metric", "METRICS", "SensitivityTable", "analyze", "monotone"]
+__all__ = ["DEFAULT_BITS", "Metric", "BatchMetric", "METRICS", "SensitivityTable", "analyze", "monotone"]
 
 log = logging.getLogger(__name__)
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
@@ -43,6 +43,25 @@ class Metric(Protocol):
 
 
 METRICS: Registry[Callable[[], Metric]] = Registry("metric")
+
+
+@dataclass(kw_only=True)
+class BatchMetric:
+    """Shared configuration of metrics that read a number of calibration batches.
+
+    Args:
+        batches: Calibration batches the metric uses.
+    """
+
+    batches: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
+            raise ConfigError(f"batches must be a positive integer, got {self.batches!r}")
+
+    def config_dict(self) -> dict[str, Any]:
+        """The settings recorded in a table's provenance."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}
 
 
 def monotone(scores: Mapping[int, float]) -> dict[int, float]:

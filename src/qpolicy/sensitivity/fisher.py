@@ -9,32 +9,24 @@ alone. One forward/backward pass captures every layer's input, output and output
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ._common import batches_of, frozen_copy, layer_forward, quantize_act, quantize_weight
-from .base import METRICS
+from .base import METRICS, BatchMetric
 
 __all__ = ["FisherMetric"]
 
 
 @METRICS.register("fisher")
 @dataclass(kw_only=True)
-class FisherMetric:
+class FisherMetric(BatchMetric):
     """Args: batches: labelled calibration batches."""
 
-    batches: int = 1
     name: str = "fisher"
-
-    def __post_init__(self) -> None:
-        if self.batches < 1:
-            raise ConfigError(f"batches must be >= 1, got {self.batches}")
-
-    def config_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "name"}
 
     def score(self, model, calib, *, layers, bits, seed):
         m, mods, device = frozen_copy(model, layers)

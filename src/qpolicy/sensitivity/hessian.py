@@ -10,33 +10,30 @@ The estimate is unbiased; its variance falls as 1/samples.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ._common import batches_of, frozen_copy, quantize_act, quantize_weight
-from .base import METRICS
+from .base import METRICS, BatchMetric
 
 __all__ = ["HessianMetric"]
 
 
 @METRICS.register("hessian")
 @dataclass(kw_only=True)
-class HessianMetric:
+class HessianMetric(BatchMetric):
     """Args: batches: calibration batches in the loss; samples: Hutchinson draws."""
 
-    batches: int = 1
     samples: int = 16
     name: str = "hessian"
 
     def __post_init__(self) -> None:
-        if self.batches < 1 or self.samples < 1:
-            raise ConfigError(f"batches and samples must be >= 1, got {self.batches}, {self.samples}")
-
-    def config_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "name"}
+        super().__post_init__()
+        if self.samples < 1:
+            raise ConfigError(f"samples must be >= 1, got {self.samples}")
 
     def score(self, model, calib, *, layers, bits, seed):
         m, mods, device = frozen_copy(model, layers)

@@ -7,38 +7,32 @@ Cheap: one forward pass captures the inputs, then each (layer, bits) costs one l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-from ._common import batches_of, capture_inputs, layer_forward, private_copy, quantize_act, quantize_weight
-from .base import METRICS
+from .._modes import eval_mode
+from ._common import batches_of, capture_inputs, layer_forward, quantize_act, quantize_weight
+from .base import METRICS, BatchMetric
 
 __all__ = ["QErrorMetric"]
 
 
 @METRICS.register("qerror")
 @dataclass(kw_only=True)
-class QErrorMetric:
+class QErrorMetric(BatchMetric):
     """Args: batches: calibration batches whose layer inputs are used."""
 
-    batches: int = 1
     name: str = "qerror"
-
-    def __post_init__(self) -> None:
-        if self.batches < 1:
-            raise ConfigError(f"batches must be >= 1, got {self.batches}")
-
-    def config_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "name"}
 
     @torch.no_grad()
     def score(self, model, calib, *, layers, bits, seed):
-        m = private_copy(model)
+        # no copy needed: the model only runs forward in eval mode, with hooks removed afterwards
+        m = model
         device = next(m.parameters()).device
         xs = [x for x, _ in batches_of(calib, self.batches, device)]
-        inputs = capture_inputs(m, layers, xs)
+        with eval_mode(m):
+            inputs = capture_inputs(m, layers, xs)
         weight, act = {}, {}
         for li in layers:
             mod = m.get_submodule(li.name)

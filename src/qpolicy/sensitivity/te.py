@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .._modes import eval_mode
 from ..errors import ConfigError
-from ._common import private_copy
 from .base import METRICS
 
 __all__ = ["TEMetric", "birth_times", "birth_times_reference", "channel_entropy", "square_maps"]
@@ -192,14 +192,15 @@ class TEMetric:
     @torch.no_grad()
     def layer_scores(self, model, calib, layers) -> dict[str, float]:
         """TE of every layer (higher: more important)."""
-        m = private_copy(model)
-        device = next(m.parameters()).device
+        # no copy needed: one forward in eval mode, hooks removed afterwards
+        device = next(model.parameters()).device
         x = self.same_label_batch(calib, device)
         outs: dict[str, torch.Tensor] = {}
-        handles = [m.get_submodule(li.name).register_forward_hook(
+        handles = [model.get_submodule(li.name).register_forward_hook(
             lambda mod, inp, out, n=li.name: outs.setdefault(n, out.detach())) for li in layers]
         try:
-            m(x)
+            with eval_mode(model):
+                model(x)
         finally:
             for hnd in handles:
                 hnd.remove()
