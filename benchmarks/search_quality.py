@@ -1,7 +1,9 @@
-"""Policy quality on ResNet-20 / CIFAR-10 with PTQ only (our calibration: MSE clipping + BN re-estimation), full
-test set, at the issue's budgets: BitOPs of uniform W4A4 and W3A4, weight size of uniform W4, W3 and W2.5 with
-8-bit activations. For each: te (te-lp), hessian, fisher and qerror (ilp) policies vs the uniform policy vs the
-median of 10 seeded random policies; first and last layer fixed at 8 bits everywhere.
+"""Policy quality on ResNet-20 / CIFAR-10 with PTQ only, full test set, under two quantizers (plain min-max, and
+ours: MSE clipping + BN re-estimation), at the issue's budgets: BitOPs of uniform W4A4 and W3A4, weight size of
+uniform W4, W3 and W2.5 with 8-bit activations. For each: te (te-lp; the paper's linear damage, and the noise-shaped
+damage with and without entropy normalization), hessian, fisher and qerror (ilp) policies vs the uniform policy vs
+the median of 10 seeded random policies; first and last layer fixed at 8 bits everywhere. Every searched policy is
+stored in the JSON (``policies``) so later benchmarks (``search_qat.py``) can pick one.
 
     python benchmarks/search_quality.py [--randoms 10] [--limit N]
 """
@@ -16,6 +18,22 @@ from _common import md_table, write
 
 import qpolicy as qp
 from qpolicy.pipeline import evaluate_policy
+from qpolicy.sensitivity import METRICS
+from qpolicy.sensitivity.te import TEMetric
+
+QUANTIZERS = {
+    "minmax": qp.CalibConfig(weight_method="minmax", act_method="minmax", bn_reestimate=False),
+    "ours": qp.CalibConfig(weight_method="mse", act_method="mse", bn_reestimate=True),
+}
+METHODS = {  # column -> (metric factory given the quantizer, strategy); te does not depend on the quantizer
+    "te": (lambda q: TEMetric(), "te-lp"),
+    "te-noise": (lambda q: TEMetric(damage="noise"), "te-lp"),
+    "te-noise-norm": (lambda q: TEMetric(damage="noise", normalize="support"), "te-lp"),
+    "hessian": (lambda q: METRICS.get("hessian")(quantizer=q), "ilp"),
+    "fisher": (lambda q: METRICS.get("fisher")(quantizer=q), "ilp"),
+    "qerror": (lambda q: METRICS.get("qerror")(quantizer=q), "ilp"),
+}
+METRIC_QUANTIZER = {"minmax": "minmax", "ours": "mse"}
 
 
 def main() -> None:
@@ -43,38 +61,61 @@ def main() -> None:
     }
     bits = (2, 3, 4, 5, 6, 8)
     t = time.perf_counter()
-    tables = {m: qp.analyze(model, train, metric=m, bits=bits) for m in ("te", "hessian", "fisher", "qerror")}
+    tables = {}
+    for col, (make, _) in METHODS.items():
+        for q in QUANTIZERS:
+            if col.startswith("te") and q != "minmax":
+                tables[col, q] = tables[col, "minmax"]
+            else:
+                tables[col, q] = qp.analyze(model, train, metric=make(METRIC_QUANTIZER[q]), bits=bits)
     print("tables in", time.perf_counter() - t, flush=True)
 
-    def top1(policy):
-        return evaluate_policy(model, policy, test=test, calib=calib).accuracy.top1
+    def top1(policy, only=None):
+        return {q: evaluate_policy(model, policy, test=test, calib=calib, calib_config=cfg).accuracy.top1
+                for q, cfg in QUANTIZERS.items() if only in (None, q)}
 
     records, rows = [], []
     for label, (budget, act_bits, spec) in budgets.items():
-        rec = {"budget": label, "limits": budget.to_dict(), "act_bits": act_bits}
+        rec = {"budget": label, "limits": budget.to_dict(), "act_bits": act_bits, "policies": {}}
         if spec:
-            rec["uniform"] = top1(qp.uniform_policy(model, spec))
+            uni = qp.uniform_policy(model, spec)
         else:  # W2.5: the best uniform policy within the budget
-            rec["uniform"] = top1(qp.search(tables["qerror"], budget, strategy="uniform", act_bits=act_bits,
-                                            first_last=8).policy)
-        for m, table in tables.items():
-            strategy = "te-lp" if m == "te" else "ilp"
-            r = qp.search(table, budget, strategy=strategy, act_bits=act_bits, first_last=8)
-            rec[m] = top1(r.policy)
-            rec[m + "_cost"] = r.cost.to_dict(per_layer=False)
-        rnd = [top1(qp.search(tables["qerror"], budget, strategy="random", seed=s, act_bits=act_bits,
+            uni = qp.search(tables["qerror", "ours"], budget, strategy="uniform", act_bits=act_bits,
+                            first_last=8).policy
+        rec["uniform"] = top1(uni)
+        rec["policies"]["uniform"] = uni.to_dict()
+        for col, (_, strategy) in METHODS.items():
+            rec[col] = {}
+            for q in QUANTIZERS:  # each quantizer gets the policy searched on its own metric table
+                r = qp.search(tables[col, q], budget, strategy=strategy, act_bits=act_bits, first_last=8)
+                rec[col].update(top1(r.policy, only=q))
+                rec["policies"][f"{col}/{q}"] = r.policy.to_dict()
+        rnd = [top1(qp.search(tables["qerror", "ours"], budget, strategy="random", seed=s, act_bits=act_bits,
                               first_last=8).policy) for s in range(args.randoms)]
-        rec["random"], rec["random_median"] = rnd, statistics.median(rnd)
+        rec["random"] = rnd
+        rec["random_median"] = {q: statistics.median(r[q] for r in rnd) for q in QUANTIZERS}
+        searched = {q: max(METHODS, key=lambda c, q=q: rec[c][q]) for q in QUANTIZERS}
+        rec["best_searched"] = {q: {"method": c, "top1": rec[c][q], "gain_over_uniform": rec[c][q] - rec["uniform"][q]}
+                                for q, c in searched.items()}
         records.append(rec)
-        print(rec, flush=True)
-        rows.append([label, f"{rec['uniform']:.2f}", *(f"{rec[m]:.2f}" for m in tables),
-                     f"{rec['random_median']:.2f} ({min(rnd):.1f}-{max(rnd):.1f})"])
-    table = md_table(["budget", "uniform", "te (te-lp)", "hessian (ilp)", "fisher (ilp)", "qerror (ilp)",
-                      f"random median of {args.randoms} (range)"], rows)
-    notes = ("ResNet-20, CIFAR-10 test set, top-1 % after PTQ only (MSE clipping + BN re-estimation on 4,096 "
-             "augmented training images). First and last layer W8A8 in every policy; size budgets hold "
-             "activations at 8 bits. Candidate bits {2,3,4,5,6,8}. Sensitivity from one batch of 128 plain "
-             "training images (te: 128 images of class 0).")
+        print({k: v for k, v in rec.items() if k != "policies"}, flush=True)
+        for q in QUANTIZERS:
+            rs = [r[q] for r in rnd]
+            best = rec["best_searched"][q]
+            rows.append([label, q, f"{rec['uniform'][q]:.2f}", *(f"{rec[c][q]:.2f}" for c in METHODS),
+                         f"{rec['random_median'][q]:.2f} ({min(rs):.1f}-{max(rs):.1f})",
+                         f"{best['gain_over_uniform']:+.2f} ({best['method']})"])
+    table = md_table(["budget", "quantizer", "uniform", "te (paper)", "te noise", "te noise+norm", "hessian",
+                      "fisher", "qerror", f"random median of {args.randoms} (range)", "best searched - uniform"],
+                     rows)
+    notes = ("ResNet-20, CIFAR-10 test set, top-1 % after PTQ only. Quantizers: `minmax` = plain min-max ranges, "
+             "no BN re-estimation; `ours` = MSE clipping + BN re-estimation on 4,096 augmented training images. "
+             "First and last layer W8A8 in every policy; size budgets hold activations at 8 bits. Candidate bits "
+             "{2,3,4,5,6,8}. te columns use te-lp (ordering constraint), the others the ilp. te (paper): damage "
+             "TE*(8-b), i.e. maximize sum TE_i*b_i; te noise: damage TE*4^(2-b); +norm: channel entropy divided by "
+             "log min(N, |Omega|). Sensitivity from one batch of 128 plain training images (te: 128 images of "
+             "class 0); hessian, fisher and qerror score each layer with the quantizer of the row (min-max or "
+             "MSE clipping), so each row's policies are searched for the quantizer that evaluates them.")
     write("search_quality", {"results": records}, table, notes)
 
 

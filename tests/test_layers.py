@@ -52,3 +52,30 @@ def test_input_shape_required_for_plain_models():
         quantizable_layers(model)
     assert quantizable_layers(model, (3,))[0].macs == 6
     assert [n for n, _ in quantizable_modules(model)] == ["0"]
+
+
+class Branches(nn.Module):
+    """Two convolutions read one tensor; a third reads it after an in-place change (a new value: no tie)."""
+
+    input_shape = (2, 4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 1)
+        self.left = nn.Conv2d(4, 4, 1)
+        self.right = nn.Conv2d(4, 4, 3, padding=1)
+        self.after = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.left(x) + self.right(x)
+        x.relu_()
+        return self.after(x) + y
+
+
+def test_layers_reading_one_tensor_are_marked():
+    layers = {li.name: li for li in quantizable_layers(Branches())}
+    assert layers["right"].shares_input_with == "left"
+    assert layers["left"].shares_input_with is None and layers["after"].shares_input_with is None
+    assert layers["stem"].shares_input_with is None
+    assert all(li.shares_input_with is None for li in quantizable_layers(TinyConvNet()))

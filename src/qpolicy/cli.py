@@ -32,6 +32,8 @@ def _add_search_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="ilp", help="see `qpolicy list strategies` (default ilp)")
     p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
     p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search' (default 8)")
+    p.add_argument("--tie", default="act", choices=["act", "all", "none"],
+                   help="layers reading one tensor share activation bits (act, default), all bits, or none")
 
 
 def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -137,10 +139,45 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths to score")
     p.add_argument("--calib-batches", type=int, default=1, help="batches of 128 train images the metric uses")
     p.add_argument("--label", type=int, default=0, help="te: class of the same-label minibatch (default 0)")
+    p.add_argument("--metric-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a metric setting, repeatable (te: damage=noise, normalize=support, batch_size=128, ...)")
     p.add_argument("--seed", type=int, default=0)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
+def _metric_options(factory, metric: str, items: list[str]) -> dict:
+    """``--metric-opt KEY=VALUE`` items -> keyword arguments of the metric (ints, floats, true/false, text)."""
+    import dataclasses
+
+    from .errors import ConfigError, suggest
+
+    allowed = [f.name for f in dataclasses.fields(factory) if f.name != "name"] if dataclasses.is_dataclass(
+        factory) else []
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--metric-opt must look like KEY=VALUE, got {item!r}")
+        if key not in allowed:
+            raise ConfigError(f"metric {metric!r} has no setting {key!r}{suggest(key, allowed)}; "
+                              f"settings: {', '.join(allowed) or 'none'}")
+        low = raw.strip().lower()
+        value: object
+        if low in ("true", "false"):
+            value = low == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw.strip()
+        out[key] = value
+    return out
+
+
 def _shape(text: str | None) -> tuple[int, ...] | None:
     from .errors import ConfigError
 
@@ -331,15 +368,21 @@ def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
     acts = _int_list(args.act_bits, "--act-bits")
     first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
     return {"strategy": args.strategy, "act_bits": acts[0] if acts is not None and len(acts) == 1 else acts,
-            "first_last": first_last}
+            "first_last": first_last, "tie": args.tie}
 
 
 def _analyze(args: argparse.Namespace):
     from . import data
+    from .errors import ConfigError
     from .sensitivity import METRICS, analyze
 
     factory = METRICS.get(args.metric)  # unknown names fail before anything is loaded
-    metric = factory(label=args.label) if args.metric == "te" else factory(batches=args.calib_batches)
+    base = {"label": args.label} if args.metric == "te" else {"batches": args.calib_batches}
+    opts = {**base, **_metric_options(factory, args.metric, args.metric_opt)}
+    try:
+        metric = factory(**opts)
+    except TypeError as e:  # a setting of the wrong type
+        raise ConfigError(f"bad --metric-opt for metric {args.metric!r}: {e}") from None
     bits = _int_list(args.bits, "--bits")
     model = _load_model(args)
     # plain, shuffled training images: metrics take the batches they need (te: those of one label)

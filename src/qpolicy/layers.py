@@ -32,6 +32,9 @@ class LayerInfo:
         in_shape: Input shape of the first call, without the batch dimension (``None`` if never called).
         out_shape: Output shape of the first call, without the batch dimension.
         order: Position in execution order (layers never called come last, in definition order).
+        shares_input_with: The earliest layer (execution order) that reads the very same input tensor, if another
+            does (branches fed by one tensor: a deployed runtime quantizes that tensor once, so the search ties
+            their activation bits). ``None`` for the first reader and for layers with an input of their own.
     """
 
     name: str
@@ -41,6 +44,7 @@ class LayerInfo:
     in_shape: tuple[int, ...] | None
     out_shape: tuple[int, ...] | None
     order: int
+    shares_input_with: str | None = None
 
     @property
     def act_elems(self) -> int:
@@ -112,13 +116,19 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
     modules = quantizable_modules(model)
     seen: dict[str, dict[str, Any]] = {}
     order: list[str] = []
+    readers: dict[tuple[int, int], str] = {}  # (tensor id, in-place version) -> first layer that read it
+    alive: list[torch.Tensor] = []  # keeps the inputs alive during the pass, so ids are not reused
 
     def make_hook(name: str):
         def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
             rec = seen.get(name)
             if rec is None:
                 order.append(name)
-                seen[name] = {"in": tuple(inputs[0].shape[1:]), "out": tuple(out.shape[1:]), "macs": 0}
+                x = inputs[0]
+                first = readers.setdefault((id(x), x._version), name)
+                alive.append(x)
+                seen[name] = {"in": tuple(x.shape[1:]), "out": tuple(out.shape[1:]), "macs": 0,
+                              "shares": first if first != name else None}
                 rec = seen[name]
             rec["macs"] += _macs(mod, out)
 
@@ -151,6 +161,7 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
                 in_shape=rec["in"] if rec else None,
                 out_shape=rec["out"] if rec else None,
                 order=rank[n],
+                shares_input_with=rec["shares"] if rec else None,
             )
         )
     return sorted(infos, key=lambda li: li.order)

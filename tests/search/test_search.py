@@ -165,3 +165,77 @@ def test_te_lp_orders_bits_by_importance():
     assert wb == sorted(wb, reverse=True) and r.cost.size_rel_w8a8 <= 0.6 + 1e-9
     assert r.predicted_damage == pytest.approx(search(_table(layers, w, None), Budget(size=0.6),
                                                       act_bits=8).predicted_damage)  # here ilp agrees
+
+
+def _tied_table():
+    # b and c read one tensor (c.shares_input_with = "b"); activation damage pulls them apart: b wants 8-bit
+    # inputs, c does not care. BitOPs make 8-bit inputs costly for c (c has 10x the MACs).
+    layers = [_layer("a", 100, 1000, 10, 0), _layer("b", 100, 1000, 10, 1),
+              LayerInfo(name="c", kind="conv", params=100, macs=10000, in_shape=(10,), out_shape=(1,), order=2,
+                        shares_input_with="b")]
+    bits = (2, 4, 8)
+    weight = {n: {2: 1.0, 4: 0.1, 8: 0.0} for n in "abc"}
+    act = {"a": {2: 1.0, 4: 0.1, 8: 0.0}, "b": {2: 9.0, 4: 3.0, 8: 0.0}, "c": {2: 0.01, 4: 0.0, 8: 0.0}}
+    return _table(layers, weight, act, bits)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+def test_every_strategy_honours_ties(strategy):
+    table = _tied_table()
+    for seed in range(3):
+        r = search(table, Budget(bitops=0.3), strategy=strategy, seed=seed)
+        assert r.policy["b"].act_bits == r.policy["c"].act_bits
+        assert r.policy.provenance["tied"] == [["c", "b", 1]]
+        r = search(table, Budget(bitops=0.3), strategy=strategy, seed=seed, tie="all")
+        assert r.policy["b"].short() == r.policy["c"].short()
+
+
+def test_ties_change_the_optimum_and_match_brute_force():
+    table = _tied_table()
+    free = search(table, Budget(bitops=0.3), tie="none")
+    assert free.policy["b"].act_bits != free.policy["c"].act_bits  # untied, the two inputs get different bits
+    tied = search(table, Budget(bitops=0.3))
+    from qpolicy.search.base import tie_pairs
+
+    pairs = tuple((w, a) for w in (2, 4, 8) for a in (2, 4, 8))
+    problem = Problem(table=table, choices=dict.fromkeys("abc", pairs), limits=Budget(bitops=0.3).limits(table.layers))
+    best = None
+    for combo in itertools.product(pairs, repeat=3):
+        assign = dict(zip("abc", combo, strict=True))
+        if assign["b"][1] != assign["c"][1]:
+            continue
+        cost = sum(choice_cost(li, assign[li.name])["bitops"] for li in table.layers)
+        if cost <= problem.limits.bitops * (1 + 1e-9):
+            d = sum(problem.damage(n, c) for n, c in assign.items())
+            best = d if best is None else min(best, d)
+    assert tied.predicted_damage == pytest.approx(best) and tied.predicted_damage > free.predicted_damage
+    assert tie_pairs(table.layers, "act") == (("c", "b", 1),)
+    with pytest.raises(ConfigError, match="tie must be one of"):
+        search(table, Budget(bitops=0.3), tie="weights")
+
+
+def test_a_fixed_layer_pins_its_tie_partner():
+    layers = [_layer("a", 100, 1000, 10, 0), _layer("b", 100, 1000, 10, 1),
+              LayerInfo(name="c", kind="conv", params=100, macs=1000, in_shape=(10,), out_shape=(1,), order=2,
+                        shares_input_with="a")]
+    table = _table(layers, {n: {2: 1.0, 4: 0.1, 8: 0.0} for n in "abc"}, None)
+    for strategy in STRATEGIES.names():
+        r = search(table, Budget(size=0.9), strategy=strategy, first_last=8)  # a and c fixed at W8A8
+        assert r.policy["c"].short() == "w8a8" and r.policy["a"].short() == "w8a8"
+    layers[2] = LayerInfo(name="c", kind="conv", params=100, macs=1000, in_shape=(10,), out_shape=(1,), order=3,
+                          shares_input_with="a")
+    layers.append(_layer("d", 100, 1000, 10, 2))
+    table = _table(layers, {n: {2: 1.0, 4: 0.1, 8: 0.0} for n in "abcd"}, None)
+    for strategy in STRATEGIES.names():  # first layer a fixed at 8: c (not fixed) must read 8-bit inputs
+        r = search(table, Budget(bitops=0.7), strategy=strategy, first_last=8)
+        assert r.policy["c"].act_bits == 8
+
+
+def test_table_round_trip_keeps_ties(tmp_path):
+    table = _tied_table()
+    table.save(tmp_path / "t.json")
+    back = SensitivityTable.load(tmp_path / "t.json")
+    assert back.layers == table.layers
+    with pytest.raises(ConfigError, match="not a layer of the table"):
+        _table([LayerInfo(name="x", kind="conv", params=1, macs=1, in_shape=(1,), out_shape=(1,), order=0,
+                          shares_input_with="nope")], {"x": {2: 0.0, 4: 0.0, 8: 0.0}})

@@ -4,8 +4,14 @@ This package never imports ``torch.nn``: a strategy sees layer sizes and scores 
 
 A strategy is ``solve(problem, seed) -> {layer: (weight_bits, act_bits)}``, deterministic for a seed, and raises
 ``InfeasibleBudgetError`` when nothing fits. :func:`search` builds the problem (candidate pairs per layer, fixed
-first/last layers, fixed activation bits), checks feasibility, calls the strategy and wraps the answer in a Policy
-with provenance.
+first/last layers, fixed activation bits, ties), checks feasibility, calls the strategy and wraps the answer in a
+Policy with provenance.
+
+Ties. Layers that read the very same tensor (``LayerInfo.shares_input_with``, found when the layers are traced)
+are tied: with ``tie="act"`` (the default) they get the same activation bits, because a deployed runtime quantizes
+that tensor once; ``tie="all"`` ties their weight bits too (one kernel for sibling branches); ``tie="none"`` lets
+them differ. A tie with a fixed layer (first/last) pins the tied side of its partners. Every strategy honours ties;
+:func:`search` checks that it did.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from ..policy import LayerBits, Policy
 from ..registry import Registry
 from ..sensitivity.base import SensitivityTable
 
-__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "search", "choice_cost", "total_cost", "fits"]
+__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "TIE_MODES", "search", "choice_cost", "total_cost",
+           "fits", "tie_pairs", "ties_hold"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
 COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
+TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
 
 
 def choice_cost(li: LayerInfo, choice: Choice) -> dict[str, float]:
@@ -45,6 +53,7 @@ class Problem:
     table: SensitivityTable
     choices: Mapping[str, tuple[Choice, ...]]
     limits: BudgetLimits
+    ties: tuple[tuple[str, str, int], ...] = ()  # (a, b, side): bits[a][side] == bits[b][side]
 
     def damage(self, name: str, choice: Choice) -> float:
         return self.table.weight[name][choice[0]] + self.table.act[name][choice[1]]
@@ -60,6 +69,18 @@ def total_cost(problem: Problem, assignment: Mapping[str, Choice]) -> dict[str, 
         for k, v in choice_cost(li, assignment[li.name]).items():
             out[k] += v
     return out
+
+
+def tie_pairs(layers: Sequence[LayerInfo], mode: str) -> tuple[tuple[str, str, int], ...]:
+    """The ``(layer, first reader, side)`` equalities of tie ``mode`` ("none", "act" or "all")."""
+    if mode not in TIE_MODES:
+        raise ConfigError(f"tie must be one of {', '.join(TIE_MODES)}; got {mode!r}")
+    return tuple((li.name, li.shares_input_with, side) for li in layers if li.shares_input_with
+                 for side in TIE_MODES[mode])
+
+
+def ties_hold(problem: Problem, assignment: Mapping[str, Choice]) -> bool:
+    return all(assignment[a][side] == assignment[b][side] for a, b, side in problem.ties)
 
 
 def fits(problem: Problem, cost: Mapping[str, float], rtol: float = 1e-9) -> bool:
@@ -107,13 +128,13 @@ def _check_feasible(problem: Problem) -> None:
     if bad:
         raise InfeasibleBudgetError(
             "budget cannot be met with the candidate bit-widths: the smallest achievable "
-            + "; ".join(shown[k](smallest[k]) for k in bad) + " (with fixed first/last layers, if any)",
+            + "; ".join(shown[k](smallest[k]) for k in bad) + " (with fixed first/last layers and ties, if any)",
             smallest={k: smallest[k] for k in bad})
 
 
 def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy = "ilp", seed: int = 0,
            weight_bits: Sequence[int] | None = None, act_bits: Sequence[int] | int | None = None,
-           first_last: int | None = None, model_name: str | None = None) -> SearchResult:
+           first_last: int | None = None, tie: str = "act", model_name: str | None = None) -> SearchResult:
     """Search the least-damage policy that meets ``budget``.
 
     Args:
@@ -124,6 +145,7 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         weight_bits: Candidate weight bits (default: the table's).
         act_bits: Candidate activation bits (default: the table's), or one integer to hold activations fixed.
         first_last: Fix the first and last layer (execution order) at these bits, weights and activations.
+        tie: Which bits layers reading the same tensor share: "act" (default), "all" or "none" (module docs).
     """
     name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
     solve = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
@@ -137,7 +159,9 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         if fl not in table.bits:
             raise ConfigError(f"first_last={fl} is not among the table's scored bits {table.bits}")
     choices = {li.name: (((first_last, first_last),) if li.name in edges else pairs) for li in table.layers}
-    problem = Problem(table=table, choices=choices, limits=budget.limits(table.layers))
+    ties = tie_pairs(table.layers, tie)
+    choices = _pin_ties(choices, ties)
+    problem = Problem(table=table, choices=choices, limits=budget.limits(table.layers), ties=ties)
     _check_feasible(problem)
     t = time.perf_counter()
     assignment = solve(problem, seed)
@@ -146,6 +170,8 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         raise RuntimeError(f"strategy {name!r} returned an assignment outside the allowed choices")
     if not fits(problem, total_cost(problem, assignment)):
         raise RuntimeError(f"strategy {name!r} returned a policy over budget")
+    if not ties_hold(problem, assignment):
+        raise RuntimeError(f"strategy {name!r} returned a policy that breaks a tie between layers")
     layers = {li.name: LayerBits(weight_bits=assignment[li.name][0], act_bits=assignment[li.name][1])
               for li in table.layers}
     cost = policy_cost(table.layers, layers)
@@ -155,10 +181,31 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
     policy = Policy(layers=layers, model=model_name or table.model, provenance={
         "method": "search", "metric": table.metric, "strategy": name, "budget": budget.to_dict(),
         "candidates": {"weight_bits": list(wbits), "act_bits": list(abits)}, "first_last": first_last,
+        "tie": tie, "tied": [list(t) for t in ties],
         "seed": seed, "predicted_damage": damage, "cost": cost.to_dict(per_layer=False),
         "search_seconds": seconds, "sensitivity": dict(table.provenance),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()})
     return SearchResult(policy=policy, cost=cost, predicted_damage=damage, strategy=name, seconds=seconds)
+
+
+def _pin_ties(choices: dict[str, tuple[Choice, ...]], ties: Sequence[tuple[str, str, int]]
+              ) -> dict[str, tuple[Choice, ...]]:
+    """Restrict choices so tied sides can agree: repeat until stable, keeping in each layer only the choices whose
+    tied side is a value its partner allows (a fixed layer pins its partners)."""
+    out = dict(choices)
+    changed = True
+    while changed:
+        changed = False
+        for a, b, side in ties:
+            common = {c[side] for c in out[a]} & {c[side] for c in out[b]}
+            for n in (a, b):
+                kept = tuple(c for c in out[n] if c[side] in common)
+                if not kept:
+                    raise InfeasibleBudgetError(f"layers {a!r} and {b!r} read the same tensor but have no "
+                                                f"common {'weight' if side == 0 else 'activation'} bits to tie")
+                if kept != out[n]:
+                    out[n], changed = kept, True
+    return out
 
 
 def _candidates(bits: Sequence[int] | None, table: SensitivityTable, what: str) -> tuple[int, ...]:

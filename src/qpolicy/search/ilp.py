@@ -1,8 +1,9 @@
 """``ilp``: the exact least-damage policy under every budget at once, as one integer linear program.
 
 Binary ``x[l, k]`` picks choice k = (weight bits, act bits) for layer l; minimize ``sum damage[l, k] x[l, k]``
-subject to one choice per layer and one row per budgeted quantity (size, BitOPs, weighted bit sums), all linear in
-x. Solved by HiGHS through ``scipy.optimize.milp``; optimal up to HiGHS's default MIP gap (1e-4 relative).
+subject to one choice per layer, one row per budgeted quantity (size, BitOPs, weighted bit sums) and one equality
+per tie (layers reading one tensor), all linear in x. Solved by HiGHS through ``scipy.optimize.milp``; optimal
+up to HiGHS's default MIP gap (1e-4 relative).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def solve_te_lp(problem: Problem, seed: int = 0) -> dict[str, Choice]:
 
 
 def _solve(problem: Problem, order: list[tuple[str, str, int]] | None = None) -> dict[str, Choice]:
-    """The MILP; ``order`` rows (a, b, side) require bits[a][side] >= bits[b][side]."""
+    """The MILP; ``order`` rows (a, b, side) require bits[a][side] >= bits[b][side]; the problem's ties
+    require equality."""
     index: list[tuple[str, Choice]] = [(li.name, c) for li in problem.layers for c in problem.choices[li.name]]
     n = len(index)
     c = np.array([problem.damage(name, ch) for name, ch in index])
@@ -64,9 +66,10 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None = None) ->
         row = np.array([choice_cost(info[name], ch)[key] for name, ch in index])
         scale = max(abs(limit), 1.0)  # keep coefficients near 1 for the solver
         constraints.append(LinearConstraint(row / scale, -np.inf, limit / scale * (1 + 1e-12)))
-    for a, b, side in order or []:
-        row = np.array([(ch[side] if name == a else -ch[side] if name == b else 0.0) for name, ch in index])
-        constraints.append(LinearConstraint(row, 0.0, np.inf))
+    for rows, lo in ((order or [], 0.0), (problem.ties, None)):  # a >= b (ordering); a == b (ties)
+        for a, b, side in rows:
+            row = np.array([(ch[side] if name == a else -ch[side] if name == b else 0.0) for name, ch in index])
+            constraints.append(LinearConstraint(row, 0.0 if lo is None else lo, 0.0 if lo is None else np.inf))
     res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
                options={"presolve": True})
     if res.status != 0 or res.x is None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..layers import LayerInfo
 from ..quant.apply import batch_inputs
-from ..quant.primitives import fake_quantize, mse_scale
+from ..quant.primitives import fake_quantize, mse_scale, scale_from_absmax
 
 __all__ = ["frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "layer_forward"]
 
@@ -63,18 +63,26 @@ def capture_inputs(
     return {n: torch.cat(v) for n, v in seen.items() if v}
 
 
-def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel symmetric weight quantization with MSE clipping (apply_policy's default)."""
-    return fake_quantize(w, mse_scale(w, bits, True, axis=0), bits, True, axis=0)
+def quantize_weight(w: torch.Tensor, bits: int, method: str = "mse") -> torch.Tensor:
+    """Per-output-channel symmetric weight quantization as apply_policy does it: MSE clipping (its default) or
+    plain min-max ranges (``method="minmax"``)."""
+    if method == "minmax":
+        scale = scale_from_absmax(w.detach().abs().reshape(w.shape[0], -1).amax(dim=1), bits, True)
+    else:
+        scale = mse_scale(w, bits, True, axis=0)
+    return fake_quantize(w, scale, bits, True, axis=0)
 
 
-def quantize_act(x: torch.Tensor, bits: int, seed: int = 0) -> torch.Tensor:
-    """Per-tensor activation quantization with MSE clipping on a seeded subsample (apply_policy's default)."""
+def quantize_act(x: torch.Tensor, bits: int, seed: int = 0, method: str = "mse") -> torch.Tensor:
+    """Per-tensor activation quantization as apply_policy does it: MSE clipping on a seeded subsample (its
+    default) or the min-max range (``method="minmax"``)."""
+    signed = bool(x.min() < 0)
+    if method == "minmax":
+        return fake_quantize(x, scale_from_absmax(x.detach().abs().amax().reshape(1), bits, signed), bits, signed)
     flat = x.detach().reshape(-1)
     if flat.numel() > _ACT_SAMPLE:
         idx = torch.randint(flat.numel(), (_ACT_SAMPLE,), generator=torch.Generator().manual_seed(seed))
         flat = flat[idx.to(flat.device)]
-    signed = bool(x.min() < 0)
     return fake_quantize(x, mse_scale(flat, bits, signed), bits, signed)
 
 

@@ -51,13 +51,18 @@ class BatchMetric:
 
     Args:
         batches: Calibration batches the metric uses.
+        quantizer: How the metric quantizes a tensor to score it, matching the calibration the policy will get:
+            ``"mse"`` (MSE clipping, apply_policy's default) or ``"minmax"`` (plain min-max ranges).
     """
 
     batches: int = 1
+    quantizer: str = "mse"
 
     def __post_init__(self) -> None:
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
             raise ConfigError(f"batches must be a positive integer, got {self.batches!r}")
+        if self.quantizer not in ("mse", "minmax"):
+            raise ConfigError(f"quantizer must be 'mse' or 'minmax', got {self.quantizer!r}")
 
     def config_dict(self) -> dict[str, Any]:
         """The settings recorded in a table's provenance."""
@@ -104,6 +109,10 @@ class SensitivityTable:
             for n in names:
                 if n not in scores or set(scores[n]) != set(bits):
                     raise ConfigError(f"{what} scores of layer {n!r} must cover bits {bits}")
+        for li in self.layers:
+            if li.shares_input_with is not None and li.shares_input_with not in names:
+                raise ConfigError(f"layer {li.name!r} shares its input with {li.shares_input_with!r}, "
+                                  "which is not a layer of the table")
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "layers", tuple(self.layers))
         for what in ("weight", "act"):
@@ -142,7 +151,8 @@ class SensitivityTable:
             layers = tuple(LayerInfo(name=d["name"], kind=d["kind"], params=int(d["params"]), macs=int(d["macs"]),
                                      in_shape=tuple(d["in_shape"]) if d["in_shape"] else None,
                                      out_shape=tuple(d["out_shape"]) if d["out_shape"] else None,
-                                     order=int(d["order"])) for d in data["layers"])
+                                     order=int(d["order"]), shares_input_with=d.get("shares_input_with"))
+                           for d in data["layers"])
             scores = {w: {n: {int(b): float(v) for b, v in s.items()} for n, s in data[w].items()}
                       for w in ("weight", "act")}
             return cls(metric=str(data["metric"]), bits=tuple(int(b) for b in data["bits"]), layers=layers,

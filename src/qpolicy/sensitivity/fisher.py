@@ -55,8 +55,8 @@ class FisherMetric(BatchMetric):
                 for n, (xin, out) in seen.items():
                     mod, g2, y0 = mods[n], out.grad.pow(2), out.detach()
                     for b in bits:
-                        dw = layer_forward(mod, xin, quantize_weight(mod.weight, b)) - y0
-                        da = layer_forward(mod, quantize_act(xin, b, seed), mod.weight) - y0
+                        dw = layer_forward(mod, xin, quantize_weight(mod.weight, b, self.quantizer)) - y0
+                        da = layer_forward(mod, quantize_act(xin, b, seed, self.quantizer), mod.weight) - y0
                         weight[n][b] += float((g2 * dw.pow(2)).sum())
                         act[n][b] += float((g2 * da.pow(2)).sum())
         return ({n: {b: v / total for b, v in s.items()} for n, s in weight.items()},

@@ -72,16 +72,16 @@ class HessianMetric(BatchMetric):
                     tr_a[n] += float((hv[k] * vs[k]).sum()) / self.samples
             for n in names:
                 inputs_seen.setdefault(n, acts[n].detach())
-        weight, act = {}, {}
+        weight, act, q = {}, {}, self.quantizer
         with torch.no_grad():
             for n, mod in mods.items():
                 w = mod.weight.detach()
                 avg_w = abs(tr_w[n]) / w.numel()
-                weight[n] = {b: avg_w * float((quantize_weight(w, b) - w).pow(2).sum()) for b in bits}
+                weight[n] = {b: avg_w * float((quantize_weight(w, b, q) - w).pow(2).sum()) for b in bits}
                 xin = inputs_seen.get(n)
                 if xin is None:
                     act[n] = {b: 0.0 for b in bits}
                     continue
                 avg_a = abs(tr_a[n]) / xin.numel()
-                act[n] = {b: avg_a * float((quantize_act(xin, b, seed) - xin).pow(2).sum()) for b in bits}
+                act[n] = {b: avg_a * float((quantize_act(xin, b, seed, q) - xin).pow(2).sum()) for b in bits}
         return weight, act

@@ -42,8 +42,9 @@ class QErrorMetric(BatchMetric):
                 continue
             y = layer_forward(mod, x, mod.weight)
             energy = float(y.pow(2).mean()) or 1.0
-            weight[li.name] = {b: float((layer_forward(mod, x, quantize_weight(mod.weight, b)) - y).pow(2).mean())
+            q = self.quantizer
+            weight[li.name] = {b: float((layer_forward(mod, x, quantize_weight(mod.weight, b, q)) - y).pow(2).mean())
                                / energy for b in bits}
-            act[li.name] = {b: float((layer_forward(mod, quantize_act(x, b, seed), mod.weight) - y).pow(2).mean())
+            act[li.name] = {b: float((layer_forward(mod, quantize_act(x, b, seed, q), mod.weight) - y).pow(2).mean())
                             / energy for b in bits}
         return weight, act

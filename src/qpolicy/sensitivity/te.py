@@ -22,8 +22,18 @@ triangle's boundary is an older cycle, and every older cycle was a boundary.) Th
 maps at once with component labels and neighbour bitmasks, stopping once every map has its birth;
 :func:`birth_times_reference` computes the same with ripser's persistent homology.
 
-As sensitivity scores, ``damage[layer][b] = TE * (max_bits - b)`` for weights and activations alike, so the least
-damage policy is the one maximizing ``sum TE_i * b_i``: GMPQ-TE's objective.
+As sensitivity scores (weights and activations alike), two damage shapes:
+
+* ``damage="linear"`` (default, the paper): ``damage[layer][b] = TE * (max_bits - b)``, so the least-damage policy
+  is the one maximizing ``sum TE_i * b_i``, GMPQ-TE's objective. Being linear in bits, it favours extreme
+  policies (8 bits on some layers, 2 on others) under a tight budget;
+* ``damage="noise"``: ``damage[layer][b] = TE * 4**(min_bits - b)``, TE times the relative variance of uniform
+  quantization noise at b bits (it shrinks 4x per bit), so an added bit is worth less the more bits a layer has.
+  Both shapes give the same layer importance order, so ``te-lp`` applies to either.
+
+``normalize="support"`` divides each channel's entropy by ``log min(N, |Omega|)``, the largest entropy N images can
+show over |Omega| possible birth steps: raw entropy grows with the map size (a 32x32 map has 496 possible birth
+steps, an 8x8 map 28), which the normalization removes. ``benchmarks/search_quality.py`` measures both options.
 """
 
 from __future__ import annotations
@@ -126,8 +136,10 @@ def birth_times_reference(maps: np.ndarray) -> np.ndarray:
     return births
 
 
-def channel_entropy(births: np.ndarray, n_edges: int, *, min_rate: float = 0.1, eps: float = 0.01) -> np.ndarray:
-    """Entropy (nats) of birth times per channel; ``births`` is (N images, C channels), 0 meaning no birth."""
+def channel_entropy(births: np.ndarray, n_edges: int, *, min_rate: float = 0.1, eps: float = 0.01,
+                    normalize: str = "none") -> np.ndarray:
+    """Entropy (nats) of birth times per channel; ``births`` is (N images, C channels), 0 meaning no birth.
+    ``normalize="support"`` divides by ``log min(N, n_edges)``, the largest entropy possible."""
     n, c = births.shape
     out = np.zeros(c)
     floor = eps * math.log(max(n_edges, 1))
@@ -140,6 +152,8 @@ def channel_entropy(births: np.ndarray, n_edges: int, *, min_rate: float = 0.1, 
         _, counts = np.unique(b, return_counts=True)
         p = counts / counts.sum()
         out[ch] = float(-(p * np.log(p)).sum())
+    if normalize == "support":
+        out /= max(math.log(min(n, max(n_edges, 1))), 1e-12)
     return out
 
 
@@ -155,6 +169,8 @@ def layer_te(entropy: np.ndarray, weighting: str = "entropy") -> float:
 class TEMetric:
     """Args: label: class of the images; batch_size: images (taken from the calibration data with that label);
     min_rate, eps: the paper's rule for channels with few births; weighting: "entropy" or "uniform";
+    damage: "linear" (the paper's TE * (max_bits - b)) or "noise" (TE * 4**(min_bits - b));
+    normalize: "none" or "support" (channel entropy over its largest possible value);
     reference: compute birth times with ripser instead of the fast path."""
 
     label: int = 0
@@ -162,12 +178,16 @@ class TEMetric:
     min_rate: float = 0.1
     eps: float = 0.01
     weighting: str = "entropy"
+    damage: str = "linear"
+    normalize: str = "none"
     reference: bool = False
     name: str = "te"
 
     def __post_init__(self) -> None:
-        if self.weighting not in ("entropy", "uniform"):
-            raise ConfigError(f"weighting must be 'entropy' or 'uniform', got {self.weighting!r}")
+        for what, allowed in (("weighting", ("entropy", "uniform")), ("damage", ("linear", "noise")),
+                              ("normalize", ("none", "support"))):
+            if getattr(self, what) not in allowed:
+                raise ConfigError(f"te {what} must be one of {', '.join(allowed)}; got {getattr(self, what)!r}")
         if self.batch_size < 2 or not 0 <= self.min_rate <= 1 or self.eps < 0:
             raise ConfigError("batch_size must be >= 2, min_rate in [0, 1], eps >= 0")
 
@@ -213,12 +233,14 @@ class TEMetric:
             n, c, s, _ = maps.shape
             flat = maps.reshape(n * c, s, s)
             births = (birth_times_reference if self.reference else birth_times)(flat).reshape(n, c)
-            ent = channel_entropy(births, s * (s - 1) // 2, min_rate=self.min_rate, eps=self.eps)
+            ent = channel_entropy(births, s * (s - 1) // 2, min_rate=self.min_rate, eps=self.eps,
+                                  normalize=self.normalize)
             scores[li.name] = layer_te(ent, self.weighting)
         return scores
 
     def score(self, model, calib, *, layers, bits, seed):
         te = self.layer_scores(model, calib, layers)
-        top = max(bits)
-        table = {n: {b: v * (top - b) for b in bits} for n, v in te.items()}
+        lo, top = min(bits), max(bits)
+        shape = (lambda b: float(top - b)) if self.damage == "linear" else (lambda b: 4.0 ** (lo - b))
+        table = {n: {b: v * shape(b) for b in bits} for n, v in te.items()}
         return table, {n: dict(s) for n, s in table.items()}
