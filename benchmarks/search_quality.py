@@ -1,7 +1,7 @@
 """Policy quality on ResNet-20 / CIFAR-10 with PTQ only, full test set, under two quantizers (plain min-max, and
 ours: MSE clipping + BN re-estimation), at the issue's budgets: BitOPs of uniform W4A4 and W3A4, weight size of
 uniform W4, W3 and W2.5 with 8-bit activations. For each: te (te-lp; the paper's linear damage, and the noise-shaped
-damage with and without entropy normalization), hessian, fisher and qerror (ilp) policies vs the uniform policy vs
+damage with and without entropy normalization), hessian, fisher, qerror and kl (ilp) policies vs the uniform policy vs
 the median of 10 seeded random policies; first and last layer fixed at 8 bits everywhere. Every searched policy is
 stored in the JSON (``policies``) so later benchmarks (``search_qat.py``) can pick one.
 
@@ -32,6 +32,7 @@ METHODS = {  # column -> (metric factory given the quantizer, strategy); te does
     "hessian": (lambda q: METRICS.get("hessian")(quantizer=q), "ilp"),
     "fisher": (lambda q: METRICS.get("fisher")(quantizer=q), "ilp"),
     "qerror": (lambda q: METRICS.get("qerror")(quantizer=q), "ilp"),
+    "kl": (lambda q: METRICS.get("kl")(quantizer=q), "ilp"),
 }
 METRIC_QUANTIZER = {"minmax": "minmax", "ours": "mse"}
 
@@ -71,8 +72,10 @@ def main() -> None:
     print("tables in", time.perf_counter() - t, flush=True)
 
     def top1(policy, only=None):
-        return {q: evaluate_policy(model, policy, test=test, calib=calib, calib_config=cfg).accuracy.top1
-                for q, cfg in QUANTIZERS.items() if only in (None, q)}
+        out = {q: evaluate_policy(model, policy, test=test, calib=calib, calib_config=cfg).accuracy.top1
+               for q, cfg in QUANTIZERS.items() if only in (None, q)}
+        print(f"  {time.perf_counter() - t:.0f} s", out, flush=True)
+        return out
 
     records, rows = [], []
     for label, (budget, act_bits, spec) in budgets.items():
@@ -106,7 +109,7 @@ def main() -> None:
                          f"{rec['random_median'][q]:.2f} ({min(rs):.1f}-{max(rs):.1f})",
                          f"{best['gain_over_uniform']:+.2f} ({best['method']})"])
     table = md_table(["budget", "quantizer", "uniform", "te (paper)", "te noise", "te noise+norm", "hessian",
-                      "fisher", "qerror", f"random median of {args.randoms} (range)", "best searched - uniform"],
+                      "fisher", "qerror", "kl", f"random median of {args.randoms} (range)", "best searched - uniform"],
                      rows)
     notes = ("ResNet-20, CIFAR-10 test set, top-1 % after PTQ only. Quantizers: `minmax` = plain min-max ranges, "
              "no BN re-estimation; `ours` = MSE clipping + BN re-estimation on 4,096 augmented training images. "
@@ -114,7 +117,7 @@ def main() -> None:
              "{2,3,4,5,6,8}. te columns use te-lp (ordering constraint), the others the ilp. te (paper): damage "
              "TE*(8-b), i.e. maximize sum TE_i*b_i; te noise: damage TE*4^(2-b); +norm: channel entropy divided by "
              "log min(N, |Omega|). Sensitivity from one batch of 128 plain training images (te: 128 images of "
-             "class 0); hessian, fisher and qerror score each layer with the quantizer of the row (min-max or "
+             "class 0); hessian, fisher, qerror and kl score each layer with the quantizer of the row (min-max or "
              "MSE clipping), so each row's policies are searched for the quantizer that evaluates them.")
     write("search_quality", {"results": records}, table, notes)
 

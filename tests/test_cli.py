@@ -173,3 +173,29 @@ def test_pareto_cli(capsys, home, tmp_path):
     assert code == 0 and "top1" in json.loads(out)["points"][0]
     code, _, err = run(capsys, "pareto", str(table), "--bitops", "0.5:0.1:3")
     assert code == 2 and "bad sweep" in err
+
+
+@pytest.mark.parametrize("strategy", ["dmpq", "smpq"])
+def test_differentiable_search_cli(capsys, home, tmp_path, strategy):
+    out = tmp_path / strategy
+    argv = ["search", "--model", "resnet20", "--random-init", "--strategy", strategy, "--budget", "bitops=0.3",
+            "--epochs", "1", "--train-limit", "64", "--train-batch-size", "16", "--shapley-samples", "1",
+            "--shapley-images", "8", "--bits", "2,4,8", "-o", str(out), "--quiet"]
+    code, text, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "wrote" in text and (out / "policy.json").exists() and (out / "search.json").exists()
+    pol = Policy.load(out / "policy.json")
+    assert pol.provenance["method"] == strategy and pol.provenance["cost"]["bitops_rel_w8a8"] <= 0.3 + 1e-9
+    code, _, err = run(capsys, *argv)  # the checkpoint is there: refuse to start over it
+    assert code == 2 and "--resume" in err
+    code, text, err = run(capsys, *argv, "--resume")
+    assert code == 0 and "resumed from epoch 1 step 0" in text
+    code, _, err = run(capsys, "search", "runs/t.json", "--strategy", strategy, "--budget", "bitops=0.3")
+    assert code == 2 and "give --model" in err
+
+
+def test_unknown_strategy_suggests_differentiable_ones(capsys, home):
+    code, _, err = run(capsys, "search", "--model", "resnet20", "--strategy", "smqp", "--budget", "bitops=0.3")
+    assert code == 2 and "did you mean 'smpq'" in err
+    code, out, _ = run(capsys, "list", "strategies")
+    assert "dmpq" in out.split() and "smpq" in out.split()

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 (repeatable)")
     _add_search_opts(p)
     p.add_argument("--weight-bits", help="candidate weight bits, e.g. 2,3,4,8 (default: the table's)")
-    p.add_argument("-o", "--out", help="policy JSON to write")
+    p.add_argument("-o", "--out", help="policy JSON to write (dmpq/smpq: the run folder)")
+    _add_differentiable(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -132,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _add_differentiable(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("differentiable search (--strategy dmpq or smpq, with --model)")
+    g.add_argument("--epochs", type=int, default=3, help="supernet training epochs (default 3)")
+    g.add_argument("--train-limit", type=int, help="use a seeded subset of this many training images")
+    g.add_argument("--train-batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=0.01, help="weights and step sizes (SGD, cosine)")
+    g.add_argument("--arch-lr", type=float, default=0.01, help="architecture parameters (Adam)")
+    g.add_argument("--complexity-weight", type=float, default=1.0, help="weight of the budget term")
+    g.add_argument("--shapley-samples", type=int, default=10, help="smpq: permutations per Shapley round")
+    g.add_argument("--shapley-rounds", type=int, default=1, help="smpq: Shapley rounds per epoch")
+    g.add_argument("--shapley-images", type=int, default=256, help="smpq: held-out images scoring a subnet")
+    g.add_argument("--truncation", type=float, default=0.2, help="smpq: cut a permutation at this top-1 fraction")
+    g.add_argument("--momentum", type=float, default=0.8, help="smpq: momentum of the Shapley feedback")
+    g.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
 
 def _add_analyze(p: argparse.ArgumentParser) -> None:
@@ -362,9 +380,12 @@ def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
 
 def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
     """The strategy, activation-bits and first/last options shared by search and pareto, checked."""
+    from .errors import UnknownNameError
+    from .mpq import METHODS
     from .search import STRATEGIES
 
-    STRATEGIES.get(args.strategy)
+    if args.strategy not in STRATEGIES.names():
+        raise UnknownNameError("strategy", args.strategy, [*STRATEGIES.names(), *METHODS])
     acts = _int_list(args.act_bits, "--act-bits")
     first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
     return {"strategy": args.strategy, "act_bits": acts[0] if acts is not None and len(acts) == 1 else acts,
@@ -404,13 +425,52 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
+    from . import data
+    from .errors import ConfigError
+    from .mpq import MPQConfig, search_mpq
+
+    if args.table or not args.model or not args.out:
+        raise ConfigError(f"--strategy {args.strategy} trains a supernet: give --model and -o RUN_FOLDER "
+                          "(no sensitivity table)")
+    bits = _int_list(args.bits if args.bits != "2,3,4,5,6,8" else "2,3,4,6,8", "--bits")
+    acts = _int_list(args.act_bits, "--act-bits") or bits
+    first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
+    config = MPQConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or bits, act_bits=acts,
+                       first_last=first_last, epochs=args.epochs, batch_size=args.train_batch_size,
+                       train_images=args.train_limit, lr=args.lr, arch_lr=args.arch_lr,
+                       complexity_weight=args.complexity_weight, shapley_samples=args.shapley_samples,
+                       shapley_rounds=args.shapley_rounds, shapley_images=args.shapley_images,
+                       truncation=args.truncation, momentum=args.momentum, checkpoint_every=args.checkpoint_every,
+                       seed=args.seed)
+    model = _load_model(args)
+    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, seed=args.seed, data_dir=args.data_dir)
+    calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
+    res = search_mpq(model, budget, method=args.strategy, train=train, calib=calib, config=config, out_dir=args.out,
+                     resume=args.resume, device=args.device, model_name=args.model if ":" not in args.model else None)
+    from .costs import policy_cost
+
+    cost = policy_cost(res.supernet.layers, res.policy)
+    resumed = f" (resumed from epoch {res.resumed_from['epoch']} step {res.resumed_from['step']})" \
+        if res.resumed_from else ""
+    text = (f"{args.strategy} under {budget}: {config.epochs} epoch(s) in {res.seconds:.0f} s{resumed}"
+            + (f", Shapley {res.shapley_seconds:.0f} s" if res.shapley else "")
+            + f"\n{cost.summary()}\n{' '.join(b.short() for b in res.policy.layers.values())}"
+            + f"\nwrote {Path(args.out) / 'policy.json'}, {Path(args.out) / 'search.json'}")
+    _emit(args, res.to_dict(), text)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .budget import Budget
     from .errors import ConfigError
+    from .mpq import METHODS
     from .search import search
     from .sensitivity import SensitivityTable
 
     budget = Budget.parse(args.budget)
+    if args.strategy in METHODS:
+        return cmd_search_differentiable(args, budget)
     choices = _search_choices(args)
     if args.table and args.model:
         raise ConfigError("give a sensitivity table or --model, not both")
@@ -471,10 +531,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import models
+    from .mpq import METHODS
     from .search import STRATEGIES
     from .sensitivity import METRICS
 
-    names = {"metrics": METRICS.names(), "strategies": STRATEGIES.names(), "models": models.names()}[args.what]
+    names = {"metrics": METRICS.names(), "strategies": [*STRATEGIES.names(), *METHODS],
+             "models": models.names()}[args.what]
     _emit(args, {args.what: names}, "\n".join(names))
     return 0
 

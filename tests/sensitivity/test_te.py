@@ -35,6 +35,17 @@ def test_fast_path_equals_persistent_homology_on_random_maps(h):
     assert np.array_equal(birth_times(ties), birth_times_reference(ties))
 
 
+@pytest.mark.parametrize("first", [1, 3, 8])
+def test_top_k_passes_and_boundary_ties_are_exact(first):
+    # a short first pass forces the 8x passes; coarse values put ties across the top-k boundary; -0.0 == 0.0
+    rng = np.random.default_rng(first)
+    maps = np.concatenate([rng.normal(size=(40, 9, 9)), rng.integers(0, 2, size=(40, 9, 9)),
+                           np.zeros((2, 9, 9)), -np.zeros((2, 9, 9)), np.maximum(rng.normal(size=(40, 9, 9)), 0)])
+    maps = maps.astype(np.float32)
+    assert np.array_equal(birth_times(maps, first=first), birth_times_reference(maps))
+    assert np.array_equal(birth_times(maps, first=first), birth_times(maps, first=10_000))
+
+
 def test_fast_path_equals_reference_on_real_feature_maps(shared_home):
     import qpolicy as qp
 

@@ -14,40 +14,15 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ..errors import InfeasibleBudgetError
 from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost
 
-__all__ = ["solve_ilp", "solve_te_lp", "importance"]
+__all__ = ["solve_ilp", "solve_milp"]
 
 
 @STRATEGIES.register("ilp")
 def solve_ilp(problem: Problem, seed: int = 0) -> dict[str, Choice]:
-    return _solve(problem)
+    return solve_milp(problem)
 
 
-def importance(problem: Problem, side: str) -> dict[str, float]:
-    """A layer's importance on one side ("weight" or "act"): the slope of its damage over the scored bits.
-    For a TE table (damage = TE * (max_bits - b)) this is the layer's TE."""
-    scores = getattr(problem.table, side)
-    lo, hi = problem.table.bits[0], problem.table.bits[-1]
-    return {n: (scores[n][lo] - scores[n][hi]) / max(hi - lo, 1) for n in problem.choices}
-
-
-@STRATEGIES.register("te-lp")
-def solve_te_lp(problem: Problem, seed: int = 0) -> dict[str, Choice]:
-    """GMPQ-TE's allocation: maximize sum_i TE_i * b_i under the budget (the least-damage policy of a TE table)
-    with the ordering constraint TE_i > TE_j => b_i >= b_j, for weight and activation bits separately, among
-    the layers whose bits are searched (fixed first/last layers are left out). Solved exactly as an integer
-    program; the constraint is imposed between neighbours in TE order (transitivity gives the rest)."""
-    free = [li.name for li in problem.layers if len(problem.choices[li.name]) > 1]
-    rows = []
-    for side, pos in (("weight", 0), ("act", 1)):
-        imp = importance(problem, side)
-        ranked = sorted(free, key=lambda n: -imp[n])
-        for hi_name, lo_name in zip(ranked, ranked[1:], strict=False):
-            if imp[hi_name] > imp[lo_name]:
-                rows.append((hi_name, lo_name, pos))
-    return _solve(problem, order=rows)
-
-
-def _solve(problem: Problem, order: list[tuple[str, str, int]] | None = None) -> dict[str, Choice]:
+def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None) -> dict[str, Choice]:
     """The MILP; ``order`` rows (a, b, side) require bits[a][side] >= bits[b][side]; the problem's ties
     require equality."""
     index: list[tuple[str, Choice]] = [(li.name, c) for li in problem.layers for c in problem.choices[li.name]]

@@ -14,7 +14,8 @@ from ..layers import LayerInfo
 from ..quant.apply import batch_inputs
 from ..quant.primitives import fake_quantize, mse_scale, scale_from_absmax
 
-__all__ = ["frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "layer_forward"]
+__all__ = ["frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "act_scale",
+           "layer_forward"]
 
 _ACT_SAMPLE = 2**16
 
@@ -73,17 +74,23 @@ def quantize_weight(w: torch.Tensor, bits: int, method: str = "mse") -> torch.Te
     return fake_quantize(w, scale, bits, True, axis=0)
 
 
-def quantize_act(x: torch.Tensor, bits: int, seed: int = 0, method: str = "mse") -> torch.Tensor:
-    """Per-tensor activation quantization as apply_policy does it: MSE clipping on a seeded subsample (its
-    default) or the min-max range (``method="minmax"``)."""
+def act_scale(x: torch.Tensor, bits: int, seed: int = 0, method: str = "mse") -> tuple[torch.Tensor, bool]:
+    """The per-tensor step size and signedness apply_policy would calibrate for activations ``x``: MSE clipping
+    on a seeded subsample (its default) or the min-max range (``method="minmax"``)."""
     signed = bool(x.min() < 0)
     if method == "minmax":
-        return fake_quantize(x, scale_from_absmax(x.detach().abs().amax().reshape(1), bits, signed), bits, signed)
+        return scale_from_absmax(x.detach().abs().amax().reshape(1), bits, signed), signed
     flat = x.detach().reshape(-1)
     if flat.numel() > _ACT_SAMPLE:
         idx = torch.randint(flat.numel(), (_ACT_SAMPLE,), generator=torch.Generator().manual_seed(seed))
         flat = flat[idx.to(flat.device)]
-    return fake_quantize(x, mse_scale(flat, bits, signed), bits, signed)
+    return mse_scale(flat, bits, signed), signed
+
+
+def quantize_act(x: torch.Tensor, bits: int, seed: int = 0, method: str = "mse") -> torch.Tensor:
+    """Per-tensor activation quantization as apply_policy does it (see :func:`act_scale`)."""
+    scale, signed = act_scale(x, bits, seed, method)
+    return fake_quantize(x, scale, bits, signed)
 
 
 def layer_forward(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,9 @@ class SensitivityTable:
         act: ``act[layer][bits]`` expected damage of quantizing the layer's input activations.
         model: Model name, if known.
         provenance: How the table was made (seed, data, seconds, versions).
+        monotone: Enforce damage non-increasing in bits (default). Tables of preferences rather than damage
+            (the architecture parameters or Shapley values of a differentiable search) set it False, so that a
+            narrower width that was preferred stays preferred.
     """
 
     metric: str
@@ -99,6 +102,7 @@ class SensitivityTable:
     act: Scores
     model: str | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    monotone: bool = True
 
     def __post_init__(self) -> None:
         bits = tuple(sorted({check_bits(b, "candidate bits") for b in self.bits}))
@@ -116,7 +120,8 @@ class SensitivityTable:
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "layers", tuple(self.layers))
         for what in ("weight", "act"):
-            fixed = {n: MappingProxyType(monotone(getattr(self, what)[n])) for n in names}
+            fixed = {n: MappingProxyType(monotone(getattr(self, what)[n]) if self.monotone else
+                                         {b: float(getattr(self, what)[n][b]) for b in bits}) for n in names}
             object.__setattr__(self, what, MappingProxyType(fixed))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
 
@@ -136,6 +141,7 @@ class SensitivityTable:
             "weight": {n: {str(b): v for b, v in s.items()} for n, s in self.weight.items()},
             "act": {n: {str(b): v for b, v in s.items()} for n, s in self.act.items()},
             "provenance": dict(self.provenance),
+            **({} if self.monotone else {"monotone": False}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -157,7 +163,7 @@ class SensitivityTable:
                       for w in ("weight", "act")}
             return cls(metric=str(data["metric"]), bits=tuple(int(b) for b in data["bits"]), layers=layers,
                        weight=scores["weight"], act=scores["act"], model=data.get("model"),
-                       provenance=data.get("provenance") or {})
+                       provenance=data.get("provenance") or {}, monotone=bool(data.get("monotone", True)))
         except (KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{source}: malformed sensitivity table ({type(e).__name__}: {e})") from None
 

@@ -1,0 +1,437 @@
+"""Differentiable mixed-precision search (DMPQ) and its Shapley-based selection (SMPQ) on one supernet.
+
+Both methods train the supernet of :mod:`qpolicy.mpq.supernet` the same way: the training images are split in two
+disjoint halves; each step updates the weights and step sizes on a batch of the first half (SGD, cosine schedule),
+then the architecture parameters alpha on a batch of the second half (Adam) with the loss
+
+    cross-entropy + complexity_weight * sum_k relu(E[cost_k] / limit_k - 1)
+
+over every budgeted quantity k, which steers the expected cost to the budget (and no lower).
+
+* **DMPQ** selects, per layer and side, the candidate with the largest alpha.
+* **SMPQ** also estimates, ``shapley_rounds`` times per epoch, the Monte Carlo Shapley value of every
+  (layer, side, candidate) player on ``shapley_images`` held-out training images (set aside from the second half,
+  never augmented, never trained on; DMPQ sets them aside too, so both see the same data)
+  (:mod:`qpolicy.mpq.shapley`: remove players in random order by masking their mixing weight, record the drop in
+  top-1; truncate a permutation once top-1 is at or below ``truncation``), aggregates them as mean minus standard
+  deviation, normalizes them by the largest magnitude (to [-1, 1]), and feeds them into alpha with momentum, as
+  Shapley-NAS does: ``v <- momentum * v + (1 - momentum) * phi``, ``alpha <- alpha + v``. It selects by these
+  Shapley-driven alphas.
+
+Either way the budget is then enforced exactly: the ILP of :func:`qpolicy.search` picks one candidate per layer and
+side minimizing ``sum -log softmax(alpha)`` under the budget, which is the argmax policy whenever that fits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._io import atomic_torch_save, write_json
+from ..budget import Budget
+from ..errors import CheckpointError, ConfigError, first_line
+from ..evaluate import resolve_device
+from ..policy import Policy, versions
+from ..progress import progress
+from ..quant.fake_quant import CalibConfig
+from ..search import search as ilp_search
+from ..sensitivity.base import SensitivityTable
+from .shapley import ShapleyEstimate, monte_carlo_shapley
+from .supernet import SIDES, Supernet, build_supernet
+
+__all__ = ["MPQConfig", "MPQResult", "search_mpq", "METHODS", "CHECKPOINT_NAME"]
+
+log = logging.getLogger(__name__)
+METHODS = ("dmpq", "smpq")
+CHECKPOINT_NAME = "checkpoint.pt"
+_FORMAT = "qpolicy.mpq-checkpoint"
+_RESUME_MAY_CHANGE = {"checkpoint_every"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MPQConfig:
+    """Settings of a differentiable search (defaults in brackets).
+
+    Args:
+        weight_bits, act_bits: Candidate widths [2, 3, 4, 6, 8].
+        first_last: The first and last layer fixed at these bits; None searches them [8].
+        epochs: Passes over the weight half of the training images [3].
+        batch_size: Images per step, both halves [128].
+        train_images: A seeded subset of the training split to use (None: all 50,000), split in halves.
+        lr: Peak SGD learning rate of weights and step sizes (cosine to 0) [0.01].
+        arch_lr: Adam learning rate of alpha [0.01]; arch_weight_decay [1e-3].
+        complexity_weight: Weight of the budget hinge in alpha's loss [1.0].
+        shapley_samples: SMPQ: permutations per Shapley round [10].
+        shapley_rounds: SMPQ: rounds per epoch, evenly spaced, the last at the epoch's end [1].
+        shapley_images: SMPQ: held-out images of the second half that score a subnet [256].
+        truncation: SMPQ: cut a permutation once top-1 (a fraction) is at or below this [0.2, twice chance on
+            10 classes].
+        momentum: SMPQ: momentum of the Shapley feedback into alpha [0.8].
+        checkpoint_every: Steps between checkpoints inside an epoch (0: epoch ends and Shapley rounds only) [50].
+        seed: Seeds the data split, the batches, the permutations and torch [0].
+    """
+
+    weight_bits: tuple[int, ...] = (2, 3, 4, 6, 8)
+    act_bits: tuple[int, ...] = (2, 3, 4, 6, 8)
+    first_last: int | None = 8
+    epochs: int = 3
+    batch_size: int = 128
+    train_images: int | None = None
+    lr: float = 0.01
+    arch_lr: float = 0.01
+    arch_weight_decay: float = 1e-3
+    complexity_weight: float = 1.0
+    shapley_samples: int = 10
+    shapley_rounds: int = 1
+    shapley_images: int = 256
+    truncation: float = 0.2
+    momentum: float = 0.8
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_bits", tuple(int(b) for b in self.weight_bits))
+        object.__setattr__(self, "act_bits", tuple(int(b) for b in self.act_bits))
+        for name in ("epochs", "batch_size", "shapley_samples", "shapley_rounds", "shapley_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.train_images is not None and (not isinstance(self.train_images, int) or self.train_images < 4):
+            raise ConfigError(f"train_images must be an integer >= 4, got {self.train_images!r}")
+        for name in ("lr", "arch_lr"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        for name in ("arch_weight_decay", "complexity_weight"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+        if not 0 <= self.truncation < 1:
+            raise ConfigError(f"truncation must be an accuracy fraction in [0, 1), got {self.truncation!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MPQResult:
+    """What a differentiable search produced.
+
+    Attributes:
+        method: "dmpq" or "smpq".
+        policy: The selected policy (within the budget).
+        argmax_policy: Per layer the largest-alpha candidate, before the budget step.
+        alphas: Final architecture parameters ``{layer: {side: {bits: alpha}}}``.
+        shapley: SMPQ: the rounds' estimates (players, mean, std, ...), last round last.
+        history: Per epoch: losses, train top-1, expected cost relative to the limits, seconds.
+        seconds: Wall time of this call (training + Shapley rounds).
+        shapley_seconds: Of which Shapley estimation.
+        resumed_from: ``{"epoch", "step"}`` when resumed.
+    """
+
+    method: str
+    policy: Policy
+    argmax_policy: Policy
+    alphas: dict[str, Any]
+    shapley: tuple[dict[str, Any], ...]
+    history: tuple[dict[str, Any], ...]
+    seconds: float
+    shapley_seconds: float
+    resumed_from: dict[str, int] | None
+    supernet: Supernet | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "policy": self.policy.to_dict(), "argmax_policy": self.argmax_policy.to_dict(),
+                "alphas": self.alphas, "shapley": list(self.shapley), "history": list(self.history),
+                "seconds": self.seconds, "shapley_seconds": self.shapley_seconds, "resumed_from": self.resumed_from}
+
+
+class _SubnetGame:
+    """The Shapley game on a supernet: players are candidates, the value is top-1 (a fraction) on fixed images."""
+
+    def __init__(self, net: Supernet, images: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.net, self.images = net, images
+
+    def reset(self) -> None:
+        self.net.reset_masks()
+
+    def remove(self, player) -> None:
+        self.net.remove(player)
+
+    @torch.no_grad()
+    def value(self) -> float:
+        correct = sum(int((self.net(x).argmax(1) == y).sum()) for x, y in self.images)
+        return correct / sum(len(y) for _, y in self.images)
+
+
+def _split(train: Any, seed: int, limit: int | None, held: int, batch_size: int):
+    """Disjoint seeded parts of an ArrayLoader's images: the weight half, the alpha half (less ``held`` images),
+    and ``held`` plain (never augmented) images that score subnets for SMPQ."""
+    from ..data import ArrayLoader
+
+    if not isinstance(train, ArrayLoader):
+        raise ConfigError("the differentiable search needs a qpolicy.data.ArrayLoader (qpolicy.data.loader(...))")
+    idx = train.indices[torch.randperm(len(train.indices), generator=torch.Generator().manual_seed(seed))]
+    if limit is not None:
+        idx = idx[:limit]
+    half = len(idx) // 2
+    held = min(held, half // 2)
+    if half - held < 1:
+        raise ConfigError("the training data needs at least 4 images for the two halves")
+    make = lambda ix, s: ArrayLoader(train.dataset, batch_size=batch_size, shuffle=True,  # noqa: E731
+                                     augment=train.augment, seed=s, indices=ix)
+    scoring = ArrayLoader(train.dataset, batch_size=256, shuffle=False, augment=False, indices=idx[len(idx) - held:])
+    return make(idx[:half], seed), make(idx[half:len(idx) - held], seed + 1), scoring
+
+
+def _complexity(net: Supernet, limits: Any) -> torch.Tensor:
+    cost = net.expected_cost()
+    terms = [F.relu(cost[k] / getattr(limits, k) - 1.0) for k in cost if getattr(limits, k) is not None]
+    return sum(terms) if terms else torch.zeros(())
+
+
+def _preference_table(net: Supernet, name: str) -> SensitivityTable:
+    """Damage ``-log softmax(alpha)`` per candidate (a preference, so not made monotone); bits the layer does not
+    offer get a prohibitive damage (the search never offers them anyway)."""
+    bits = sorted({b for _, m in net.mixed_layers() for s in SIDES for b in m.bits[s]})
+    scores: dict[str, dict[str, dict[int, float]]] = {"weight": {}, "act": {}}
+    with torch.no_grad():
+        for n, m in net.mixed_layers():
+            for s in SIDES:
+                logp = F.log_softmax(m.alpha(s), 0)
+                own = {b: -float(v) for b, v in zip(m.bits[s], logp, strict=True)}
+                scores[s][n] = {b: own.get(b, 1e6) for b in bits}
+    return SensitivityTable(metric=name, bits=tuple(bits), layers=net.layers, weight=scores["weight"],
+                            act=scores["act"], monotone=False)
+
+
+def _check_budget(model: nn.Module, budget: Budget, config: MPQConfig) -> None:
+    """Raise InfeasibleBudgetError (with the smallest achievable cost) if no candidate policy meets ``budget``."""
+    from ..layers import quantizable_layers
+
+    layers = tuple(quantizable_layers(model))
+    bits = sorted(set(config.weight_bits) | set(config.act_bits) | ({config.first_last} - {None}))
+    zero = {li.name: dict.fromkeys(bits, 0.0) for li in layers}
+    ilp_search(SensitivityTable(metric="none", bits=tuple(bits), layers=layers, weight=zero, act=zero), budget,
+               strategy="uniform", first_last=config.first_last, weight_bits=config.weight_bits,
+               act_bits=config.act_bits)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, ...: torch raises many types
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+        raise CheckpointError(f"{path} is not a qpolicy differentiable-search checkpoint")
+    return ckpt
+
+
+def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train: Iterable[Any],
+               calib: Iterable[Any], config: MPQConfig | None = None, out_dir: str | Path | None = None,
+               resume: bool = False, device: str | torch.device | None = None,
+               model_name: str | None = None) -> MPQResult:
+    """Run DMPQ or SMPQ on a supernet of ``model`` (left untouched) and select a policy within ``budget``.
+
+    Args:
+        model: The float (pretrained) model.
+        budget: The limits the selected policy meets.
+        method: "dmpq" or "smpq" (module docs).
+        train: Training batches, a :class:`qpolicy.data.ArrayLoader` (split into the weight and alpha halves).
+        calib: Calibration batches for the initial step sizes (:func:`qpolicy.data.calib_loader`).
+        config: Settings.
+        out_dir: Writes ``checkpoint.pt`` (every ``checkpoint_every`` steps, each epoch end and Shapley round),
+            then ``policy.json`` and ``search.json`` (alphas, Shapley values, history). None: no files.
+        resume: Continue from ``out_dir/checkpoint.pt`` (same settings required).
+        device: "auto" (CUDA when available), "cpu", ...
+    """
+    from ..qat.finetune import check_resume
+
+    if method not in METHODS:
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError("differentiable search method", method, METHODS)
+    config = config or MPQConfig()
+    dev = resolve_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = check_resume(out, resume) if out is not None else None
+    if resume and ckpt_path is None:
+        raise ConfigError("resume needs out_dir")
+    t_start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    _check_budget(model, budget, config)  # an impossible budget fails now, not after the training
+    weight_data, arch_data, held = _split(train, config.seed, config.train_images, config.shapley_images,
+                                        config.batch_size)
+    net = build_supernet(model, weight_bits=config.weight_bits, act_bits=config.act_bits,
+                         first_last=config.first_last, calib=calib,
+                         calib_config=CalibConfig(seed=config.seed)).to(dev)
+    limits = budget.limits(net.layers)
+    opt_w = torch.optim.SGD([{"params": [p for p in net.weight_parameters() if p.dim() > 1], "weight_decay": 5e-4},
+                             {"params": [p for p in net.weight_parameters() if p.dim() <= 1], "weight_decay": 0.0}],
+                            lr=config.lr, momentum=0.9, nesterov=True)
+    opt_a = torch.optim.Adam(net.arch_parameters(), lr=config.arch_lr, betas=(0.5, 0.999),
+                             weight_decay=config.arch_weight_decay)
+    players = net.players()
+    velocity = {p: 0.0 for p in players}
+    steps = len(weight_data)
+    total = config.epochs * steps
+    rounds_at = sorted({max(1, round(steps * (r + 1) / config.shapley_rounds)) for r in range(config.shapley_rounds)})
+    epoch = step = 0
+    history: list[dict[str, Any]] = []
+    shapley: list[dict[str, Any]] = []
+    shapley_seconds = 0.0
+    resumed_from = None
+    if resume:
+        assert ckpt_path is not None  # checked above
+        ckpt = _load(ckpt_path)
+        saved = ckpt.get("config", {})
+        diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in config.to_dict().items()
+                if k not in _RESUME_MAY_CHANGE and saved.get(k) != v]
+        if diff or ckpt.get("method") != method or ckpt.get("budget") != budget.to_dict():
+            raise CheckpointError(f"{ckpt_path} was made with other settings "
+                                  f"({'; '.join(diff) or 'method or budget differ'}); resume with the same ones "
+                                  "or start a new output folder")
+        try:
+            net.load_state_dict(ckpt["supernet"])
+            opt_w.load_state_dict(ckpt["opt_w"])
+            opt_a.load_state_dict(ckpt["opt_a"])
+        except (RuntimeError, ValueError, KeyError, CheckpointError) as e:
+            raise CheckpointError(f"{ckpt_path} does not fit this model: {first_line(e)}") from None
+        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        history, shapley = list(ckpt["history"]), list(ckpt["shapley"])
+        velocity = {tuple(p): float(v) for p, v in ckpt["velocity"]}
+        shapley_seconds = float(ckpt.get("shapley_seconds", 0.0))
+        torch.set_rng_state(ckpt["torch_rng"])
+        resumed_from = {"epoch": epoch, "step": step}
+        log.info("resuming the %s search from epoch %d step %d", method, epoch, step)
+
+    def save(e: int, s: int) -> None:
+        if ckpt_path is None:
+            return
+        atomic_torch_save({"format": _FORMAT, "version": 1, "method": method, "budget": budget.to_dict(),
+                           "config": config.to_dict(), "supernet": net.state_dict(), "opt_w": opt_w.state_dict(),
+                           "opt_a": opt_a.state_dict(), "epoch": e, "step": s, "history": history,
+                           "shapley": shapley, "velocity": [[list(p), v] for p, v in velocity.items()],
+                           "shapley_seconds": shapley_seconds, "torch_rng": torch.get_rng_state()}, ckpt_path)
+
+    def shapley_round(e: int, s: int) -> None:
+        nonlocal shapley_seconds
+        t = time.perf_counter()
+        images = [(x.to(dev), y.to(dev)) for x, y in held]
+        was_training = net.training
+        net.eval()
+        try:
+            est: ShapleyEstimate = monte_carlo_shapley(
+                players, _SubnetGame(net, images), samples=config.shapley_samples, truncation=config.truncation,
+                seed=config.seed * 1000 + len(shapley), desc=f"shapley {len(shapley) + 1}")
+        finally:
+            net.reset_masks()
+            net.train(was_training)
+        score = est.risk_adjusted()
+        top = max(abs(v) for v in score.values()) or 1.0
+        with torch.no_grad():
+            for p in players:
+                velocity[p] = config.momentum * velocity[p] + (1 - config.momentum) * score[p] / top
+                name, side, bits = p
+                m = net.mixed(name)
+                m.alpha(side)[m.bits[side].index(bits)] += velocity[p]
+        shapley_seconds += time.perf_counter() - t
+        shapley.append({**est.to_dict(), "epoch": e, "step": s, "seconds": time.perf_counter() - t,
+                        "normalized": [score[p] / top for p in players]})
+        log.info("Shapley round %d: %d evaluations, %d permutations truncated, %.1f s", len(shapley),
+                 est.evaluations, est.truncated, time.perf_counter() - t)
+
+    try:
+        while epoch < config.epochs:
+            net.train()
+            t_epoch = time.perf_counter()
+            sums = {"loss": 0.0, "arch_loss": 0.0, "complexity": 0.0, "correct": 0, "seen": 0, "steps": 0}
+            arch_iter = arch_data.batches(epoch, step % len(arch_data))
+            batches = progress(weight_data.batches(epoch, step), desc=f"{method} epoch {epoch + 1}/{config.epochs}",
+                               total=steps - step)
+            for x, y in batches:
+                lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + step) / total))
+                for g in opt_w.param_groups:
+                    g["lr"] = lr
+                x, y = x.to(dev), y.to(dev)
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
+                opt_w.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_w.step()
+                try:
+                    xa, ya = next(arch_iter)
+                except StopIteration:
+                    arch_iter = arch_data.batches(epoch + 1000)
+                    xa, ya = next(arch_iter)
+                xa, ya = xa.to(dev), ya.to(dev)
+                comp = _complexity(net, limits)
+                arch_loss = F.cross_entropy(net(xa), ya) + config.complexity_weight * comp
+                opt_a.zero_grad(set_to_none=True)
+                arch_loss.backward()
+                opt_a.step()
+                sums["loss"] += float(loss.detach()) * len(y)
+                sums["arch_loss"] += float(arch_loss.detach())
+                sums["complexity"] += float(comp.detach())
+                sums["correct"] += int((logits.argmax(1) == y).sum())
+                sums["seen"] += len(y)
+                sums["steps"] += 1
+                step += 1
+                if method == "smpq" and step in rounds_at:
+                    shapley_round(epoch, step)
+                    if step < steps:
+                        save(epoch, step)
+                elif config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
+                    save(epoch, step)
+            cost = {k: float(v.detach()) for k, v in net.expected_cost().items()}
+            history.append({"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
+                            "arch_loss": sums["arch_loss"] / max(sums["steps"], 1),
+                            "complexity": sums["complexity"] / max(sums["steps"], 1),
+                            "train_top1": 100.0 * sums["correct"] / max(sums["seen"], 1),
+                            "expected_cost_over_limit": {k: cost[k] / getattr(limits, k) for k in cost
+                                                         if getattr(limits, k) is not None},
+                            "seconds": time.perf_counter() - t_epoch, "steps_this_run": sums["steps"]})
+            log.info("%s epoch %d: loss %.4f, train top-1 %.2f%%, expected cost / limit %s", method, epoch + 1,
+                     history[-1]["loss"], history[-1]["train_top1"], history[-1]["expected_cost_over_limit"])
+            epoch, step = epoch + 1, 0
+            save(epoch, 0)
+    finally:
+        net.reset_masks()
+        net.eval()
+
+    table = _preference_table(net, f"{method}-alpha")
+    result = ilp_search(table, budget, strategy="ilp", first_last=config.first_last, model_name=model_name,
+                        weight_bits=config.weight_bits, act_bits=config.act_bits)
+    prov = dict(result.policy.provenance)
+    prov.update({"method": method, "metric": f"{method}-alpha", "strategy": f"{method} + ilp budget step",
+                 "seed": config.seed, "config": config.to_dict(), "versions": versions(),
+                 "search_seconds": time.perf_counter() - t_start})
+    prov.pop("sensitivity", None)
+    policy = Policy(layers=dict(result.policy.layers), model=model_name, provenance=prov)
+    res = MPQResult(method=method, policy=policy, argmax_policy=net.argmax_policy(model_name=model_name),
+                    alphas={n: {s: {str(b): v for b, v in d.items()} for s, d in sides.items()}
+                            for n, sides in net.alphas().items()},
+                    shapley=tuple(shapley), history=tuple(history), seconds=time.perf_counter() - t_start,
+                    shapley_seconds=shapley_seconds, resumed_from=resumed_from, supernet=net)
+    if out is not None:
+        policy.save(out / "policy.json")
+        write_json(out / "search.json", json.loads(json.dumps(res.to_dict())))
+    return res
