@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 METHODS = ("dmpq", "smpq")
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = "qpolicy.mpq-checkpoint"
-_RESUME_MAY_CHANGE = {"checkpoint_every"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,18 +232,6 @@ def _check_budget(model: nn.Module, budget: Budget, config: MPQConfig) -> None:
                act_bits=config.act_bits)
 
 
-def _load(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, ...: torch raises many types
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a qpolicy differentiable-search checkpoint")
-    return ckpt
-
-
 def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train: Iterable[Any],
                calib: Iterable[Any], config: MPQConfig | None = None, out_dir: str | Path | None = None,
                resume: bool = False, device: str | torch.device | None = None,
@@ -263,7 +250,7 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
         resume: Continue from ``out_dir/checkpoint.pt`` (same settings required).
         device: "auto" (CUDA when available), "cpu", ...
     """
-    from ..qat.finetune import check_resume
+    from ..qat.finetune import check_resume, check_same_config, load_checkpoint
 
     if method not in METHODS:
         from ..errors import UnknownNameError
@@ -301,14 +288,9 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
     resumed_from = None
     if resume:
         assert ckpt_path is not None  # checked above
-        ckpt = _load(ckpt_path)
-        saved = ckpt.get("config", {})
-        diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in config.to_dict().items()
-                if k not in _RESUME_MAY_CHANGE and saved.get(k) != v]
-        if diff or ckpt.get("method") != method or ckpt.get("budget") != budget.to_dict():
-            raise CheckpointError(f"{ckpt_path} was made with other settings "
-                                  f"({'; '.join(diff) or 'method or budget differ'}); resume with the same ones "
-                                  "or start a new output folder")
+        ckpt = load_checkpoint(ckpt_path, fmt=_FORMAT, what="differentiable-search")
+        check_same_config({**ckpt.get("config", {}), "method": ckpt.get("method"), "budget": ckpt.get("budget")},
+                          {**config.to_dict(), "method": method, "budget": budget.to_dict()}, ckpt_path)
         try:
             net.load_state_dict(ckpt["supernet"])
             opt_w.load_state_dict(ckpt["opt_w"])

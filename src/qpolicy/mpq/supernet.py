@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._modes import eval_mode
 from ..errors import ConfigError
 from ..layers import LayerInfo, quantizable_layers
 from ..policy import LayerBits, Policy
-from ..quant.apply import _reestimate_bn, batch_inputs
+from ..quant.apply import batch_inputs, calibrate_bn_and_acts_
 from ..quant.fake_quant import ActQuantizer, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
 
 __all__ = ["MixedQuantLayer", "Supernet", "build_supernet"]
@@ -246,22 +245,7 @@ class Supernet(nn.Module):
         for _, m in self.mixed_layers():
             for q in m.weight_quants:
                 q.calibrate_(m.layer.weight, config)
-        with eval_mode(self):
-            for a in acts:
-                a.enabled = False
-            try:
-                if config.bn_reestimate:
-                    _reestimate_bn(self, batches[: config.bn_batches])
-                for a in acts:
-                    a.enabled = True
-                    a.start_calibration_(config)
-                for x in batches[: config.batches]:
-                    self(x)
-                for a in acts:
-                    a.finish_calibration_()
-            finally:
-                for a in acts:
-                    a.observing, a.enabled = False, True
+        calibrate_bn_and_acts_(self, acts, batches, config)
         return self
 
 

@@ -28,7 +28,8 @@ from ..evaluate import resolve_device
 from ..progress import progress
 from ..quant.fake_quant import _Quantizer
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_checkpoint", "check_resume", "CHECKPOINT_NAME"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_checkpoint", "check_resume", "check_same_config",
+           "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -117,8 +118,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a fine-tuning checkpoint (tensors and plain data only); CheckpointError if it is not one."""
+def load_checkpoint(path: str | Path, *, fmt: str = _FORMAT, what: str = "fine-tuning") -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain data only); CheckpointError if it is not a ``fmt`` one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -126,8 +127,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, ...: torch raises many types
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a qpolicy fine-tuning checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a qpolicy {what} checkpoint")
     return ckpt
 
 
@@ -187,7 +188,7 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
         if ckpt_path is None:
             raise ConfigError("resume needs out_dir")
         ckpt = load_checkpoint(ckpt_path)
-        _check_same_config(ckpt.get("config", {}), config, ckpt_path)
+        check_same_config(ckpt.get("config", {}), config.to_dict(), ckpt_path)
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -254,8 +255,8 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
         history=tuple(history), resumed_from=resumed_from, checkpoint=str(ckpt_path) if ckpt_path else None)
 
 
-def _check_same_config(saved: dict[str, Any], config: FinetuneConfig, path: Path) -> None:
-    now = config.to_dict()
+def check_same_config(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint made with other settings (``checkpoint_every`` may change)."""
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in now.items()
             if k not in _RESUME_MAY_CHANGE and saved.get(k) != v]
     if diff:

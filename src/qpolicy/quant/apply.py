@@ -16,7 +16,7 @@ from ..errors import CalibrationError, ConfigError
 from ..policy import Policy
 from .fake_quant import ActQuantizer, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
 
-__all__ = ["apply_policy", "calibrate_", "quantizers", "batch_inputs"]
+__all__ = ["apply_policy", "calibrate_", "calibrate_bn_and_acts_", "quantizers", "batch_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,23 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
     batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches_needed)]
     if not batches:
         raise CalibrationError("the calibration data yielded no batch")
+    calibrate_bn_and_acts_(model, acts, batches, config)
+    log.info("BatchNorm re-estimated on %d batches; %d activation quantizers calibrated on %d batches",
+             n_bn, len(acts), min(len(batches), config.batches))
+    return model
+
+
+def calibrate_bn_and_acts_(model: nn.Module, acts: list[ActQuantizer], batches: list[torch.Tensor],
+                           config: CalibConfig) -> None:
+    """Steps 2-3 of :func:`calibrate_`: BatchNorm statistics re-estimated with the activation quantizers passing
+    their inputs through, then the activation quantizers observe ``batches[:config.batches]``. Eval mode; the
+    model's modes and the quantizers' flags are restored even on error."""
     try:
         with eval_mode(model):
             for a in acts:
                 a.enabled = False
             if config.bn_reestimate:
-                _reestimate_bn(model, batches[:n_bn])
+                _reestimate_bn(model, batches[: config.bn_batches])
             for a in acts:
                 a.enabled = True
                 a.start_calibration_(config)
@@ -106,9 +117,6 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
     finally:
         for a in acts:
             a.observing, a.enabled = False, True
-    log.info("BatchNorm re-estimated on %d batches; %d activation quantizers calibrated on %d batches",
-             n_bn, len(acts), min(len(batches), config.batches))
-    return model
 
 
 def apply_policy(
