@@ -16,7 +16,7 @@ endif
 endif
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search lint clean
+.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq lint clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,12 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/search_speed.py
 	$(PY) benchmarks/search_quality.py
 	$(PY) benchmarks/search_claims.py
+	$(PY) benchmarks/search_qat.py
+
+# the full comparison (3 seeds, 3 epochs on 50,000 images, 1 QAT epoch each) takes many hours on 2 CPU cores;
+# MPQ_ARGS scales it down, e.g. MPQ_ARGS="--seeds 0 --epochs 2 --train-images 8192 --shapley-samples 4"
+bench-mpq: $(STAMP)
+	$(PY) benchmarks/mpq_compare.py $(MPQ_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -74,9 +74,11 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--finetune-images", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="test images (default: all 10,000)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scaling", default="1,2,4", help="Shapley samples whose round cost is measured")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = qp.models.load("resnet20")
     layers = qp.quantizable_layers(model)
     test = qp.data.loader("cifar10", "test", batch_size=500, limit=args.limit)
@@ -118,7 +120,7 @@ def main() -> None:
                     agreement.append({"budget": label, "seed": seed,
                                       "layers": who_was_right(res.supernet, res.shapley[-1], held)})
                     if seed == seeds[0]:  # cost of one round vs samples, on the final supernet
-                        for k in (1, 2, 4):
+                        for k in (int(v) for v in args.scaling.split(",")):
                             t = time.perf_counter()
                             est = monte_carlo_shapley(res.supernet.players(), _SubnetGame(res.supernet, held),
                                                       samples=k, truncation=cfg.truncation, seed=99)
@@ -167,7 +169,7 @@ def main() -> None:
              "truncation at 20% top-1, momentum 0.8. Both select under the exact budget with the ILP. PTQ: MSE "
              "clipping + BN re-estimation on 4,096 augmented training images; QAT: SGD lr 0.01 cosine"
              + (f" on {args.finetune_images} images" if args.finetune_images else "")
-             + f"; top-1 on {args.limit or 10000} test images.")
+             + f"; top-1 on {args.limit or 10000} test images; {args.threads} torch thread(s).")
     write("mpq_compare", {"seeds": seeds, "results": records, "agreement": agreement, "shapley_scaling": scaling},
           table, notes)
 

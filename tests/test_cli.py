@@ -199,3 +199,17 @@ def test_unknown_strategy_suggests_differentiable_ones(capsys, home):
     assert code == 2 and "did you mean 'smpq'" in err
     code, out, _ = run(capsys, "list", "strategies")
     assert "dmpq" in out.split() and "smpq" in out.split()
+
+
+def test_export_cli_with_verification(capsys, home, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "r20.onnx"
+    code, text, err = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--verify")
+    assert code == 0, err
+    assert out.exists() and "onnxruntime top-1" in text and "PyTorch top-1" in text
+    code, text, _ = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--verify", "--json")
+    obj = json.loads(text)
+    assert obj["verify"]["total"] == 32 and obj["verify"]["top1_onnx"] == obj["verify"]["top1_torch"]
+    with pytest.raises(SystemExit) as exc:  # a policy is required (argparse's own usage error)
+        main(["export", *TINY, "-o", str(out)])
+    assert exc.value.code == 2

@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("export", help="ONNX export of a quantized model (standard Q/DQ), optionally verified")
+    _add_common(p)
+    _add_policy(p, required=True)
+    p.add_argument("-o", "--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--verify", action="store_true", help="run it in onnxruntime on the test set beside PyTorch")
+
     p = sub.add_parser("list", help="registered metrics or strategies")
     p.add_argument("what", choices=["metrics", "strategies", "models"])
     p.add_argument("--json", action="store_true")
@@ -529,6 +536,41 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .layers import quantizable_layers
+    from .quant import apply_policy
+
+    try:
+        from .export import export_onnx, verify_onnx
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise ConfigError(f"export needs onnx and onnxruntime (pip install 'qpolicy[onnx]'): {e}") from None
+    _check_policy_args(args)
+    model = _load_model(args)
+    policy = _policy(args, model)
+    test, cal = _loaders(args, calib=True)
+    qmodel = apply_policy(model, policy, calib=cal, config=_calib_config(args))
+    shape = next((li.in_shape for li in quantizable_layers(model) if li.in_shape), None)
+    shape = getattr(model, "input_shape", None) or shape
+    info = export_onnx(qmodel, args.out, input_shape=tuple(shape), policy=policy, opset=args.opset)
+    obj: dict[str, Any] = {"export": info, "policy_label": _policy_label(policy)}
+    text = f"{args.model} | {_policy_label(policy)}\nwrote {args.out} ({info['bytes'] / 1024:.0f} KiB, opset " \
+           f"{info['opset']}, {info['ops'].get('QuantizeLinear', 0)} QuantizeLinear)"
+    if args.verify:
+        res = verify_onnx(args.out, qmodel, test)
+        obj["verify"] = res.to_dict()
+        text += (f"\nonnxruntime top-1 {res.top1_onnx:.2f}% | PyTorch top-1 {res.top1_torch:.2f}% on {res.total} "
+                 f"images; predictions agree on {100 * res.agree:.2f}%; logits within one step "
+                 f"({res.tolerance:.2g}) on {100 * res.images_within_tolerance:.2f}% of images, max |diff| "
+                 f"{res.max_abs_diff:.3g}")
+        if abs(res.top1_onnx - res.top1_torch) > 0.05:
+            _emit(args, obj, text)
+            raise ConfigError(f"verification failed: onnxruntime top-1 {res.top1_onnx:.2f}% vs PyTorch "
+                              f"{res.top1_torch:.2f}% (allowed difference 0.05 points)")
+    _emit(args, obj, text)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import models
     from .mpq import METHODS
@@ -542,7 +584,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "list": cmd_list}
+            "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "export": cmd_export,
+            "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,217 @@
+"""ONNX export of a fake-quantized model: every quantizer becomes standard QuantizeLinear -> (Clip) ->
+DequantizeLinear, so any ONNX runtime computes exactly the simulated arithmetic.
+
+* A b-bit quantizer uses an 8-bit container: ``QuantizeLinear`` to int8 (signed) or uint8 (unsigned) with zero point
+  0 and the layer's step size(s) (per output channel for weights, ``axis=0``); a ``Clip`` to the b-bit range
+  (``[-(2^(b-1)-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned) when that is narrower than the container
+  (every signed width, since qpolicy's signed grid is symmetric, and unsigned widths below 8); then
+  ``DequantizeLinear``. 8-bit unsigned activations are a plain Q/DQ pair.
+* Layers kept in float export as plain Conv/Gemm.
+* The policy (its JSON) is stored in the model's ``metadata_props`` under ``qpolicy.policy``.
+
+Rounding agrees with PyTorch's (round half to even); ONNX divides by the scale where qpolicy multiplies by its
+reciprocal, which can move a value sitting exactly on a rounding boundary by one step: the verification allows one
+quantization step.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._io import atomic_write
+from ..errors import ConfigError
+from ..policy import Policy
+from ..quant.fake_quant import ActQuantizer, WeightQuantizer
+from ..quant.primitives import qrange
+
+__all__ = ["export_onnx", "verify_onnx", "VerifyResult", "METADATA_KEY"]
+
+log = logging.getLogger(__name__)
+METADATA_KEY = "qpolicy.policy"
+OPSET = 17
+
+
+class _QDQ(torch.autograd.Function):
+    """Fake quantization that exports as QuantizeLinear -> Clip -> DequantizeLinear (forward: the same math)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, bits, signed, axis):  # type: ignore[override]
+        q_min, q_max = qrange(bits, signed)
+        s = scale if axis is None else scale.reshape([-1] + [1] * (x.dim() - 1))
+        return torch.clamp(torch.round(x * (1.0 / s)), q_min, q_max) * s
+
+    @staticmethod
+    def symbolic(g, x, scale, bits, signed, axis):  # type: ignore[override]
+        q_min, q_max = qrange(bits, signed)
+        dtype = torch.int8 if signed else torch.uint8
+        zero = torch.zeros(() if axis is None else scale.type().sizes(), dtype=dtype)
+        zp = g.op("Constant", value_t=zero)
+        kw = {} if axis is None else {"axis_i": axis}
+        q = g.op("QuantizeLinear", x, scale, zp, **kw)
+        container = (-128, 127) if signed else (0, 255)
+        if (q_min, q_max) != container:
+            lo = g.op("Constant", value_t=torch.tensor(q_min, dtype=dtype))
+            hi = g.op("Constant", value_t=torch.tensor(q_max, dtype=dtype))
+            q = g.op("Clip", q, lo, hi)
+        return g.op("DequantizeLinear", q, scale, zp, **kw)
+
+
+class _ExportWeightQuantizer(WeightQuantizer):
+    """The same quantizer, running :class:`_QDQ` and without the extra state the tracer cannot take."""
+
+    get_extra_state = nn.Module.get_extra_state  # type: ignore[assignment]
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _QDQ.apply(weight, self.scale.detach().float().clamp_min(1e-12), self.bits, True, 0)
+
+
+class _ExportActQuantizer(ActQuantizer):
+    get_extra_state = nn.Module.get_extra_state  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.observing:
+            return x
+        return _QDQ.apply(x, self.scale.detach().float().clamp_min(1e-12).reshape(()), self.bits, self.signed, None)
+
+
+def _exportable(qmodel: nn.Module) -> nn.Module:
+    """A CPU eval copy whose quantizers run :class:`_QDQ` (same values, exportable)."""
+    m = copy.deepcopy(qmodel).cpu().eval()
+    for mod in m.modules():
+        if type(mod) is WeightQuantizer:
+            mod.__class__ = _ExportWeightQuantizer
+        elif type(mod) is ActQuantizer:
+            mod.__class__ = _ExportActQuantizer
+    return m
+
+
+def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
+                policy: Policy | None = None, opset: int = OPSET) -> dict[str, Any]:
+    """Write ``qmodel`` (a calibrated model from ``apply_policy``) as ONNX to ``path`` (atomically).
+
+    Args:
+        qmodel: The fake-quantized model.
+        path: Where the .onnx file goes.
+        input_shape: Per-sample input shape (C, H, W); the batch dimension is dynamic.
+        policy: Stored in the model's metadata.
+        opset: ONNX opset (>= 13 for per-channel QuantizeLinear).
+
+    Returns:
+        A summary: the count of each operator type, and the number of quantize/dequantize nodes.
+    """
+    import onnx
+
+    if opset < 13:
+        raise ConfigError(f"per-channel QuantizeLinear needs opset >= 13, got {opset}")
+    model = _exportable(qmodel)
+    buf = io.BytesIO()
+    dummy = torch.zeros(1, *input_shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(model, (dummy,), buf, opset_version=opset, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    if policy is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
+    onnx.checker.check_model(proto)
+    with atomic_write(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    log.info("exported %s: %s", path, ops)
+    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(proto.SerializeToString())}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyResult:
+    """ONNX Runtime vs PyTorch on the same images.
+
+    Attributes:
+        top1_onnx, top1_torch: Top-1 (%) of each.
+        max_abs_diff: Largest |logit difference|.
+        tolerance: One quantization step of the logits (see :func:`verify_onnx`).
+        within_tolerance: Every logit within it.
+        images_within_tolerance: Fraction of images whose logits are all within it. (Convolutions sum in another
+            order in each runtime; a float difference of 1e-7 at a rounding boundary moves one activation by a
+            whole step, which then spreads, so a few images differ by more than a step while top-1 agrees.)
+        agree: Fraction of images with the same predicted class.
+        total: Images compared.
+    """
+
+    top1_onnx: float
+    top1_torch: float
+    max_abs_diff: float
+    tolerance: float
+    within_tolerance: bool
+    images_within_tolerance: float
+    agree: float
+    total: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _logit_step(qmodel: nn.Module) -> float:
+    """One quantization step of the logits: the last quantized layer's input step times its largest weight step,
+    the resolution of its integer accumulator (its outputs are integers times that, plus the bias)."""
+    last = None
+    for mod in qmodel.modules():
+        if getattr(mod, "act_quant", None) is not None and getattr(mod, "weight_quant", None) is not None:
+            last = mod
+    if last is None:
+        return 1e-5
+    return float(last.act_quant.scale.detach().abs().max()) * float(last.weight_quant.scale.detach().abs().max())
+
+
+def verify_onnx(path: str | os.PathLike, qmodel: nn.Module, data: Iterable[Any], *,
+                threads: int = 2) -> VerifyResult:
+    """Run the exported model in onnxruntime on ``data`` (batches ``(x, y)``) beside the PyTorch model."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = copy.deepcopy(qmodel).cpu().eval()
+    tol = _logit_step(model)
+    correct_o = correct_t = agree = total = within = 0
+    worst = 0.0
+    t = time.perf_counter()
+    from ..progress import progress
+
+    with torch.no_grad():
+        for x, y in progress(data, desc="verify", total=len(data) if hasattr(data, "__len__") else None):
+            ref = model(x).numpy()
+            out = sess.run(["logits"], {"input": x.numpy()})[0]
+            diff = np.abs(out - ref).max(axis=1)  # (B,) worst logit per image
+            worst = max(worst, float(diff.max()))
+            within += int((diff <= tol).sum())
+            po, pt = out.argmax(1), ref.argmax(1)
+            yy = y.numpy()
+            correct_o += int((po == yy).sum())
+            correct_t += int((pt == yy).sum())
+            agree += int((po == pt).sum())
+            total += len(yy)
+    if total == 0:
+        raise ConfigError("the verification data yielded no batch")
+    return VerifyResult(top1_onnx=100.0 * correct_o / total, top1_torch=100.0 * correct_t / total,
+                        max_abs_diff=worst, tolerance=tol, within_tolerance=worst <= tol,
+                        images_within_tolerance=within / total, agree=agree / total, total=total,
+                        seconds=time.perf_counter() - t)

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qpolicy.export import METADATA_KEY, export_onnx, verify_onnx
+from qpolicy.policy import LayerBits, Policy, uniform_policy
+from qpolicy.quant import CalibConfig, apply_policy
+from qpolicy.testing import TinyConvNet, random_loader
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+CALIB = CalibConfig(weight_method="minmax", act_method="minmax", bn_reestimate=False)
+
+
+def _export(policy, tmp_path):
+    model = TinyConvNet()
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    path = tmp_path / "m.onnx"
+    info = export_onnx(qm, path, input_shape=(3, 8, 8), policy=policy)
+    return qm, path, info
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_parity_at_every_width(bits, tmp_path):
+    policy = uniform_policy(TinyConvNet(), f"w{bits}a{bits}", first_last="same")
+    qm, path, info = _export(policy, tmp_path)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert info["ops"]["QuantizeLinear"] == info["ops"]["DequantizeLinear"] == 8  # 4 layers x (weight, input)
+    # weights always need a Clip (symmetric grid inside int8); inputs only below 8 bits
+    assert info["ops"].get("Clip", 0) >= (4 if bits == 8 else 8)
+    res = verify_onnx(path, qm, random_loader(128, batch_size=64, seed=3), threads=1)
+    assert res.top1_onnx == res.top1_torch and res.agree == 1.0
+    assert res.images_within_tolerance >= 0.95 and res.total == 128
+    x = next(iter(random_loader(16, batch_size=16, seed=4)))[0]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    out = sess.run(["logits"], {"input": x.numpy()})[0]
+    assert np.allclose(out, ref, atol=max(res.tolerance, 1e-5) * 4)
+
+
+def test_float_layer_and_metadata(tmp_path):
+    layers = {n: LayerBits(weight_bits=4, act_bits=8) for n in ("conv1", "dw", "pw")}
+    layers["fc"] = LayerBits(weight_bits=None, act_bits=None)
+    policy = Policy(layers=layers, model="tiny", provenance={"method": "test"})
+    _, path, info = _export(policy, tmp_path)
+    assert info["ops"]["QuantizeLinear"] == 6  # the float layer has none
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert Policy.from_dict(json.loads(meta[METADATA_KEY])).layers == policy.layers
+    gemm = [n for n in proto.graph.node if n.op_type == "Gemm"]
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    assert gemm and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                        for i in gemm[0].input[1:])  # fc's weight and input are not dequantized tensors
