@@ -7,6 +7,8 @@ import torch
 from qpolicy.export import METADATA_KEY, export_onnx, verify_onnx
 from qpolicy.policy import LayerBits, Policy, uniform_policy
 from qpolicy.quant import CalibConfig, apply_policy
+from qpolicy.quant.apply import quantizers
+from qpolicy.quant.fake_quant import ActQuantizer
 from qpolicy.testing import TinyConvNet, random_loader
 
 onnx = pytest.importorskip("onnx")
@@ -28,9 +30,15 @@ def test_parity_at_every_width(bits, tmp_path):
     qm, path, info = _export(policy, tmp_path)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
-    assert info["ops"]["QuantizeLinear"] == info["ops"]["DequantizeLinear"] == 8  # 4 layers x (weight, input)
-    # weights always need a Clip (symmetric grid inside int8); inputs only below 8 bits
-    assert info["ops"].get("Clip", 0) >= (4 if bits == 8 else 8)
+    # 4 layers: the weights are int8 initializers read by DequantizeLinear, the inputs are Q -> (Clip) -> DQ
+    assert info["folded_weights"] == 4 and info["ops"]["QuantizeLinear"] == 4 and info["ops"]["DequantizeLinear"] == 8
+    weights = [t for t in proto.graph.initializer if t.name.endswith("_quantized")]
+    assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    q_max = 2 ** (bits - 1) - 1
+    assert all(np.abs(onnx.numpy_helper.to_array(t)).max() <= q_max for t in weights)
+    # inputs below 8 bits need a Clip; at 8 bits only signed inputs do (the symmetric grid inside int8)
+    signed = sum(q.signed for _, q in quantizers(qm) if isinstance(q, ActQuantizer))
+    assert 1 <= signed < 4 and info["ops"].get("Clip", 0) == (signed if bits == 8 else 4)
     res = verify_onnx(path, qm, random_loader(128, batch_size=64, seed=3), threads=1)
     assert res.top1_onnx == res.top1_torch and res.agree == 1.0
     assert res.images_within_tolerance >= 0.95 and res.total == 128
@@ -47,7 +55,7 @@ def test_float_layer_and_metadata(tmp_path):
     layers["fc"] = LayerBits(weight_bits=None, act_bits=None)
     policy = Policy(layers=layers, model="tiny", provenance={"method": "test"})
     _, path, info = _export(policy, tmp_path)
-    assert info["ops"]["QuantizeLinear"] == 6  # the float layer has none
+    assert info["ops"]["QuantizeLinear"] == 3 and info["ops"]["DequantizeLinear"] == 6  # the float layer: none
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert Policy.from_dict(json.loads(meta[METADATA_KEY])).layers == policy.layers

@@ -6,6 +6,7 @@ DequantizeLinear, so any ONNX runtime computes exactly the simulated arithmetic.
   (``[-(2^(b-1)-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned) when that is narrower than the container
   (every signed width, since qpolicy's signed grid is symmetric, and unsigned widths below 8); then
   ``DequantizeLinear``. 8-bit unsigned activations are a plain Q/DQ pair.
+* Weights are stored as integer tensors (their QuantizeLinear and Clip folded at export), read by DequantizeLinear.
 * Layers kept in float export as plain Conv/Gemm.
 * The policy (its JSON) is stored in the model's ``metadata_props`` under ``qpolicy.policy``.
 
@@ -68,32 +69,91 @@ class _QDQ(torch.autograd.Function):
 
 
 class _ExportWeightQuantizer(WeightQuantizer):
-    """The same quantizer, running :class:`_QDQ` and without the extra state the tracer cannot take."""
+    """The same quantizer, running :class:`_QDQ` on a constant step size (``export_scale``, a buffer, so it becomes
+    an initializer) and without the extra state the tracer cannot take."""
 
     get_extra_state = nn.Module.get_extra_state  # type: ignore[assignment]
+    export_scale: torch.Tensor
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return _QDQ.apply(weight, self.scale.detach().float().clamp_min(1e-12), self.bits, True, 0)
+        return _QDQ.apply(weight, self.export_scale, self.bits, True, 0)
 
 
 class _ExportActQuantizer(ActQuantizer):
     get_extra_state = nn.Module.get_extra_state  # type: ignore[assignment]
+    export_scale: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.observing:
             return x
-        return _QDQ.apply(x, self.scale.detach().float().clamp_min(1e-12).reshape(()), self.bits, self.signed, None)
+        return _QDQ.apply(x, self.export_scale, self.bits, self.signed, None)
 
 
 def _exportable(qmodel: nn.Module) -> nn.Module:
     """A CPU eval copy whose quantizers run :class:`_QDQ` (same values, exportable)."""
     m = copy.deepcopy(qmodel).cpu().eval()
-    for mod in m.modules():
-        if type(mod) is WeightQuantizer:
-            mod.__class__ = _ExportWeightQuantizer
-        elif type(mod) is ActQuantizer:
-            mod.__class__ = _ExportActQuantizer
+    for mod in list(m.modules()):
+        if type(mod) in (WeightQuantizer, ActQuantizer):
+            per_tensor = type(mod) is ActQuantizer
+            scale = mod.scale.detach().float().clamp_min(1e-12)
+            mod.__class__ = _ExportActQuantizer if per_tensor else _ExportWeightQuantizer
+            del mod.scale  # the learnable parameter would become an unused initializer
+            mod.register_buffer("export_scale", scale.reshape(()) if per_tensor else scale)
     return m
+
+
+def _fold_weight_quantization(proto: Any) -> int:
+    """Replace QuantizeLinear (+ Clip) of a constant weight by its integer tensor: ``DequantizeLinear`` then reads
+    an int8 initializer, the usual QDQ form (4x smaller, and what runtimes fuse into integer kernels). Computed as
+    ONNX defines it: ``saturate(round_half_even(w / scale))``, then the Clip bounds. Returns the count folded."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+
+    def value(name: str):
+        return numpy_helper.to_array(inits[name]) if name in inits else consts.get(name)
+
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    drop, folded = [], 0
+    for n in list(graph.node):
+        if n.op_type != "QuantizeLinear" or n.input[0] not in inits:
+            continue
+        w, scale, zp = value(n.input[0]), value(n.input[1]), value(n.input[2])
+        if w is None or scale is None or zp is None:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        s = scale if scale.ndim == 0 else scale.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.rint(w.astype(np.float32) / s), info.min, info.max)
+        out, chain = n.output[0], [n]
+        nxt = users.get(out, [])
+        if len(nxt) == 1 and nxt[0].op_type == "Clip":
+            lo, hi = value(nxt[0].input[1]), value(nxt[0].input[2])
+            q = np.clip(q, lo, hi)
+            out, chain = nxt[0].output[0], [n, nxt[0]]
+        tensor = numpy_helper.from_array(q.astype(zp.dtype), name=n.input[0] + "_quantized")
+        graph.initializer.append(tensor)
+        for u in users.get(out, []):
+            for k, i in enumerate(u.input):
+                if i == out:
+                    u.input[k] = tensor.name
+        drop += chain
+        folded += 1
+    for n in drop:
+        graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(n)  # the Clip bounds of folded chains
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)  # the float weights that were folded
+    return folded
 
 
 def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
@@ -121,8 +181,9 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
         torch.onnx.export(model, (dummy,), buf, opset_version=opset, dynamo=False, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          do_constant_folding=False)
+                          do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
+    folded = _fold_weight_quantization(proto)
     if policy is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
@@ -133,7 +194,8 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     log.info("exported %s: %s", path, ops)
-    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(proto.SerializeToString())}
+    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(proto.SerializeToString()),
+            "folded_weights": folded}
 
 
 @dataclass(frozen=True, kw_only=True)
