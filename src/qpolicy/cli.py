@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="top-1 and costs of the float model or a policy (PTQ)")
     _add_common(p)
     _add_policy(p)
+    p.add_argument("-o", "--out", help="also write the result as JSON (what `qpolicy report` reads)")
 
     p = sub.add_parser("finetune", help="quantization-aware fine-tuning under a policy (checkpointed, resumable)")
     _add_common(p)
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of this many test images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", help="front JSON to write")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="an HTML report (figures embedded) and markdown summary of a run folder")
+    p.add_argument("run", help="folder with sensitivity tables, policies, Pareto fronts, evaluations")
+    p.add_argument("-o", "--out", help="HTML file to write (default RUN/report.html; the .md goes beside it)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -345,6 +352,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             + (f" | calib {args.calib}, {args.calib_batches} batches, {res.calib_seconds:.1f} s" if policy else "")
             + f"\ntop-1 {a.top1:.2f}% ({a.correct}/{a.total}), loss {a.loss:.4f}, {a.seconds:.1f} s"
             + f"\n{res.cost.summary()}")
+    if args.out:
+        from ._io import write_json
+
+        write_json(args.out, {"format": "qpolicy.evaluation", "version": 1, **obj})
     _emit(args, obj, text)
     return 0
 
@@ -536,6 +547,18 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    out = args.out or str(Path(args.run) / "report.html")
+    info = render_report(args.run, out)
+    text = (f"wrote {info['html']} and {info['markdown']}: {len(info['figures'])} figures from "
+            f"{info['tables']} table(s), {info['policies']} policy file(s), {info['fronts']} front(s), "
+            f"{info['evaluations']} evaluation(s)")
+    _emit(args, info, text)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .layers import quantizable_layers
@@ -585,6 +608,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
             "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "export": cmd_export,
+            "report": cmd_report,
             "list": cmd_list}
 
 

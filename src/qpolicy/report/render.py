@@ -1,0 +1,201 @@
+"""Render a run folder's results as one self-contained HTML file (figures embedded as PNG) and a markdown summary.
+
+Figures (matplotlib, Agg): bits per layer of every policy (weights and activations); a sensitivity heat map
+(layer x bits, log scale) per table; the Pareto front, top-1 vs BitOPs and vs size, with uniform and searched
+policies marked; the cost of each layer under each policy. Every figure has the table of its numbers below it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write
+from ..costs import policy_cost
+from ..policy import Policy
+from .collect import RunContents, collect
+
+__all__ = ["render_report"]
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.5em}td,th{border:1px solid #ddd;padding:2px 6px;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+details{margin-bottom:1em}"""
+
+
+def _label(policy: Policy, source: str) -> str:
+    p = policy.provenance
+    if p.get("method") == "uniform":
+        return f"uniform {p.get('spec')}"
+    if p.get("metric") or p.get("strategy"):
+        return f"{p.get('metric', '?')} + {p.get('strategy', '?')} ({source})"
+    return source
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
+    """(HTML, markdown) of one table."""
+    h = "<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in headers) + "</tr>"
+    h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    md = "| " + " | ".join(map(str, headers)) + " |\n|" + "|".join("---" for _ in headers) + "|\n"
+    md += "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows)
+    return h + "</table>", md
+
+
+def _policies(run: RunContents) -> list[tuple[str, Policy, float | None]]:
+    """Every distinct policy with a label and its top-1 if an evaluation holds it."""
+    out: dict[tuple, tuple[str, Policy, float | None]] = {}
+    for src, pol in run.policies:
+        out.setdefault(tuple(sorted((n, b.short()) for n, b in pol.layers.items())), (_label(pol, src), pol, None))
+    for src, ev in run.evaluations:
+        pol = ev["policy"]
+        key = tuple(sorted((n, b.short()) for n, b in pol.layers.items()))
+        label = _label(pol, src) + (" (fine-tuned)" if ev.get("finetuned") else "")
+        if key in out and out[key][2] is None and not ev.get("finetuned"):
+            out[key] = (out[key][0], pol, ev["top1"])
+        else:
+            out[(*key, src)] = (label, pol, ev["top1"])
+    return list(out.values())
+
+
+def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path | None = None) -> dict[str, Any]:
+    """Write ``out`` (HTML) and a markdown summary (default: ``out`` with ``.md``) from ``run_dir``'s results.
+
+    Returns:
+        What went in: counts of tables, policies, fronts, evaluations, and the figures drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = collect(run_dir)
+    layers = run.layers
+    pols = _policies(run)
+    sections: list[tuple[str, str | None, str, str]] = []  # title, png, html table, md table
+
+    # 1. bits per layer
+    if pols:
+        names = list(pols[0][1].layers)
+        fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+        rows = []
+        for label, pol, _ in pols:
+            for ax, side in zip(axes, ("weight_bits", "act_bits"), strict=True):
+                vals = [getattr(pol.layers[n], side) or 32 for n in names if n in pol.layers]
+                ax.step(range(len(vals)), vals, where="mid", label=label, linewidth=1.5, alpha=0.85)
+            rows.append([label, " ".join(pol.layers[n].short() for n in names if n in pol.layers)])
+        for ax, what in zip(axes, ("weight bits", "activation bits"), strict=True):
+            ax.set_ylabel(what)
+            ax.set_yticks([2, 3, 4, 5, 6, 7, 8])
+            ax.grid(alpha=0.3)
+        axes[1].set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        h, md = _table(["policy", "bits per layer (execution order)"], rows)
+        sections.append(("Bit-width per layer", _png(fig), h, md))
+
+    # 2. sensitivity heat maps
+    for src, table in run.tables:
+        fig, axes = plt.subplots(1, 2, figsize=(11, max(3, 0.22 * len(table.layers) + 1)))
+        rows = []
+        for ax, side in zip(axes, ("weight", "act"), strict=True):
+            scores = getattr(table, side)
+            positive = [v for n in table.names for v in scores[n].values() if v > 0]
+            floor = max(min(positive), max(positive) * 1e-6) if positive else 1e-12  # 0 damage: the floor
+            grid = [[math.log10(max(scores[n][b], floor)) for b in table.bits] for n in table.names]
+            im = ax.imshow(grid, aspect="auto", cmap="magma")
+            ax.set_xticks(range(len(table.bits)), table.bits)
+            ax.set_yticks(range(len(table.names)), table.names if side == "weight" else [""] * len(table.names),
+                          fontsize=7)
+            ax.set_title(f"{side} damage (log10)")
+            ax.set_xlabel("bits")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        for n in table.names:
+            rows.append([n, *(f"{table.weight[n][b]:.3g}" for b in table.bits),
+                         *(f"{table.act[n][b]:.3g}" for b in table.bits)])
+        h, md = _table(["layer", *(f"w{b}" for b in table.bits), *(f"a{b}" for b in table.bits)], rows)
+        sections.append((f"Sensitivity: {table.metric} ({src})", _png(fig), h, md))
+
+    # 3. Pareto front: top-1 vs BitOPs and vs size
+    points = []  # (label, kind, bitops, size, top1)
+    for src, front in run.fronts:
+        for pt in front["points"]:
+            if "top1" in pt:
+                c = pt["cost"]
+                points.append((f"{front['metric']} front ({src})", "front", c["bitops_rel_w8a8"],
+                               c["size_rel_w8a8"], float(pt["top1"])))
+    for src, ev in run.evaluations:
+        pol, c = ev["policy"], ev["cost"]
+        kind = "uniform" if pol.provenance.get("method") == "uniform" else "searched"
+        points.append((_label(pol, src) + (" (fine-tuned)" if ev.get("finetuned") else ""), kind,
+                       c["bitops_rel_w8a8"], c["size_rel_w8a8"], ev["top1"]))
+    if points:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        style = {"front": ("o-", 4), "uniform": ("s", 8), "searched": ("*", 12)}
+        for ax, idx, xl in ((axes[0], 2, "BitOPs / W8A8"), (axes[1], 3, "size / W8A8")):
+            for label in dict.fromkeys(p[0] for p in points):
+                pts = sorted((p for p in points if p[0] == label), key=lambda p: p[idx])
+                fmt, ms = style[pts[0][1]]
+                ax.plot([p[idx] for p in pts], [p[4] for p in pts], fmt, markersize=ms, label=label, alpha=0.85)
+            ax.set_xlabel(xl)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("top-1 %")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        h, md = _table(["policy", "kind", "BitOPs / W8A8", "size / W8A8", "top-1 %"],
+                       [[p[0], p[1], f"{p[2]:.4f}", f"{p[3]:.4f}", f"{p[4]:.2f}"] for p in points])
+        sections.append(("Pareto front: top-1 vs cost", _png(fig), h, md))
+
+    # 4. cost per layer
+    if layers is not None and pols:
+        names = [li.name for li in layers]
+        fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+        rows = []
+        width = 0.8 / len(pols)
+        for k, (label, pol, _) in enumerate(pols):
+            rep = policy_cost(layers, pol)
+            by = {lc.name: lc for lc in rep.layers}
+            xs = [i + k * width for i in range(len(names))]
+            axes[0].bar(xs, [by[n].bitops / 1e6 for n in names], width, label=label)
+            axes[1].bar(xs, [by[n].size_bytes / 1024 for n in names], width)
+            rows.append([label, f"{rep.bitops / 1e9:.4f}", f"{rep.size_bytes / 1024:.1f}",
+                         f"{rep.avg_weight_bits:.2f}", f"{rep.avg_act_bits:.2f}"])
+        axes[0].set_ylabel("MBitOPs")
+        axes[1].set_ylabel("weight KiB")
+        axes[1].set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        h, md = _table(["policy", "GBitOPs", "size KiB", "avg weight bits", "avg act bits"], rows)
+        sections.append(("Cost per layer", _png(fig), h, md))
+
+    title = f"qpolicy report: {run.root.name}"
+    body = [f"<h1>{html.escape(title)}</h1><p>{len(run.tables)} sensitivity table(s), {len(run.policies)} "
+            f"policy file(s), {len(run.fronts)} Pareto front(s), {len(run.evaluations)} evaluation(s).</p>"]
+    md_parts = [f"# {title}\n"]
+    for name, png, h, md in sections:
+        body.append(f"<h2>{html.escape(name)}</h2>")
+        if png:
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{png}">')
+        body.append(f"<details open><summary>numbers</summary>{h}</details>")
+        md_parts.append(f"## {name}\n\n{md}")
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    out = Path(out)
+    md_path = Path(markdown) if markdown else out.with_suffix(".md")
+    with atomic_write(out) as f:
+        f.write(page)
+    with atomic_write(md_path) as f:
+        f.write("\n".join(md_parts))
+    return {"html": str(out), "markdown": str(md_path), "figures": [s[0] for s in sections],
+            "tables": len(run.tables), "policies": len(run.policies), "fronts": len(run.fronts),
+            "evaluations": len(run.evaluations), "skipped": run.skipped}

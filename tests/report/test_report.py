@@ -1,0 +1,93 @@
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from qpolicy.budget import Budget
+from qpolicy.errors import PolicyError
+from qpolicy.layers import LayerInfo
+from qpolicy.policy import LayerBits, Policy
+from qpolicy.report import collect, render_report
+from qpolicy.search import pareto, search
+from qpolicy.sensitivity import SensitivityTable
+
+pytest.importorskip("matplotlib")
+BITS = (2, 4, 8)
+
+
+def _run_dir(tmp_path):
+    """A run folder of stored JSON only: two tables, a searched and a uniform policy, a front, evaluations."""
+    layers = tuple(LayerInfo(name=n, kind="conv", params=100 * (i + 1), macs=1000 * (i + 1), in_shape=(10,),
+                             out_shape=(1,), order=i) for i, n in enumerate("abcd"))
+    for metric, scale in (("hessian", 1.0), ("qerror", 0.1)):
+        dmg = {n: {2: scale * (4 - i), 4: scale * (4 - i) / 8, 8: 0.0} for i, n in enumerate("abcd")}
+        SensitivityTable(metric=metric, bits=BITS, layers=layers, weight=dmg, act=dmg,
+                         model="tiny").save(tmp_path / f"{metric}.json")
+    table = SensitivityTable.load(tmp_path / "hessian.json")
+    searched = search(table, Budget(bitops=0.3)).policy
+    searched.save(tmp_path / "policy.json")
+    uniform = Policy(layers={n: LayerBits(weight_bits=4, act_bits=4) for n in "abcd"}, model="tiny",
+                     provenance={"method": "uniform", "spec": "w4a4"})
+    uniform.save(tmp_path / "uniform.json")
+    front = pareto(table, "bitops", [0.15, 0.3, 0.6])
+    d = front.to_dict()
+    for k, pt in enumerate(d["points"]):
+        pt["top1"] = 80.0 + 5 * k
+    (tmp_path / "front.json").write_text(json.dumps(d))
+    for name, pol, top1 in (("eval_uniform.json", uniform, 84.0), ("eval_searched.json", searched, 86.5)):
+        (tmp_path / name).write_text(json.dumps({"format": "qpolicy.evaluation", "policy": pol.to_dict(),
+                                                 "top1": top1, "cost": {"bitops_rel_w8a8": 0.25,
+                                                                        "size_rel_w8a8": 0.5}}))
+    (tmp_path / "notes.json").write_text('{"something": "else"}')
+    return tmp_path
+
+
+def test_report_from_stored_json(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    contents = collect(run)
+    assert len(contents.tables) == 2 and len(contents.policies) == 2 and len(contents.fronts) == 1
+    assert len(contents.evaluations) == 2 and contents.skipped == ["notes.json"]
+    info = render_report(run, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert info["figures"] == ["Bit-width per layer", "Sensitivity: hessian (hessian.json)",
+                               "Sensitivity: qerror (qerror.json)", "Pareto front: top-1 vs cost", "Cost per layer"]
+    assert page.count('src="data:image/png;base64,') == 5 and "http" not in page.replace("http-equiv", "")
+    md = (tmp_path / "report.md").read_text()
+    assert "## Pareto front: top-1 vs cost" in md and "| uniform w4a4 | uniform |" in md and "86.50" in md
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "cannot read"),
+    ('{"format": "qpolicy.policy", "version": 1, "layers": 3}', "bad.json"),
+    ('{"format": "qpolicy.pareto", "points": [{"cost": {}}]}', "bad.json: malformed qpolicy.pareto"),
+])
+def test_corrupt_run_folder_names_the_file(tmp_path, content, message):
+    run = _run_dir(tmp_path / "run")
+    (run / "sub").mkdir()
+    (run / "sub" / "bad.json").write_text(content)
+    with pytest.raises(PolicyError, match=message) as exc:
+        render_report(run, tmp_path / "r.html")
+    assert "bad.json" in str(exc.value)
+    assert not (tmp_path / "r.html").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PolicyError, match="no qpolicy result"):
+        collect(tmp_path / "empty")
+    with pytest.raises(PolicyError, match="run folder not found"):
+        collect(tmp_path / "missing")
+
+
+def _chromium():
+    return next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (CI installs it with apt)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    render_report(run, tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--screenshot={shot}", "--window-size=1200,2400", "--enable-logging=stderr", "--v=0",
+                           (tmp_path / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+    assert "Uncaught" not in proc.stderr and "CONSOLE" not in proc.stderr.upper().replace("CONSOLE_", "")
