@@ -16,7 +16,7 @@ endif
 endif
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq lint clean
+.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq bench-export lint clean
 
 setup: $(STAMP)
 
@@ -30,12 +30,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/qpolicy inspect --model resnet20
 	$(VENV)/bin/qpolicy evaluate --model resnet20
+	$(VENV)/bin/qpolicy analyze --model resnet20 --metric te -o runs/demo/te.json
 	$(VENV)/bin/qpolicy analyze --model resnet20 --metric fisher -o runs/demo/fisher.json
 	$(VENV)/bin/qpolicy search runs/demo/fisher.json --budget bitops=0.2582 -o runs/demo/policy.json
 	@echo "== searched policy (fisher + ilp) at the BitOPs of uniform W4A4 =="
-	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/policy.json
+	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/policy.json -o runs/demo/eval_searched.json
 	@echo "== uniform W4A4 (first/last 8 bits), the same BitOPs =="
-	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4
+	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4 -o runs/demo/eval_uniform.json
+	$(VENV)/bin/qpolicy pareto runs/demo/fisher.json --bitops 0.15:0.5:5 --evaluate --limit 2000 -o runs/demo/front.json
+	$(VENV)/bin/qpolicy report runs/demo -o runs/demo/report.html
+	$(VENV)/bin/qpolicy export --model resnet20 --policy runs/demo/policy.json -o runs/demo/policy.onnx --verify
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -43,7 +47,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: bench-ptq bench-overhead bench-qat bench-search
+bench: bench-ptq bench-overhead bench-qat bench-search bench-export
 
 bench-ptq: $(STAMP)
 	$(PY) benchmarks/uniform_ptq.py
@@ -62,6 +66,9 @@ bench-search: $(STAMP)
 
 # the full comparison (3 seeds, 3 epochs on 50,000 images, 1 QAT epoch each) takes many hours on 2 CPU cores;
 # MPQ_ARGS scales it down, e.g. MPQ_ARGS="--seeds 0 --epochs 2 --train-images 8192 --shapley-samples 4"
+bench-export: $(STAMP)
+	$(PY) benchmarks/export_onnx.py
+
 bench-mpq: $(STAMP)
 	$(PY) benchmarks/mpq_compare.py $(MPQ_ARGS)
 
