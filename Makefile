@@ -31,13 +31,14 @@ demo: $(STAMP)
 	$(VENV)/bin/qpolicy inspect --model resnet20
 	$(VENV)/bin/qpolicy evaluate --model resnet20
 	$(VENV)/bin/qpolicy analyze --model resnet20 --metric te -o runs/demo/te.json
+	$(VENV)/bin/qpolicy analyze --model resnet20 --metric hessian -o runs/demo/hessian.json
 	$(VENV)/bin/qpolicy analyze --model resnet20 --metric fisher -o runs/demo/fisher.json
 	$(VENV)/bin/qpolicy search runs/demo/fisher.json --budget bitops=0.2582 -o runs/demo/policy.json
 	@echo "== searched policy (fisher + ilp) at the BitOPs of uniform W4A4 =="
 	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/policy.json -o runs/demo/eval_searched.json
 	@echo "== uniform W4A4 (first/last 8 bits), the same BitOPs =="
 	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4 -o runs/demo/eval_uniform.json
-	$(VENV)/bin/qpolicy pareto runs/demo/fisher.json --bitops 0.15:0.5:5 --evaluate --limit 2000 -o runs/demo/front.json
+	$(VENV)/bin/qpolicy pareto runs/demo/hessian.json --bitops 0.15:0.5:5 --evaluate --limit 2000 -o runs/demo/front.json
 	$(VENV)/bin/qpolicy report runs/demo -o runs/demo/report.html
 	$(VENV)/bin/qpolicy export --model resnet20 --policy runs/demo/policy.json -o runs/demo/policy.onnx --verify
 
