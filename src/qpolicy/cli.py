@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(p, required=True)
     p.add_argument("-o", "--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--int4", action="store_true", help="INT4/UINT4 tensors for 4-bit weights and inputs (opset 21)")
     p.add_argument("--verify", action="store_true", help="run it in onnxruntime on the test set beside PyTorch")
 
     p = sub.add_parser("list", help="registered metrics or strategies")
@@ -575,7 +576,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     qmodel = apply_policy(model, policy, calib=cal, config=_calib_config(args))
     shape = next((li.in_shape for li in quantizable_layers(model) if li.in_shape), None)
     shape = getattr(model, "input_shape", None) or shape
-    info = export_onnx(qmodel, args.out, input_shape=tuple(shape), policy=policy, opset=args.opset)
+    opset = max(args.opset, 21) if args.int4 else args.opset
+    info = export_onnx(qmodel, args.out, input_shape=tuple(shape), policy=policy, opset=opset, int4=args.int4)
     obj: dict[str, Any] = {"export": info, "policy_label": _policy_label(policy)}
     text = f"{args.model} | {_policy_label(policy)}\nwrote {args.out} ({info['bytes'] / 1024:.0f} KiB, opset " \
            f"{info['opset']}, {info['ops'].get('QuantizeLinear', 0)} QuantizeLinear)"

@@ -63,3 +63,21 @@ def test_float_layer_and_metadata(tmp_path):
     producers = {o: n for n in proto.graph.node for o in n.output}
     assert gemm and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
                         for i in gemm[0].input[1:])  # fc's weight and input are not dequantized tensors
+
+
+def test_int4_types_at_opset_21(tmp_path):
+    policy = uniform_policy(TinyConvNet(), "w4a4", first_last="same")
+    model = TinyConvNet()
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    with pytest.raises(Exception, match="opset >= 21"):
+        export_onnx(qm, tmp_path / "m.onnx", input_shape=(3, 8, 8), int4=True)
+    info = export_onnx(qm, tmp_path / "m.onnx", input_shape=(3, 8, 8), policy=policy, int4=True, opset=21)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto)
+    weights = [t for t in proto.graph.initializer if t.name.endswith("_quantized")]
+    assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.INT4 for t in weights)
+    unsigned = sum(not q.signed for _, q in quantizers(qm) if isinstance(q, ActQuantizer))
+    uint4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT4]
+    assert unsigned >= 1 and len(uint4) == unsigned and info["ops"].get("Clip", 0) == 4 - unsigned
+    res = verify_onnx(tmp_path / "m.onnx", qm, random_loader(128, batch_size=64, seed=3), threads=1)
+    assert res.top1_onnx == res.top1_torch and res.agree == 1.0 and res.images_within_tolerance >= 0.95

@@ -6,7 +6,9 @@ DequantizeLinear, so any ONNX runtime computes exactly the simulated arithmetic.
   (``[-(2^(b-1)-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned) when that is narrower than the container
   (every signed width, since qpolicy's signed grid is symmetric, and unsigned widths below 8); then
   ``DequantizeLinear``. 8-bit unsigned activations are a plain Q/DQ pair.
-* Weights are stored as integer tensors (their QuantizeLinear and Clip folded at export), read by DequantizeLinear.
+* Weights are stored as integer tensors (their QuantizeLinear and Clip folded at export), read by DequantizeLinear;
+  with ``int4=True`` (opset 21) weights of 4 bits and fewer are INT4 tensors and 4-bit unsigned inputs quantize to
+  UINT4 (no Clip); other inputs keep the 8-bit container.
 * Layers kept in float export as plain Conv/Gemm.
 * The policy (its JSON) is stored in the model's ``metadata_props`` under ``qpolicy.policy``.
 
@@ -102,7 +104,7 @@ def _exportable(qmodel: nn.Module) -> nn.Module:
     return m
 
 
-def _fold_weight_quantization(proto: Any) -> int:
+def _fold_weight_quantization(proto: Any, *, int4: bool = False) -> int:
     """Replace QuantizeLinear (+ Clip) of a constant weight by its integer tensor: ``DequantizeLinear`` then reads
     an int8 initializer, the usual QDQ form (4x smaller, and what runtimes fuse into integer kernels). Computed as
     ONNX defines it: ``saturate(round_half_even(w / scale))``, then the Clip bounds. Returns the count folded."""
@@ -138,12 +140,24 @@ def _fold_weight_quantization(proto: Any) -> int:
             lo, hi = value(nxt[0].input[1]), value(nxt[0].input[2])
             q = np.clip(q, lo, hi)
             out, chain = nxt[0].output[0], [n, nxt[0]]
-        tensor = numpy_helper.from_array(q.astype(zp.dtype), name=n.input[0] + "_quantized")
+        name = n.input[0] + "_quantized"
+        dq_zp = None
+        if int4 and zp.dtype == np.int8 and np.abs(q).max() <= 7 and not zp.any():
+            from onnx import TensorProto, helper
+
+            tensor = helper.make_tensor(name, TensorProto.INT4, q.shape, q.astype(np.int8).flatten().tolist())
+            dq_zp = helper.make_tensor(name + "_zero_point", TensorProto.INT4, zp.shape,
+                                       np.zeros(zp.size, dtype=np.int8).tolist())
+            graph.initializer.append(dq_zp)
+        else:
+            tensor = numpy_helper.from_array(q.astype(zp.dtype), name=name)
         graph.initializer.append(tensor)
         for u in users.get(out, []):
             for k, i in enumerate(u.input):
                 if i == out:
                     u.input[k] = tensor.name
+                    if dq_zp is not None and u.op_type == "DequantizeLinear":
+                        u.input[2] = dq_zp.name
         drop += chain
         folded += 1
     for n in drop:
@@ -157,7 +171,7 @@ def _fold_weight_quantization(proto: Any) -> int:
 
 
 def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
-                policy: Policy | None = None, opset: int = OPSET) -> dict[str, Any]:
+                policy: Policy | None = None, opset: int = OPSET, int4: bool = False) -> dict[str, Any]:
     """Write ``qmodel`` (a calibrated model from ``apply_policy``) as ONNX to ``path`` (atomically).
 
     Args:
@@ -166,6 +180,7 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
         input_shape: Per-sample input shape (C, H, W); the batch dimension is dynamic.
         policy: Stored in the model's metadata.
         opset: ONNX opset (>= 13 for per-channel QuantizeLinear).
+        int4: Store weights of 4 bits and fewer as INT4 tensors (needs opset >= 21).
 
     Returns:
         A summary: the count of each operator type, and the number of quantize/dequantize nodes.
@@ -174,6 +189,8 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
 
     if opset < 13:
         raise ConfigError(f"per-channel QuantizeLinear needs opset >= 13, got {opset}")
+    if int4 and opset < 21:
+        raise ConfigError(f"INT4 tensors need opset >= 21, got {opset} (pass opset=21)")
     model = _exportable(qmodel)
     buf = io.BytesIO()
     dummy = torch.zeros(1, *input_shape)
@@ -183,7 +200,9 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
-    folded = _fold_weight_quantization(proto)
+    folded = _fold_weight_quantization(proto, int4=int4)
+    if int4:
+        _uint4_activations(proto)
     if policy is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
@@ -196,6 +215,44 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
     log.info("exported %s: %s", path, ops)
     return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(proto.SerializeToString()),
             "folded_weights": folded}
+
+
+def _uint4_activations(proto: Any) -> int:
+    """4-bit unsigned inputs: QuantizeLinear -> UINT4 (whose range is exactly 0..15) -> DequantizeLinear, dropping
+    the Clip the 8-bit container needed. Returns the count changed."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    changed = 0
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        zp = consts.get(q.input[2])
+        nxt = users.get(q.output[0], [])
+        if zp is None or zp.dtype != np.uint8 or len(nxt) != 1 or nxt[0].op_type != "Clip":
+            continue
+        clip = nxt[0]
+        lo, hi = consts.get(clip.input[1]), consts.get(clip.input[2])
+        if lo is None or hi is None or int(lo) != 0 or int(hi) != 15:
+            continue
+        name = q.output[0] + "_uint4_zero_point"
+        graph.initializer.append(helper.make_tensor(name, TensorProto.UINT4, zp.shape, [0] * max(zp.size, 1)))
+        for dq in users.get(clip.output[0], []):
+            dq.input[0] = q.output[0]
+            if dq.op_type == "DequantizeLinear":
+                dq.input[2] = name
+        q.input[2] = name
+        graph.node.remove(clip)
+        changed += 1
+    used = {i for n in graph.node for i in n.input}
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(n)
+    return changed
 
 
 @dataclass(frozen=True, kw_only=True)
