@@ -81,15 +81,17 @@ def main() -> None:
     w3a4 = qp.policy_cost(layers, qp.uniform_policy(model, "w3a4")).bitops_rel_w8a8
     fisher = qp.analyze(model, plain, metric="fisher", bits=(2, 3, 4, 5, 6, 7, 8))
     mixed = qp.search(fisher, qp.Budget(bitops=w3a4), first_last=8, model_name="resnet20").policy
-    policies = {"W8A8": qp.uniform_policy(model, "w8a8", model_name="resnet20"),
-                "W4A4 (first/last 8)": qp.uniform_policy(model, "w4a4", model_name="resnet20"),
-                "mixed 2-8 (fisher + ilp, BitOPs of W3A4)": mixed}
+    w4a4 = qp.uniform_policy(model, "w4a4", model_name="resnet20")
+    policies = {"W8A8": (qp.uniform_policy(model, "w8a8", model_name="resnet20"), {}),
+                "W4A4 (first/last 8)": (w4a4, {}),
+                "W4A4, INT4/UINT4 tensors (opset 21)": (w4a4, {"int4": True, "opset": 21}),
+                "mixed 2-8 (fisher + ilp, BitOPs of W3A4)": (mixed, {})}
     rows, records = [], {}
-    for label, policy in policies.items():
+    for k, (label, (policy, opts)) in enumerate(policies.items()):
         qm = qp.apply_policy(model, policy, calib=calib)
-        path = RUNS / f"{label.split()[0].lower()}.onnx"
+        path = RUNS / f"policy{k}.onnx"
         t = time.perf_counter()
-        info = export_onnx(qm, path, input_shape=(3, 32, 32), policy=policy)
+        info = export_onnx(qm, path, input_shape=(3, 32, 32), policy=policy, **opts)
         export_s = time.perf_counter() - t
         res = verify_onnx(path, qm, test, threads=args.threads)
         widths = sorted({b for lb in policy.layers.values() for b in (lb.weight_bits, lb.act_bits) if b})
@@ -130,7 +132,8 @@ def main() -> None:
                                speed_rows)
     notes = ("ResNet-20, CIFAR-10 test set. Our PTQ (MSE + BN re-estimation) under each policy, exported with "
              "`qpolicy.export.export_onnx` (opset 17: int8 weight initializers -> DequantizeLinear; inputs "
-             "QuantizeLinear -> Clip to the b-bit range -> DequantizeLinear) and run by onnxruntime "
+             "QuantizeLinear -> Clip to the b-bit range -> DequantizeLinear; the INT4 row: INT4 weights and UINT4 "
+             "unsigned 4-bit inputs, opset 21) and run by onnxruntime "
              f"{ort.__version__} (CPU, {args.threads} threads) beside the PyTorch fake-quant model. One step = the "
              "last layer's input step x its largest weight step. Second table: onnxruntime's own static int8 "
              "quantization (QOperator, per-channel weights, calibrated on our 4,096 calibration images) of the "
