@@ -104,6 +104,28 @@ def _exportable(qmodel: nn.Module) -> nn.Module:
     return m
 
 
+def _graph_index(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The values of Constant nodes by output name, and the nodes reading each tensor."""
+    from onnx import numpy_helper
+
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    return consts, users
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove Constant nodes and initializers nothing reads any more."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(n)
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+
+
 def _fold_weight_quantization(proto: Any, *, int4: bool = False) -> int:
     """Replace QuantizeLinear (+ Clip) of a constant weight by its integer tensor: ``DequantizeLinear`` then reads
     an int8 initializer, the usual QDQ form (4x smaller, and what runtimes fuse into integer kernels). Computed as
@@ -113,16 +135,11 @@ def _fold_weight_quantization(proto: Any, *, int4: bool = False) -> int:
 
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
-    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    consts, users = _graph_index(graph)
 
     def value(name: str):
         return numpy_helper.to_array(inits[name]) if name in inits else consts.get(name)
 
-    users: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
     drop, folded = [], 0
     for n in list(graph.node):
         if n.op_type != "QuantizeLinear" or n.input[0] not in inits:
@@ -162,11 +179,7 @@ def _fold_weight_quantization(proto: Any, *, int4: bool = False) -> int:
         folded += 1
     for n in drop:
         graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
-        graph.node.remove(n)  # the Clip bounds of folded chains
-    for t in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(t)  # the float weights that were folded
+    _drop_unused(graph)  # the Clip bounds and float weights of folded chains
     return folded
 
 
@@ -221,15 +234,10 @@ def _uint4_activations(proto: Any) -> int:
     """4-bit unsigned inputs: QuantizeLinear -> UINT4 (whose range is exactly 0..15) -> DequantizeLinear, dropping
     the Clip the 8-bit container needed. Returns the count changed."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     graph = proto.graph
-    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
-    users: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    consts, users = _graph_index(graph)
     changed = 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         zp = consts.get(q.input[2])
@@ -249,9 +257,7 @@ def _uint4_activations(proto: Any) -> int:
         q.input[2] = name
         graph.node.remove(clip)
         changed += 1
-    used = {i for n in graph.node for i in n.input}
-    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
-        graph.node.remove(n)
+    _drop_unused(graph)
     return changed
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_torch_save, write_json
+from .._validate import require_ints, require_numbers
 from ..budget import Budget
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluate import resolve_device
@@ -101,24 +102,13 @@ class MPQConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_bits", tuple(int(b) for b in self.weight_bits))
         object.__setattr__(self, "act_bits", tuple(int(b) for b in self.act_bits))
-        for name in ("epochs", "batch_size", "shapley_samples", "shapley_rounds", "shapley_images"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("checkpoint_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
-        if self.train_images is not None and (not isinstance(self.train_images, int) or self.train_images < 4):
-            raise ConfigError(f"train_images must be an integer >= 4, got {self.train_images!r}")
-        for name in ("lr", "arch_lr"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {v!r}")
-        for name in ("arch_weight_decay", "complexity_weight"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+        require_ints(self, ("epochs", "batch_size", "shapley_samples", "shapley_rounds", "shapley_images"), minimum=1)
+        require_ints(self, ("checkpoint_every", "seed"), minimum=0)
+        if self.train_images is not None:
+            require_ints(self, ("train_images",), minimum=4)
+        require_numbers(self, ("lr", "arch_lr"), positive=True)
+        require_numbers(self, ("arch_weight_decay", "complexity_weight"), positive=False,
+                        message="a non-negative number")
         if not 0 <= self.truncation < 1:
             raise ConfigError(f"truncation must be an accuracy fraction in [0, 1), got {self.truncation!r}")
         if not 0 <= self.momentum < 1:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_torch_save
+from .._validate import require_ints, require_numbers
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluate import resolve_device
 from ..progress import progress
@@ -61,18 +62,9 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("checkpoint_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "momentum", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{name} must be a finite non-negative number, got {v!r}")
+        require_ints(self, ("epochs",), minimum=1)
+        require_ints(self, ("checkpoint_every", "seed"), minimum=0)
+        require_numbers(self, ("lr", "momentum", "weight_decay"), positive=False)
         if self.lr == 0:
             raise ConfigError("lr must be positive")
 
