@@ -213,3 +213,15 @@ def test_export_cli_with_verification(capsys, home, tmp_path):
     with pytest.raises(SystemExit) as exc:  # a policy is required (argparse's own usage error)
         main(["export", *TINY, "-o", str(out)])
     assert exc.value.code == 2
+
+
+def test_export_cli_int8_kernels(capsys, home, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "r20_int8.onnx"
+    code, text, err = run(capsys, "export", *TINY, "--uniform", "w8a8", "-o", str(out), "--int8-kernels", "--verify",
+                          "--json")
+    assert code == 0, err
+    obj = json.loads(text)
+    assert obj["export"]["ops"]["QLinearConv"] == 19 and obj["verify"]["total"] == 32
+    code, _, err = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--int8-kernels")
+    assert code == 2 and "W8A8" in err and "Traceback" not in err

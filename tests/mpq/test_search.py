@@ -91,3 +91,37 @@ def test_bad_settings_are_clear():
     with pytest.raises(ConfigError, match="ArrayLoader"):
         search_mpq(trained_tiny(), Budget(bitops=0.75), train=[(torch.zeros(2, 3, 8, 8), torch.zeros(2))],
                    calib=random_loader(64, batch_size=32))
+
+
+def test_temperature_anneals_from_start_to_end():
+    cfg = MPQConfig(temperature=2.0, final_temperature=0.1)
+    assert mpq_search._temperature(cfg, 0, 11) == pytest.approx(2.0)
+    assert mpq_search._temperature(cfg, 5, 11) == pytest.approx((2.0 * 0.1) ** 0.5)  # geometric mid-point
+    assert mpq_search._temperature(cfg, 10, 11) == pytest.approx(0.1)
+    assert mpq_search._temperature(MPQConfig(temperature=1.0, final_temperature=1.0), 3, 11) == 1.0
+    with pytest.raises(ConfigError, match="final_temperature"):
+        MPQConfig(final_temperature=0)
+
+
+def test_each_step_updates_only_its_own_parameters(monkeypatch):
+    """The weight step computes no alpha gradient and the alpha step no weight gradient; the search ends at the
+    final temperature with every parameter trainable again."""
+    nets, seen = [], []
+    build = mpq_search.build_supernet
+    monkeypatch.setattr(mpq_search, "build_supernet", lambda *a, **k: nets.append(build(*a, **k)) or nets[-1])
+    real = torch.Tensor.backward
+
+    def spy(self, *a, **k):
+        if not nets:  # trained_tiny's own pre-training
+            return real(self, *a, **k)
+        net = nets[-1]
+        seen.append((any(p.requires_grad for p in net.weight_parameters()),
+                     any(p.requires_grad for p in net.arch_parameters())))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "backward", spy)
+    res = _run("dmpq", Budget(bitops=0.75), final_temperature=0.25)
+    steps = len(seen) // 2
+    assert steps >= 5 and seen == [(True, False), (False, True)] * steps
+    net = res.supernet
+    assert net.temperature == 0.25 and all(p.requires_grad for p in net.parameters())

@@ -79,3 +79,17 @@ def test_masking_every_candidate_zeroes_that_side():
     with torch.no_grad():
         out = net.eval()(x)
     assert torch.allclose(out, net.model.fc(net.model.pw.layer.bias.expand(8, -1)), atol=1e-6)
+
+
+def test_temperature_sharpens_the_mixing_weights():
+    net = _net()
+    name, m = net.mixed_layers()[1]
+    with torch.no_grad():
+        m.alpha_weight.copy_(torch.linspace(0, 1, len(m.bits["weight"])))
+    soft = net.probabilities()[name]["weight"]
+    net.set_temperature(0.1)
+    sharp = net.probabilities()[name]["weight"]
+    assert max(sharp.values()) > max(soft.values()) > 1 / len(soft)
+    assert torch.allclose(m.probs("weight"), torch.softmax(m.alpha_weight.detach() / 0.1, 0))
+    with pytest.raises(ConfigError, match="temperature"):
+        net.set_temperature(0)

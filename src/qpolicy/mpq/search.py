@@ -6,7 +6,11 @@ then the architecture parameters alpha on a batch of the second half (Adam) with
 
     cross-entropy + complexity_weight * sum_k relu(E[cost_k] / limit_k - 1)
 
-over every budgeted quantity k, which steers the expected cost to the budget (and no lower).
+over every budgeted quantity k, which steers the expected cost to the budget (and no lower). The softmax
+temperature is annealed exponentially per step from ``temperature`` to ``final_temperature``: early on the mixing
+is soft, so every candidate trains and alpha moves freely; by the end it is nearly one-hot, so the expected cost
+the hinge steers is (nearly) the cost of the argmax policy. Without annealing (both 1) a short search ends with
+flat alphas whose expected cost sits at the limit while their argmax lies far inside it (the discretization gap).
 
 * **DMPQ** selects, per layer and side, the candidate with the largest alpha.
 * **SMPQ** also estimates, ``shapley_rounds`` times per epoch, the Monte Carlo Shapley value of every
@@ -71,6 +75,8 @@ class MPQConfig:
         lr: Peak SGD learning rate of weights and step sizes (cosine to 0) [0.01].
         arch_lr: Adam learning rate of alpha [0.01]; arch_weight_decay [1e-3].
         complexity_weight: Weight of the budget hinge in alpha's loss [1.0].
+        temperature, final_temperature: Softmax temperature at the first and the last step, annealed
+            exponentially in between [1.0, 0.1]; equal values keep it fixed.
         shapley_samples: SMPQ: permutations per Shapley round [10].
         shapley_rounds: SMPQ: rounds per epoch, evenly spaced, the last at the epoch's end [1].
         shapley_images: SMPQ: held-out images of the second half that score a subnet [256].
@@ -91,6 +97,8 @@ class MPQConfig:
     arch_lr: float = 0.01
     arch_weight_decay: float = 1e-3
     complexity_weight: float = 1.0
+    temperature: float = 1.0
+    final_temperature: float = 0.1
     shapley_samples: int = 10
     shapley_rounds: int = 1
     shapley_images: int = 256
@@ -106,7 +114,7 @@ class MPQConfig:
         require_ints(self, ("checkpoint_every", "seed"), minimum=0)
         if self.train_images is not None:
             require_ints(self, ("train_images",), minimum=4)
-        require_numbers(self, ("lr", "arch_lr"), positive=True)
+        require_numbers(self, ("lr", "arch_lr", "temperature", "final_temperature"), positive=True)
         require_numbers(self, ("arch_weight_decay", "complexity_weight"), positive=False,
                         message="a non-negative number")
         if not 0 <= self.truncation < 1:
@@ -195,15 +203,26 @@ def _complexity(net: Supernet, limits: Any) -> torch.Tensor:
     return sum(terms) if terms else torch.zeros(())
 
 
+def _trainable(params: list[nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def _temperature(config: MPQConfig, done: int, total: int) -> float:
+    """The annealed softmax temperature after ``done`` of ``total`` steps (exponential)."""
+    frac = min(max(done / max(total - 1, 1), 0.0), 1.0)
+    return config.temperature * (config.final_temperature / config.temperature) ** frac
+
+
 def _preference_table(net: Supernet, name: str) -> SensitivityTable:
-    """Damage ``-log softmax(alpha)`` per candidate (a preference, so not made monotone); bits the layer does not
-    offer get a prohibitive damage (the search never offers them anyway)."""
+    """Damage ``-log softmax(alpha / T)`` per candidate at the final temperature (a preference, so not made
+    monotone); bits the layer does not offer get a prohibitive damage (the search never offers them anyway)."""
     bits = sorted({b for _, m in net.mixed_layers() for s in SIDES for b in m.bits[s]})
     scores: dict[str, dict[str, dict[int, float]]] = {"weight": {}, "act": {}}
     with torch.no_grad():
         for n, m in net.mixed_layers():
             for s in SIDES:
-                logp = F.log_softmax(m.alpha(s), 0)
+                logp = F.log_softmax(m.alpha(s) / m.temperature, 0)
                 own = {b: -float(v) for b, v in zip(m.bits[s], logp, strict=True)}
                 scores[s][n] = {b: own.get(b, 1e6) for b in bits}
     return SensitivityTable(metric=name, bits=tuple(bits), layers=net.layers, weight=scores["weight"],
@@ -261,6 +280,7 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
                          first_last=config.first_last, calib=calib,
                          calib_config=CalibConfig(seed=config.seed)).to(dev)
     limits = budget.limits(net.layers)
+    weight_params, arch_params = net.weight_parameters(), net.arch_parameters()
     opt_w = torch.optim.SGD([{"params": [p for p in net.weight_parameters() if p.dim() > 1], "weight_decay": 5e-4},
                              {"params": [p for p in net.weight_parameters() if p.dim() <= 1], "weight_decay": 0.0}],
                             lr=config.lr, momentum=0.9, nesterov=True)
@@ -343,23 +363,28 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
                 lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + step) / total))
                 for g in opt_w.param_groups:
                     g["lr"] = lr
+                net.set_temperature(_temperature(config, epoch * steps + step, total))
                 x, y = x.to(dev), y.to(dev)
+                _trainable(arch_params, False)  # no alpha gradients in the weight step ...
                 logits = net(x)
                 loss = F.cross_entropy(logits, y)
                 opt_w.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_w.step()
+                _trainable(arch_params, True)
                 try:
                     xa, ya = next(arch_iter)
                 except StopIteration:
                     arch_iter = arch_data.batches(epoch + 1000)
                     xa, ya = next(arch_iter)
                 xa, ya = xa.to(dev), ya.to(dev)
+                _trainable(weight_params, False)  # ... and no weight gradients in the alpha step
                 comp = _complexity(net, limits)
                 arch_loss = F.cross_entropy(net(xa), ya) + config.complexity_weight * comp
                 opt_a.zero_grad(set_to_none=True)
                 arch_loss.backward()
                 opt_a.step()
+                _trainable(weight_params, True)
                 sums["loss"] += float(loss.detach()) * len(y)
                 sums["arch_loss"] += float(arch_loss.detach())
                 sums["complexity"] += float(comp.detach())
@@ -388,6 +413,8 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
     finally:
         net.reset_masks()
         net.eval()
+        _trainable(weight_params + arch_params, True)
+    net.set_temperature(config.final_temperature)
 
     table = _preference_table(net, f"{method}-alpha")
     result = ilp_search(table, budget, strategy="ilp", first_last=config.first_last, model_name=model_name,

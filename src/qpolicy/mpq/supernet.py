@@ -4,7 +4,9 @@ Layer l has candidate weight widths ``W_l`` and activation widths ``A_l``, each 
 weight step sizes, a per-tensor input step size; LSQ-learnable), and architecture parameters ``alpha_w``,
 ``alpha_a`` mixed by a softmax::
 
-    y = f(sum_i p_a[i] * Q_{A_i}(x),  sum_j p_w[j] * Q_{W_j}(w))      p = softmax(alpha)
+    y = f(sum_i p_a[i] * Q_{A_i}(x),  sum_j p_w[j] * Q_{W_j}(w))      p = softmax(alpha / T)
+
+(the temperature ``T`` is 1 unless the search anneals it, see :meth:`Supernet.set_temperature`).
 
 Conv and Linear are bilinear in (input, weight), so this equals ``sum_ij p_a[i] p_w[j] f(Q_{A_i}(x), Q_{W_j}(w))``:
 the expected output over every (weight, act) pair, computed with one convolution per layer (EdMIPS's trick).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -60,15 +63,18 @@ class MixedQuantLayer(nn.Module):
         self.alpha_act = nn.Parameter(torch.zeros(len(act_bits)))
         # removed candidates (Shapley players, one-hot subnets): plain Python, never trained or saved
         self.keep = {"weight": [True] * len(weight_bits), "act": [True] * len(act_bits)}
+        # softmax temperature (plain Python, set by the search's annealing schedule; 1 is the plain softmax)
+        self.temperature = 1.0
         self.to(layer.weight.device)
 
     def alpha(self, side: str) -> nn.Parameter:
         return self.alpha_weight if side == "weight" else self.alpha_act
 
     def probs(self, side: str) -> torch.Tensor:
-        """Mixing weights of one side: softmax over the kept candidates, 0 for removed ones."""
+        """Mixing weights of one side: softmax of alpha / temperature over the kept candidates, 0 for removed
+        ones."""
         keep = self.keep[side]
-        alpha = self.alpha(side)
+        alpha = self.alpha(side) if self.temperature == 1.0 else self.alpha(side) / self.temperature
         if all(keep):
             return F.softmax(alpha, dim=0)
         mask = torch.tensor(keep, device=alpha.device)
@@ -169,12 +175,25 @@ class Supernet(nn.Module):
                 m.keep[side] = [c == b for c in m.bits[side]]
 
     # -- alphas, costs, policies -------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature of every mixed layer (alpha / temperature; 1 is the plain softmax)."""
+        return self.mixed(self._names[0]).temperature if self._names else 1.0
+
+    def set_temperature(self, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"the softmax temperature must be a positive number, got {value!r}")
+        for _, m in self.mixed_layers():
+            m.temperature = float(value)
+
     def probabilities(self) -> dict[str, dict[str, dict[int, float]]]:
-        """``{layer: {"weight": {bits: p}, "act": {bits: p}}}`` under the current alphas (no masks)."""
+        """``{layer: {"weight": {bits: p}, "act": {bits: p}}}`` under the current alphas and temperature (no
+        masks)."""
         out = {}
         with torch.no_grad():
             for n, m in self.mixed_layers():
-                out[n] = {s: {b: float(p) for b, p in zip(m.bits[s], F.softmax(m.alpha(s), 0), strict=True)}
+                out[n] = {s: {b: float(p) for b, p in zip(m.bits[s], F.softmax(m.alpha(s) / m.temperature, 0),
+                                                          strict=True)}
                           for s in SIDES}
         return out
 

@@ -1,0 +1,223 @@
+"""An integer ONNX model of an all-8-bit policy that onnxruntime runs with int8 kernels (QLinearConv, QGemm,
+QLinearAdd, ...), built from the policy's own quantization.
+
+The Q/DQ export of :mod:`qpolicy.export.onnx` reproduces the simulated arithmetic exactly, but a runtime executes it
+as float convolutions between quantize/dequantize pairs. For speed, a runtime needs integer operators, and those
+requantize every operator's output to 8 bits, including points the fake-quant model keeps in float (a residual
+branch before its addition, the addition itself). So this is a *deployment* model, close to but not bit-equal to
+the simulation:
+
+* BatchNorm is folded into the preceding convolution. With per-output-channel weight scales this leaves the integer
+  weights unchanged: ``w * g = (s * g) * q`` for the BN factor ``g`` of the channel, so every convolution keeps the
+  policy's integers ``q`` (the sign of a negative ``g`` moves into them) and gets the scale ``s * |g|``.
+* Every quantized layer's input uses the policy's calibrated step size (unsigned inputs: uint8 with zero point 0;
+  signed inputs: uint8 with zero point 128, a grid one step wider at the bottom than the policy's ``[-127, 127]``).
+* Every other quantization point (outputs of convolutions, additions, pooling) is calibrated by onnxruntime's
+  static quantizer on the given calibration images (min-max), which then builds the QOperator graph.
+
+The result states how many integer weights match the policy's (all of them unless a float rounding boundary was
+hit) and the verification compares it with the fake-quant model on real data.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._io import atomic_write
+from ..errors import ConfigError
+from ..policy import Policy
+from ..quant.fake_quant import QuantConv2d, QuantLinear
+
+__all__ = ["export_int8"]
+
+log = logging.getLogger(__name__)
+
+
+def _quant_layers(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+
+
+def _check_all_8_bit(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
+    layers = _quant_layers(qmodel)
+    if not layers:
+        raise ConfigError("int8 kernels need a quantized model (from apply_policy); this one has no quantized layer")
+    bad = [f"{n} (W{m.weight_quant.bits}A{m.act_quant.bits})" for n, m in layers
+           if m.weight_quant.bits != 8 or m.act_quant.bits != 8]
+    if bad:
+        raise ConfigError("int8 kernels need every quantized layer at W8A8 (an all-8-bit policy); not 8-bit: "
+                          + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    return layers
+
+
+def _float_twin(qmodel: nn.Module) -> nn.Module:
+    """A CPU eval copy of the quantized model computing in float (same weights, re-estimated BN, no quantizers)."""
+    m = copy.deepcopy(qmodel).cpu().eval()
+    for _, mod in _quant_layers(m):
+        mod.__class__ = nn.Conv2d if isinstance(mod, QuantConv2d) else nn.Linear
+        for attr in ("weight_quant", "act_quant"):  # their extra state cannot be traced
+            if hasattr(mod, attr):
+                delattr(mod, attr)
+    return m
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over ``(x, y)`` batches."""
+
+    def __init__(self, data: Iterable[Any], name: str):
+        self.it, self.name = iter(data), name
+
+    def get_next(self) -> dict[str, Any] | None:
+        b = next(self.it, None)
+        return None if b is None else {self.name: b[0].cpu().numpy()}
+
+
+def _policy_integers(mod: nn.Module) -> tuple[Any, Any]:
+    """The layer's integer weights and per-channel steps, as its fake quantizer computes them."""
+    import numpy as np
+
+    from ..quant.primitives import qrange
+
+    s = mod.weight_quant.scale.detach().float().clamp_min(1e-12).cpu().numpy().reshape(-1)
+    w = mod.weight.detach().float().cpu().numpy()
+    lo, hi = qrange(8, True)
+    q = np.clip(np.rint(w * (1.0 / s).reshape([-1] + [1] * (w.ndim - 1))), lo, hi)
+    return q, s
+
+
+def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[Any], input_shape: tuple[int, ...],
+                policy: Policy | None = None, opset: int = 17) -> dict[str, Any]:
+    """Write an integer (QOperator) ONNX model of ``qmodel``, an all-8-bit model from ``apply_policy``.
+
+    Args:
+        qmodel: The calibrated fake-quant model (every quantized layer W8A8).
+        path: The .onnx file to write (atomically).
+        calib: ``(x, y)`` batches that calibrate the requantization points the simulation does not have.
+        input_shape: Per-sample input shape; the batch dimension is dynamic.
+        policy: Stored in the model's metadata (``qpolicy.policy``).
+
+    Returns:
+        A summary: operator counts, bytes, the layers and weights matched to the policy's integers.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx import METADATA_KEY
+
+    layers = _check_all_8_bit(qmodel)
+    twin = _float_twin(qmodel)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, pre, out = Path(tmp, "float.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        buf = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(twin, (torch.zeros(1, *input_shape),), buf, opset_version=opset, dynamo=False,
+                              input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        raw.write_bytes(buf.getvalue())
+        quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
+        fp = onnx.load(str(pre))
+        inits = {t.name: numpy_helper.to_array(t) for t in fp.graph.initializer}
+        nodes = [n for n in fp.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
+                 and len(n.input) > 1 and n.input[1] in inits]
+        if len(nodes) != len(layers):
+            raise ConfigError(f"the float graph has {len(nodes)} Conv/Gemm/MatMul nodes with constant weights for "
+                              f"{len(layers)} quantized layers; int8 export supports models whose quantized layers "
+                              "map one-to-one to ONNX nodes")
+        overrides: dict[str, list[dict[str, Any]]] = {}
+        producer = {o: n for n in fp.graph.node for o in n.output}
+        expect: dict[str, tuple[Any, Any]] = {}
+        for (name, mod), node in zip(layers, nodes, strict=True):
+            wf = inits[node.input[1]]
+            transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
+                a.name == "transB" and a.i == 1 for a in node.attribute))
+            wf_oc = wf.T if transposed else wf  # output channels first
+            q, s = _policy_integers(mod)
+            if wf_oc.shape != q.shape:
+                raise ConfigError(f"layer {name}: weight shape {tuple(q.shape)} does not match ONNX node "
+                                  f"{node.name} ({tuple(wf_oc.shape)})")
+            flat_w = mod.weight.detach().float().cpu().numpy().reshape(len(s), -1)
+            flat_f = wf_oc.reshape(len(s), -1)
+            j = np.abs(flat_w).argmax(1)
+            rows = np.arange(len(s))
+            g = np.where(flat_w[rows, j] != 0, flat_f[rows, j] / np.where(flat_w[rows, j] == 0, 1, flat_w[rows, j]),
+                         1.0)  # the folded BN factor per channel (1 without BN)
+            scale = (s * np.abs(g)).astype(np.float32)
+            qf = (q * np.sign(g).reshape([-1] + [1] * (q.ndim - 1)) + 128).astype(np.uint8)
+            bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            expect[node.input[1]] = (qf.T if transposed else qf, scale, bias)
+            axis = 1 if transposed else 0
+            overrides[node.input[1]] = [{"axis": axis, "scale": np.array(v, dtype=np.float32),
+                                         "zero_point": np.array(0, dtype=np.int8)} for v in scale]
+            a = mod.act_quant
+            zp = np.array(128 if a.signed else 0, dtype=np.uint8)
+            act = [{"scale": np.array(float(a.scale.detach().reshape(-1)[0]), dtype=np.float32), "zero_point": zp}]
+            overrides[node.input[0]] = act
+            src = producer.get(node.input[0])
+            if src is not None and src.op_type == "Relu" and not a.signed:
+                # the runtime drops a Relu before a uint8 quantization (zero point 0 clamps at 0) and quantizes its
+                # input with these parameters instead
+                overrides[src.input[0]] = act
+        quantize_static(str(pre), str(out), _Reader(calib, "input"), quant_format=QuantFormat.QOperator,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"TensorQuantOverrides": overrides})
+        proto = onnx.load(str(out))
+    _set_policy_weights(proto, expect)
+    if policy is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, __import__("json").dumps(policy.to_dict())
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    log.info("exported the int8 model %s: %s", path, ops)
+    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(data), "layers": len(expect)}
+
+
+def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]]) -> None:
+    """Give every integer Conv/Gemm the policy's integers, stored as uint8 with zero point 128, its folded
+    per-channel scales, and the bias re-quantized at ``input scale x weight scale`` (int32).
+
+    uint8 weights make the runtime use its u8u8 kernels, which are exact on every x86 CPU; its u8s8 kernels sum
+    pairs of products in int16 on CPUs without VNNI and saturate."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    done = 0
+    for node in graph.node:
+        if node.op_type not in ("QLinearConv", "QGemm") or len(node.input) < 6:
+            continue
+        key = node.input[3].removesuffix("_quantized")
+        if key not in expect:
+            continue
+        qf, scale, bias = expect[key]
+        x_scale = float(numpy_helper.to_array(inits[node.input[1]]))
+        new = {node.input[3]: qf, node.input[4]: scale.astype(np.float32),
+               node.input[5]: np.full(scale.shape, 128, dtype=np.uint8)}
+        b_idx = 8 if node.op_type == "QLinearConv" else 6
+        if bias is not None and len(node.input) > b_idx and node.input[b_idx]:
+            new[node.input[b_idx]] = np.rint(bias / (x_scale * scale)).astype(np.int32)
+        for name, value in new.items():
+            inits[name].CopyFrom(numpy_helper.from_array(value, name=name))
+        done += 1
+    if done != len(expect):
+        raise ConfigError(f"onnxruntime's quantizer kept {len(expect) - done} of {len(expect)} quantized layers in "
+                          "float; int8 export needs every one as an integer operator")

@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qpolicy.errors import ConfigError
+from qpolicy.export import METADATA_KEY
+from qpolicy.export.int8 import export_int8
+from qpolicy.policy import Policy, uniform_policy
+from qpolicy.quant import CalibConfig, apply_policy
+from qpolicy.testing import TinyConvNet, random_loader
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+CALIB = CalibConfig(weight_method="minmax", act_method="minmax", bn_reestimate=False)
+
+
+def _model():
+    model = TinyConvNet()
+    with torch.no_grad():  # BN with negative factors (their sign moves into the integer weights) and real statistics
+        model.bn1.weight.copy_(torch.tensor([1.0, -0.5, 2.0, 0.7, -1.3, 1.1, 0.4, 0.9]))
+        model.bn1.running_mean.uniform_(-0.5, 0.5)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+        model.bn2.weight.copy_(torch.tensor([0.8, 1.2, -0.9, 1.0, 0.6, -1.1, 1.5, 0.5]))
+    return model
+
+
+def test_w8a8_runs_on_integer_kernels_with_the_policys_integers(tmp_path):
+    model = _model()
+    policy = uniform_policy(model, "w8a8", first_last="same")
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    path = tmp_path / "int8.onnx"
+    info = export_int8(qm, path, calib=random_loader(64, batch_size=32, seed=1), input_shape=(3, 8, 8), policy=policy)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert info["layers"] == 4 and info["ops"].get("QLinearConv") == 3 and info["ops"].get("QGemm") == 1
+    assert "Conv" not in info["ops"] and "Gemm" not in info["ops"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert Policy.from_dict(json.loads(meta[METADATA_KEY])).layers == policy.layers
+    # the stem's integers are the policy's: round(w / s), times the sign of the BN factor, stored + 128
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    stem = next(n for n in proto.graph.node if n.op_type == "QLinearConv")
+    w = inits[stem.input[3]].astype(np.int64) - 128
+    s = qm.conv1.weight_quant.scale.detach().reshape(-1, 1, 1, 1)
+    q = torch.clamp(torch.round(qm.conv1.weight.detach() / s), -127, 127).numpy()
+    g = (qm.bn1.weight / torch.sqrt(qm.bn1.running_var + qm.bn1.eps)).detach().numpy()
+    assert inits[stem.input[3]].dtype == np.uint8 and np.array_equal(w, q * np.sign(g).reshape(-1, 1, 1, 1))
+    assert np.allclose(inits[stem.input[4]], s.reshape(-1).numpy() * np.abs(g), rtol=1e-6)
+    # it computes what the fake-quant model computes, up to the requantization the simulation does not have
+    x, _ = next(iter(random_loader(128, batch_size=128, seed=3)))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    spread = float(ref.max() - ref.min())
+    assert np.abs(out - ref).max() < 0.05 * spread
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_needs_an_all_8_bit_policy(tmp_path):
+    model = _model()
+    qm = apply_policy(model, uniform_policy(model, "w4a8"), calib=random_loader(32, batch_size=32), config=CALIB)
+    with pytest.raises(ConfigError, match="W8A8"):
+        export_int8(qm, tmp_path / "m.onnx", calib=random_loader(32), input_shape=(3, 8, 8))
+    assert not (tmp_path / "m.onnx").exists()
