@@ -78,6 +78,10 @@ def test_int4_types_at_opset_21(tmp_path):
     assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.INT4 for t in weights)
     unsigned = sum(not q.signed for _, q in quantizers(qm) if isinstance(q, ActQuantizer))
     uint4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT4]
-    assert unsigned >= 1 and len(uint4) == unsigned and info["ops"].get("Clip", 0) == 4 - unsigned
+    int4_inputs = [t for t in proto.graph.initializer if t.name.endswith("_int4_zero_point")]
+    assert all(t.data_type == onnx.TensorProto.INT4 for t in int4_inputs)
+    # every input is 4-bit: unsigned ones UINT4, signed ones INT4 after a float Max/Min (no Clip is left)
+    assert 1 <= unsigned < 4 and len(uint4) == unsigned and len(int4_inputs) == 4 - unsigned
+    assert "Clip" not in info["ops"] and info["ops"]["Max"] == info["ops"]["Min"] == 4 - unsigned
     res = verify_onnx(tmp_path / "m.onnx", qm, random_loader(128, batch_size=64, seed=3), threads=1)
     assert res.top1_onnx == res.top1_torch and res.agree == 1.0 and res.images_within_tolerance >= 0.95

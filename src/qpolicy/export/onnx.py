@@ -7,8 +7,9 @@ DequantizeLinear, so any ONNX runtime computes exactly the simulated arithmetic.
   (every signed width, since qpolicy's signed grid is symmetric, and unsigned widths below 8); then
   ``DequantizeLinear``. 8-bit unsigned activations are a plain Q/DQ pair.
 * Weights are stored as integer tensors (their QuantizeLinear and Clip folded at export), read by DequantizeLinear;
-  with ``int4=True`` (opset 21) weights of 4 bits and fewer are INT4 tensors and 4-bit unsigned inputs quantize to
-  UINT4 (no Clip); other inputs keep the 8-bit container.
+  with ``int4=True`` (opset 21) weights of 4 bits and fewer are INT4 tensors, 4-bit unsigned inputs quantize to
+  UINT4 (no Clip) and 4-bit signed inputs to INT4 after clipping in float to ``[-7 s, 7 s]``; other inputs keep the
+  8-bit container.
 * Layers kept in float export as plain Conv/Gemm.
 * The policy (its JSON) is stored in the model's ``metadata_props`` under ``qpolicy.policy``.
 
@@ -193,7 +194,8 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
         input_shape: Per-sample input shape (C, H, W); the batch dimension is dynamic.
         policy: Stored in the model's metadata.
         opset: ONNX opset (>= 13 for per-channel QuantizeLinear).
-        int4: Store weights of 4 bits and fewer as INT4 tensors (needs opset >= 21).
+        int4: Store weights of 4 bits and fewer as INT4 tensors and quantize 4-bit inputs to UINT4 / INT4 (needs
+            opset >= 21).
 
     Returns:
         A summary: the count of each operator type, and the number of quantize/dequantize nodes.
@@ -215,7 +217,7 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
     proto = onnx.load_from_string(buf.getvalue())
     folded = _fold_weight_quantization(proto, int4=int4)
     if int4:
-        _uint4_activations(proto)
+        _int4_activations(proto)
     if policy is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
@@ -230,26 +232,47 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
             "folded_weights": folded}
 
 
-def _uint4_activations(proto: Any) -> int:
-    """4-bit unsigned inputs: QuantizeLinear -> UINT4 (whose range is exactly 0..15) -> DequantizeLinear, dropping
-    the Clip the 8-bit container needed. Returns the count changed."""
+def _int4_activations(proto: Any) -> int:
+    """4-bit inputs in 4-bit tensors: unsigned ones QuantizeLinear -> UINT4 (whose range is exactly 0..15) ->
+    DequantizeLinear, dropping the Clip the 8-bit container needed; signed ones (qpolicy's symmetric grid -7..7,
+    one step narrower than INT4's -8..7) clip in float to ``[-7 s, 7 s]`` first (Max, Min; Clip takes no 4-bit
+    type), then QuantizeLinear -> INT4 -> DequantizeLinear. Returns the count changed."""
     import numpy as np
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
     consts, users = _graph_index(graph)
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     changed = 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         zp = consts.get(q.input[2])
         nxt = users.get(q.output[0], [])
-        if zp is None or zp.dtype != np.uint8 or len(nxt) != 1 or nxt[0].op_type != "Clip":
+        if zp is None or zp.dtype not in (np.uint8, np.int8) or len(nxt) != 1 or nxt[0].op_type != "Clip":
             continue
         clip = nxt[0]
         lo, hi = consts.get(clip.input[1]), consts.get(clip.input[2])
-        if lo is None or hi is None or int(lo) != 0 or int(hi) != 15:
+        signed = zp.dtype == np.int8
+        if lo is None or hi is None or (int(lo), int(hi)) != ((-7, 7) if signed else (0, 15)):
             continue
-        name = q.output[0] + "_uint4_zero_point"
-        graph.initializer.append(helper.make_tensor(name, TensorProto.UINT4, zp.shape, [0] * max(zp.size, 1)))
+        scale = consts.get(q.input[1], inits.get(q.input[1]))
+        if signed and (scale is None or scale.size != 1):
+            continue
+        name = q.output[0] + ("_int4_zero_point" if signed else "_uint4_zero_point")
+        graph.initializer.append(helper.make_tensor(name, TensorProto.INT4 if signed else TensorProto.UINT4,
+                                                    zp.shape, [0] * max(zp.size, 1)))
+        if signed:
+            s = float(scale.reshape(()))
+            bounds = [numpy_helper.from_array(np.array(v * s, dtype=np.float32), name=f"{q.output[0]}_clip_{k}")
+                      for k, v in (("lo", -7), ("hi", 7))]
+            graph.initializer.extend(bounds)
+            # Max then Min rather than Clip: onnxruntime's Clip -> QuantizeLinear fusion fails on INT4 zero points
+            floor, clipped = q.output[0] + "_float_floor", q.output[0] + "_float_clipped"
+            at = list(graph.node).index(q)
+            graph.node.insert(at, helper.make_node("Min", [floor, bounds[1].name], [clipped],
+                                                   name=q.name + "_float_clip_hi"))
+            graph.node.insert(at, helper.make_node("Max", [q.input[0], bounds[0].name], [floor],
+                                                   name=q.name + "_float_clip_lo"))
+            q.input[0] = clipped
         for dq in users.get(clip.output[0], []):
             dq.input[0] = q.output[0]
             if dq.op_type == "DequantizeLinear":
