@@ -64,3 +64,16 @@ def test_needs_an_all_8_bit_policy(tmp_path):
     with pytest.raises(ConfigError, match="W8A8"):
         export_int8(qm, tmp_path / "m.onnx", calib=random_loader(32), input_shape=(3, 8, 8))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_int8_weights_option_and_bad_weight_type(tmp_path):
+    model = _model()
+    policy = uniform_policy(model, "w8a8", first_last="same")
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    export_int8(qm, tmp_path / "s8.onnx", calib=random_loader(32), input_shape=(3, 8, 8), weight_type="int8")
+    proto = onnx.load(str(tmp_path / "s8.onnx"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    stem = next(n for n in proto.graph.node if n.op_type == "QLinearConv")
+    assert inits[stem.input[3]].dtype == np.int8 and not inits[stem.input[5]].any()
+    with pytest.raises(ConfigError, match="weight_type"):
+        export_int8(qm, tmp_path / "x.onnx", calib=random_loader(32), input_shape=(3, 8, 8), weight_type="int4")

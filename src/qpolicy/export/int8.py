@@ -96,7 +96,7 @@ def _policy_integers(mod: nn.Module) -> tuple[Any, Any]:
 
 
 def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[Any], input_shape: tuple[int, ...],
-                policy: Policy | None = None, opset: int = 17) -> dict[str, Any]:
+                policy: Policy | None = None, opset: int = 17, weight_type: str = "uint8") -> dict[str, Any]:
     """Write an integer (QOperator) ONNX model of ``qmodel``, an all-8-bit model from ``apply_policy``.
 
     Args:
@@ -105,6 +105,8 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
         calib: ``(x, y)`` batches that calibrate the requantization points the simulation does not have.
         input_shape: Per-sample input shape; the batch dimension is dynamic.
         policy: Stored in the model's metadata (``qpolicy.policy``).
+        weight_type: "uint8" (zero point 128): onnxruntime's u8u8 kernels, exact everywhere; "int8": its u8s8
+            kernels, faster, but on x86 CPUs without VNNI they add pairs of products in int16, which saturates.
 
     Returns:
         A summary: operator counts, bytes, the layers and weights matched to the policy's integers.
@@ -117,6 +119,8 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
 
     from .onnx import METADATA_KEY
 
+    if weight_type not in ("uint8", "int8"):
+        raise ConfigError(f"weight_type must be 'uint8' or 'int8', got {weight_type!r}")
     layers = _check_all_8_bit(qmodel)
     twin = _float_twin(qmodel)
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +179,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         extra_options={"TensorQuantOverrides": overrides})
         proto = onnx.load(str(out))
-    _set_policy_weights(proto, expect)
+    _set_policy_weights(proto, expect, signed=weight_type == "int8")
     if policy is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, __import__("json").dumps(policy.to_dict())
@@ -190,9 +194,10 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
     return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(data), "layers": len(expect)}
 
 
-def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]]) -> None:
-    """Give every integer Conv/Gemm the policy's integers, stored as uint8 with zero point 128, its folded
-    per-channel scales, and the bias re-quantized at ``input scale x weight scale`` (int32).
+def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]], *, signed: bool = False) -> None:
+    """Give every integer Conv/Gemm the policy's integers, stored as uint8 with zero point 128 (``signed``: int8,
+    zero point 0), its folded per-channel scales, and the bias re-quantized at ``input scale x weight scale``
+    (int32).
 
     uint8 weights make the runtime use its u8u8 kernels, which are exact on every x86 CPU; its u8s8 kernels sum
     pairs of products in int16 on CPUs without VNNI and saturate."""
@@ -210,8 +215,11 @@ def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]]) -> 
             continue
         qf, scale, bias = expect[key]
         x_scale = float(numpy_helper.to_array(inits[node.input[1]]))
-        new = {node.input[3]: qf, node.input[4]: scale.astype(np.float32),
-               node.input[5]: np.full(scale.shape, 128, dtype=np.uint8)}
+        if signed:
+            weights, zero = (qf.astype(np.int16) - 128).astype(np.int8), np.zeros(scale.shape, dtype=np.int8)
+        else:
+            weights, zero = qf, np.full(scale.shape, 128, dtype=np.uint8)
+        new = {node.input[3]: weights, node.input[4]: scale.astype(np.float32), node.input[5]: zero}
         b_idx = 8 if node.op_type == "QLinearConv" else 6
         if bias is not None and len(node.input) > b_idx and node.input[b_idx]:
             new[node.input[b_idx]] = np.rint(bias / (x_scale * scale)).astype(np.int32)
