@@ -66,7 +66,8 @@ bench-search: $(STAMP)
 	$(PY) benchmarks/search_qat.py
 
 # the full comparison (3 seeds, 3 epochs on 50,000 images, 1 QAT epoch each) takes many hours on 2 CPU cores;
-# MPQ_ARGS scales it down, e.g. MPQ_ARGS="--seeds 0 --epochs 2 --train-images 8192 --shapley-samples 4"
+# MPQ_ARGS scales it down, e.g. the committed run: MPQ_ARGS="--epochs 2 --train-images 8192 --shapley-samples 4
+# --finetune-images 2560 --threads 1 --jobs 2 --scaling 1,2" (about 80 minutes on 2 cores)
 bench-export: $(STAMP)
 	$(PY) benchmarks/export_onnx.py
 

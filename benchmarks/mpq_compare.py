@@ -182,12 +182,14 @@ def main() -> None:
     scaling = [s for o in outs for s in o["scaling"]]
     right = [r for a in agreement for r in a["layers"] if "right" in r]
     taus = [r["tau"] for a in agreement for r in a["layers"] if r["tau"] is not None]
-    table = md_table(["budget", "policy", f"PTQ top-1 % (mean ± std, {len(seeds)} seeds)",
-                      f"after {args.finetune_epochs} epoch QAT %", "search s", "BitOPs / W8A8", "size / W8A8",
-                      "argmax (before the budget step) cost / W8A8"], rows)
-    table += "\n\n" + md_table(["Shapley samples", "seconds", "evaluations", "truncated permutations"],
-                               [[s["samples"], f"{s['seconds']:.0f}", s["evaluations"], s["truncated"]]
-                                for s in scaling if s["budget"] == BUDGETS[0]])
+    qat = f"after {args.finetune_epochs} epoch QAT" + (f" on {args.finetune_images} images" if args.finetune_images
+                                                       else "") + " %"
+    table = md_table(["budget", "policy", f"PTQ top-1 % (mean ± std, {len(seeds)} seeds)", qat, "search s",
+                      "BitOPs / W8A8", "size / W8A8", "argmax (before the budget step) cost / W8A8"], rows)
+    table += "\n\n" + md_table(["budget (players)", "Shapley samples", "seconds", "evaluations",
+                                "truncated permutations"],
+                               [[s["budget"], s["samples"], f"{s['seconds']:.0f}", s["evaluations"], s["truncated"]]
+                                for s in scaling])
     table += "\n\n" + md_table(["quantity", "value"], [
         ["Kendall tau of alpha vs Shapley, mean over layer sides", f"{statistics.mean(taus):.3f}" if taus else "-"],
         ["layer sides whose top candidates differ", f"{len(right)} of {sum(len(a['layers']) for a in agreement)}"],
