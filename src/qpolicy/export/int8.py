@@ -15,14 +15,15 @@ the simulation:
 * Every other quantization point (outputs of convolutions, additions, pooling) is calibrated by onnxruntime's
   static quantizer on the given calibration images (min-max), which then builds the QOperator graph.
 
-The result states how many integer weights match the policy's (all of them unless a float rounding boundary was
-hit) and the verification compares it with the fake-quant model on real data.
+Every integer layer gets the policy's integers, folded scales and a bias re-quantized at their scales (int32);
+``verify_onnx`` compares the result with the fake-quant model on real data.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import os
 import tempfile
@@ -109,7 +110,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
             kernels, faster, but on x86 CPUs without VNNI they add pairs of products in int16, which saturates.
 
     Returns:
-        A summary: operator counts, bytes, the layers and weights matched to the policy's integers.
+        A summary: operator counts, bytes, and the number of integer layers given the policy's integers.
     """
     import numpy as np
     import onnx
@@ -143,7 +144,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                               "map one-to-one to ONNX nodes")
         overrides: dict[str, list[dict[str, Any]]] = {}
         producer = {o: n for n in fp.graph.node for o in n.output}
-        expect: dict[str, tuple[Any, Any]] = {}
+        expect: dict[str, tuple[Any, Any, Any]] = {}  # weight name -> (integers, scales, float bias)
         for (name, mod), node in zip(layers, nodes, strict=True):
             wf = inits[node.input[1]]
             transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
@@ -159,7 +160,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
             rows = np.arange(len(s))
             g = np.where(flat_w[rows, j] != 0, flat_f[rows, j] / np.where(flat_w[rows, j] == 0, 1, flat_w[rows, j]),
                          1.0)  # the folded BN factor per channel (1 without BN)
-            scale = (s * np.abs(g)).astype(np.float32)
+            scale = np.maximum(s * np.abs(g), 1e-12).astype(np.float32)  # a zero BN factor: zero weights
             qf = (q * np.sign(g).reshape([-1] + [1] * (q.ndim - 1)) + 128).astype(np.uint8)
             bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
             expect[node.input[1]] = (qf.T if transposed else qf, scale, bias)
@@ -182,7 +183,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
     _set_policy_weights(proto, expect, signed=weight_type == "int8")
     if policy is not None:
         entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, __import__("json").dumps(policy.to_dict())
+        entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     with atomic_write(path, "wb") as f:
