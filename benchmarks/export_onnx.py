@@ -114,7 +114,7 @@ def main() -> None:
 
     float_path, pre_path = RUNS / "float.onnx", RUNS / "float_pre.onnx"
     ours_path, ort_path = RUNS / "int8_policy.onnx", RUNS / "int8_ort.onnx"
-    ours_s8_path = RUNS / "int8_policy_s8.onnx"
+    ours_s8_path, w7_path = RUNS / "int8_policy_s8.onnx", RUNS / "int8_policy_w7a8.onnx"
     with torch.no_grad():
         torch.onnx.export(model.eval(), (torch.zeros(1, 3, 32, 32),), str(float_path), opset_version=17,
                           dynamo=False, input_names=["input"], output_names=["logits"],
@@ -128,6 +128,10 @@ def main() -> None:
     int8_verify = verify_onnx(ours_path, q8, test, threads=args.threads)
     export_int8(q8, ours_s8_path, calib=calib, input_shape=(3, 32, 32), policy=w8a8, weight_type="int8")
     s8_verify = verify_onnx(ours_s8_path, q8, test, threads=args.threads)
+    w7a8 = qp.uniform_policy(model, "w7a8", first_last="same", model_name="resnet20")
+    q7 = qp.apply_policy(model, w7a8, calib=calib)
+    w7_info = export_int8(q7, w7_path, calib=calib, input_shape=(3, 32, 32), policy=w7a8)  # auto: int8 weights
+    w7_verify = verify_onnx(w7_path, q7, test, threads=args.threads)
     print("int8 (policy)", int8_info["ops"], int8_verify, flush=True)
     if args.pause_pids:  # timing wants the CPU to itself: stop other jobs meanwhile
         for pid in args.pause_pids.split(","):
@@ -135,6 +139,7 @@ def main() -> None:
     models = {"float ONNX": float_path,
               "int8, our W8A8 policy (QLinearConv u8u8, qpolicy.export.export_int8)": ours_path,
               "int8, our W8A8 policy with int8 weights (QLinearConv u8s8, weight_type='int8')": ours_s8_path,
+              "int8, our W7A8 policy (every layer; int8 weights, u8s8 without saturation)": w7_path,
               "int8, onnxruntime's own quantizer (QLinearConv u8s8)": ort_path}
     speed_rows, speed = [], {}
     try:
@@ -156,13 +161,16 @@ def main() -> None:
     speed["policy_int8_verify"] = int8_verify.to_dict()
     speed["policy_int8_export"] = int8_info
     speed["policy_int8_s8_verify"] = s8_verify.to_dict()
+    speed["policy_w7a8_verify"], speed["policy_w7a8_export"] = w7_verify.to_dict(), w7_info
     table += "\n\n" + md_table(["model", "top-1 %", "KiB", "batch 1 ms", "speed-up", "batch 64 ms", "speed-up",
                                  "batch 64 images/s"], speed_rows)
     table += (f"\n\nOur int8 model against the PyTorch W8A8 fake-quant model: top-1 {int8_verify.top1_onnx:.2f} vs "
               f"{int8_verify.top1_torch:.2f}, same prediction on {100 * int8_verify.agree:.2f}% of images, max logit "
               f"difference {int8_verify.max_abs_diff:.3g}. The same with int8 weights (u8s8 kernels): top-1 "
               f"{s8_verify.top1_onnx:.2f}, same prediction on {100 * s8_verify.agree:.2f}%, max logit difference "
-              f"{s8_verify.max_abs_diff:.3g}.")
+              f"{s8_verify.max_abs_diff:.3g}. W7A8 (every layer, int8 weights) against its own fake-quant model: "
+              f"top-1 {w7_verify.top1_onnx:.2f} vs {w7_verify.top1_torch:.2f}, same prediction on "
+              f"{100 * w7_verify.agree:.2f}%, max logit difference {w7_verify.max_abs_diff:.3g}.")
     notes = ("ResNet-20, CIFAR-10 test set. Our PTQ (MSE + BN re-estimation) under each policy, exported with "
              "`qpolicy.export.export_onnx` (opset 17: int8 weight initializers -> DequantizeLinear; inputs "
              "QuantizeLinear -> Clip to the b-bit range -> DequantizeLinear; the INT4 row: INT4 weights and UINT4 "

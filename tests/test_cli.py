@@ -224,4 +224,4 @@ def test_export_cli_int8_kernels(capsys, home, tmp_path):
     obj = json.loads(text)
     assert obj["export"]["ops"]["QLinearConv"] == 19 and obj["verify"]["total"] == 32
     code, _, err = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--int8-kernels")
-    assert code == 2 and "W8A8" in err and "Traceback" not in err
+    assert code == 2 and "not A8" in err and "Traceback" not in err

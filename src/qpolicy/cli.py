@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int4", action="store_true", help="INT4/UINT4 tensors for 4-bit weights and inputs (opset 21)")
     p.add_argument("--int8-kernels", action="store_true",
-                   help="an all-8-bit policy as integer operators (QLinearConv, ...) that onnxruntime runs with int8 "
-                        "kernels; requantizes where the simulation keeps float, so --verify allows 0.5 points")
+                   help="a policy with 8-bit inputs (weights up to 8 bits) as integer operators (QLinearConv, ...) "
+                        "that onnxruntime runs with int8 kernels; requantizes where the simulation keeps float, so "
+                        "--verify allows 0.5 points")
     p.add_argument("--verify", action="store_true", help="run it in onnxruntime on the test set beside PyTorch")
 
     p = sub.add_parser("list", help="registered metrics or strategies")

@@ -1,5 +1,5 @@
-"""An integer ONNX model of an all-8-bit policy that onnxruntime runs with int8 kernels (QLinearConv, QGemm,
-QLinearAdd, ...), built from the policy's own quantization.
+"""An integer ONNX model of a policy with 8-bit inputs (weights up to 8 bits) that onnxruntime runs with int8
+kernels (QLinearConv, QGemm, QLinearAdd, ...), built from the policy's own quantization.
 
 The Q/DQ export of :mod:`qpolicy.export.onnx` reproduces the simulated arithmetic exactly, but a runtime executes it
 as float convolutions between quantize/dequantize pairs. For speed, a runtime needs integer operators, and those
@@ -49,14 +49,20 @@ def _quant_layers(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
 
 
-def _check_all_8_bit(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
+def _check_integer_ready(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every Conv/Linear quantized, every input at 8 bits (weights may have any width up to 8)."""
     layers = _quant_layers(qmodel)
     if not layers:
         raise ConfigError("int8 kernels need a quantized model (from apply_policy); this one has no quantized layer")
-    bad = [f"{n} (W{m.weight_quant.bits}A{m.act_quant.bits})" for n, m in layers
-           if m.weight_quant.bits != 8 or m.act_quant.bits != 8]
+    floats = [n for n, m in qmodel.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, (QuantConv2d, QuantLinear))]
+    if floats:
+        raise ConfigError("int8 kernels need every layer quantized; float: " + ", ".join(floats[:5])
+                          + (" ..." if len(floats) > 5 else ""))
+    bad = [f"{n} (W{m.weight_quant.bits}A{m.act_quant.bits})" for n, m in layers if m.act_quant.bits != 8]
     if bad:
-        raise ConfigError("int8 kernels need every quantized layer at W8A8 (an all-8-bit policy); not 8-bit: "
+        raise ConfigError("int8 kernels need every quantized layer's input at 8 bits (A8; weights may have 2..8 "
+                          "bits), since the runtime requantizes to the full 8-bit range; not A8: "
                           + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
     return layers
 
@@ -91,23 +97,26 @@ def _policy_integers(mod: nn.Module) -> tuple[Any, Any]:
 
     s = mod.weight_quant.scale.detach().float().clamp_min(1e-12).cpu().numpy().reshape(-1)
     w = mod.weight.detach().float().cpu().numpy()
-    lo, hi = qrange(8, True)
+    lo, hi = qrange(mod.weight_quant.bits, True)
     q = np.clip(np.rint(w * (1.0 / s).reshape([-1] + [1] * (w.ndim - 1))), lo, hi)
     return q, s
 
 
 def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[Any], input_shape: tuple[int, ...],
-                policy: Policy | None = None, opset: int = 17, weight_type: str = "uint8") -> dict[str, Any]:
-    """Write an integer (QOperator) ONNX model of ``qmodel``, an all-8-bit model from ``apply_policy``.
+                policy: Policy | None = None, opset: int = 17, weight_type: str = "auto") -> dict[str, Any]:
+    """Write an integer (QOperator) ONNX model of ``qmodel``, a model from ``apply_policy`` whose layers all have
+    8-bit inputs (weights of any width up to 8, held in an 8-bit container).
 
     Args:
-        qmodel: The calibrated fake-quant model (every quantized layer W8A8).
+        qmodel: The calibrated fake-quant model (every layer quantized, every input 8-bit).
         path: The .onnx file to write (atomically).
         calib: ``(x, y)`` batches that calibrate the requantization points the simulation does not have.
         input_shape: Per-sample input shape; the batch dimension is dynamic.
         policy: Stored in the model's metadata (``qpolicy.policy``).
         weight_type: "uint8" (zero point 128): onnxruntime's u8u8 kernels, exact everywhere; "int8": its u8s8
-            kernels, faster, but on x86 CPUs without VNNI they add pairs of products in int16, which saturates.
+            kernels, faster, but on x86 CPUs without VNNI they add pairs of products in int16, which saturates
+            unless every weight has at most 7 bits (2 x 255 x 63 < 2^15); "auto": int8 when every weight has at
+            most 7 bits, else uint8.
 
     Returns:
         A summary: operator counts, bytes, and the number of integer layers given the policy's integers.
@@ -120,9 +129,12 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
 
     from .onnx import METADATA_KEY
 
-    if weight_type not in ("uint8", "int8"):
-        raise ConfigError(f"weight_type must be 'uint8' or 'int8', got {weight_type!r}")
-    layers = _check_all_8_bit(qmodel)
+    if weight_type not in ("auto", "uint8", "int8"):
+        raise ConfigError(f"weight_type must be 'auto', 'uint8' or 'int8', got {weight_type!r}")
+    layers = _check_integer_ready(qmodel)
+    widest = max(m.weight_quant.bits for _, m in layers)
+    if weight_type == "auto":
+        weight_type = "int8" if widest <= 7 else "uint8"
     twin = _float_twin(qmodel)
     with tempfile.TemporaryDirectory() as tmp:
         raw, pre, out = Path(tmp, "float.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
@@ -192,7 +204,8 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     log.info("exported the int8 model %s: %s", path, ops)
-    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(data), "layers": len(expect)}
+    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(data), "layers": len(expect),
+            "weight_type": weight_type, "widest_weight_bits": widest}
 
 
 def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]], *, signed: bool = False) -> None:
