@@ -26,22 +26,25 @@ from qpolicy.export import export_int8, export_onnx, verify_onnx
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "bench_export"
 
 
-def latency(path: Path, batch: int, threads: int, repeats: int) -> dict[str, float]:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+def latencies(paths: dict[str, Path], batch: int, threads: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median latency of each model, measured interleaved (one run of each model per round), so that all of them
+    see the same background load of a shared machine."""
+    sessions = {}
+    for label, path in paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32)
-    for _ in range(5):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    return {"median_ms": med * 1000, "images_per_s": batch / med}
+    times: dict[str, list[float]] = {label: [] for label in paths}
+    for r in range(repeats + 5):
+        for label, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, {"input": x})
+            if r >= 5:  # warm-up rounds
+                times[label].append(time.perf_counter() - t)
+    return {label: {"median_ms": statistics.median(v) * 1000, "images_per_s": batch / statistics.median(v)}
+            for label, v in times.items()}
 
 
 def top1_onnx(path: Path, test, threads: int) -> float:
@@ -143,9 +146,9 @@ def main() -> None:
               "int8, onnxruntime's own quantizer (QLinearConv u8s8)": ort_path}
     speed_rows, speed = [], {}
     try:
+        lat = {b: latencies(models, b, args.threads, 300 if b == 1 else 40) for b in (1, 64)}
         for label, path in models.items():
-            s = {b: latency(path, b, args.threads, 300 if b == 1 else 40) for b in (1, 64)}
-            speed[label] = {"latency": s, "bytes": path.stat().st_size}
+            speed[label] = {"latency": {b: lat[b][label] for b in (1, 64)}, "bytes": path.stat().st_size}
     finally:
         if args.pause_pids:
             for pid in args.pause_pids.split(","):
@@ -177,6 +180,7 @@ def main() -> None:
              "unsigned 4-bit inputs, opset 21) and run by onnxruntime "
              f"{ort.__version__} (CPU, {args.threads} threads) beside the PyTorch fake-quant model. One step = the "
              "last layer's input step x its largest weight step. Second table: median latency of integer models "
+             "(measured interleaved: each round runs every model once) "
              "against the float export: ours (`export_int8`: the W8A8 policy's integer weights with BN folded into "
              "per-channel scales, its input step sizes, stored as uint8 so onnxruntime takes its exact u8u8 kernels; "
              "the requantization points the simulation keeps in float calibrated min-max on the 4,096 calibration "
