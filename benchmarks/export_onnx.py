@@ -22,6 +22,7 @@ from _common import md_table, write
 
 import qpolicy as qp
 from qpolicy.export import export_int8, export_onnx, verify_onnx
+from qpolicy.export.int8 import _Reader
 
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "bench_export"
 
@@ -58,17 +59,6 @@ def top1_onnx(path: Path, test, threads: int) -> float:
         correct += int((out.argmax(1) == y.numpy()).sum())
         total += len(y)
     return 100.0 * correct / total
-
-
-class _Reader:
-    """Calibration batches for onnxruntime's static quantizer."""
-
-    def __init__(self, calib, name):
-        self.it, self.name = iter(calib), name
-
-    def get_next(self):
-        b = next(self.it, None)
-        return None if b is None else {self.name: b[0].numpy()}
 
 
 def main() -> None:

@@ -578,14 +578,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as e:  # pragma: no cover - depends on the installation
         raise ConfigError(f"export needs onnx and onnxruntime (pip install 'qpolicy[onnx]'): {e}") from None
     _check_policy_args(args)
+    if args.int8_kernels and args.int4:  # before any model work
+        raise ConfigError("--int8-kernels and --int4 exclude each other: integer kernels here are 8-bit")
     model = _load_model(args)
     policy = _policy(args, model)
     test, cal = _loaders(args, calib=True)
     qmodel = apply_policy(model, policy, calib=cal, config=_calib_config(args))
     shape = next((li.in_shape for li in quantizable_layers(model) if li.in_shape), None)
     shape = getattr(model, "input_shape", None) or shape
-    if args.int8_kernels and args.int4:
-        raise ConfigError("--int8-kernels and --int4 exclude each other: integer kernels here are 8-bit")
     opset = max(args.opset, 21) if args.int4 else args.opset
     if args.int8_kernels:
         info = export_int8(qmodel, args.out, calib=cal, input_shape=tuple(shape), policy=policy, opset=opset)

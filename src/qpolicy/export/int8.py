@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
-import logging
 import os
 import tempfile
 import warnings
@@ -35,14 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_write
 from ..errors import ConfigError
 from ..policy import Policy
 from ..quant.fake_quant import QuantConv2d, QuantLinear
 
 __all__ = ["export_int8"]
 
-log = logging.getLogger(__name__)
 
 
 def _quant_layers(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -127,7 +123,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .onnx import METADATA_KEY
+    from .onnx import _write_model
 
     if weight_type not in ("auto", "uint8", "int8"):
         raise ConfigError(f"weight_type must be 'auto', 'uint8' or 'int8', got {weight_type!r}")
@@ -193,19 +189,9 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                         extra_options={"TensorQuantOverrides": overrides})
         proto = onnx.load(str(out))
     _set_policy_weights(proto, expect, signed=weight_type == "int8")
-    if policy is not None:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-    ops: dict[str, int] = {}
-    for node in proto.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    log.info("exported the int8 model %s: %s", path, ops)
-    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(data), "layers": len(expect),
-            "weight_type": weight_type, "widest_weight_bits": widest}
+    info = _write_model(proto, path, policy)
+    return {"path": str(path), "opset": opset, **info, "layers": len(expect), "weight_type": weight_type,
+            "widest_weight_bits": widest}
 
 
 def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]], *, signed: bool = False) -> None:

@@ -218,18 +218,26 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
     folded = _fold_weight_quantization(proto, int4=int4)
     if int4:
         _int4_activations(proto)
+    info = _write_model(proto, path, policy)
+    return {"path": str(path), "opset": opset, **info, "folded_weights": folded}
+
+
+def _write_model(proto: Any, path: str | os.PathLike, policy: Policy | None) -> dict[str, Any]:
+    """Store the policy in the metadata, check the model, write it atomically; its operator counts and bytes."""
+    import onnx
+
     if policy is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(policy.to_dict())
     onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
     with atomic_write(path, "wb") as f:
-        f.write(proto.SerializeToString())
+        f.write(data)
     ops: dict[str, int] = {}
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     log.info("exported %s: %s", path, ops)
-    return {"path": str(path), "opset": opset, "ops": ops, "bytes": len(proto.SerializeToString()),
-            "folded_weights": folded}
+    return {"ops": ops, "bytes": len(data)}
 
 
 def _int4_activations(proto: Any) -> int:
@@ -242,7 +250,7 @@ def _int4_activations(proto: Any) -> int:
 
     graph = proto.graph
     consts, users = _graph_index(graph)
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inits = {t.name: t for t in graph.initializer}
     changed = 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         zp = consts.get(q.input[2])
@@ -254,7 +262,9 @@ def _int4_activations(proto: Any) -> int:
         signed = zp.dtype == np.int8
         if lo is None or hi is None or (int(lo), int(hi)) != ((-7, 7) if signed else (0, 15)):
             continue
-        scale = consts.get(q.input[1], inits.get(q.input[1]))
+        scale = consts.get(q.input[1])
+        if scale is None and q.input[1] in inits:
+            scale = numpy_helper.to_array(inits[q.input[1]])
         if signed and (scale is None or scale.size != 1):
             continue
         name = q.output[0] + ("_int4_zero_point" if signed else "_uint4_zero_point")
