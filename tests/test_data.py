@@ -66,8 +66,23 @@ def test_limit_and_classes(npz_home):
         data.loader("cifar10", "test", limit=0)
     with pytest.raises(UnknownNameError):
         data.loader("cifar100")
-    with pytest.raises(ConfigError):
-        data.loader("cifar10", "val")
+    with pytest.raises(ConfigError, match="train, val, test"):
+        data.loader("cifar10", "valid")
+
+
+def test_validation_split_is_held_out_of_train(npz_home):
+    n = len(data.load_cifar10("train"))
+    train, val = data.loader("cifar10", "train"), data.loader("cifar10", "val")
+    assert val.num_samples == min(data.VAL_SIZE, n // 10) > 0
+    assert train.num_samples + val.num_samples == n
+    assert not set(train.indices.tolist()) & set(val.indices.tolist())
+    assert not val.shuffle and not val.augment
+    # every seed, limit and the calibration subset stay inside the training part
+    calib = data.calib_loader(batches=2, batch_size=4, seed=7)
+    assert not set(calib.indices.tolist()) & set(val.indices.tolist())
+    assert torch.equal(data.loader("cifar10", "val", seed=5).indices, val.indices)  # fixed, whatever the seed
+    # on CIFAR-10's 50,000 training images: 5,000 held out
+    assert len(data.validation_indices(50_000)) == 5000
 
 
 def test_calib_loader_is_augmented_train_subset(npz_home):

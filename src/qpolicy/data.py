@@ -4,6 +4,11 @@ CIFAR-10 is read from ``<data dir>/cifar10/{train,test}.npz`` (keys ``images`` u
 or from a torchvision-style ``cifar-10-batches-py`` folder, where ``<data dir>`` is ``--data-dir`` >
 ``$QPOLICY_HOME/datasets`` > ``~/.cache/qpolicy/datasets``. When neither exists the canonical archive is downloaded.
 
+Splits: ``"test"`` (only ever reported), ``"val"`` and ``"train"``. The validation split is held out from the
+training images: a fixed seeded choice of 5,000 of CIFAR-10's 50,000 (a tenth of a smaller training file), never
+seen by ``"train"``, so no calibration, metric or training batch touches it. Every choice qpolicy makes (which
+candidate policy, which refinement) is made on it.
+
 Loaders hold the whole split as one uint8 tensor and build each batch with vectorized tensor ops (normalization,
 random crop with 4-pixel zero padding, horizontal flip): on a 2-core CPU this is far faster than per-image
 transforms, and the batch order and augmentation depend only on ``(seed, epoch)``, so a resumed run sees exactly
@@ -27,15 +32,18 @@ from .errors import ConfigError, DataError, DataNotFoundError, UnknownNameError,
 from .paths import datasets_dir, download
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "ArrayDataset", "ArrayLoader", "load_cifar10", "loader", "calib_loader",
-           "DATASETS"]
+           "DATASETS", "LOADER_SPLITS", "VAL_SIZE", "validation_indices"]
 
 log = logging.getLogger(__name__)
 
 CIFAR10_MEAN = (0.485, 0.456, 0.406)
 CIFAR10_STD = (0.229, 0.224, 0.225)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-SPLITS = ("train", "test")
 DATASETS = ("cifar10",)
+SPLITS = ("train", "test")  # the files
+LOADER_SPLITS = ("train", "val", "test")  # "val" is held out of the training file
+VAL_SIZE = 5000
+VAL_SEED = 20_261_129  # fixed: the validation images are the same for every run and every seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +231,14 @@ def _crop_flip(imgs: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, p
     return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def validation_indices(n_train: int) -> torch.Tensor:
+    """The indices (into the training file of ``n_train`` images) of the validation split: ``min(VAL_SIZE,
+    n_train // 10)`` images chosen by a fixed seed, sorted."""
+    n_val = min(VAL_SIZE, n_train // 10)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(VAL_SEED))
+    return perm[:n_val].sort().values
+
+
 def loader(name: str = "cifar10", split: str = "test", *, batch_size: int = 256, shuffle: bool | None = None,
            augment: bool | None = None, limit: int | None = None, seed: int = 0, classes: Sequence[int] | None = None,
            data_dir: str | os.PathLike | None = None) -> ArrayLoader:
@@ -230,10 +246,11 @@ def loader(name: str = "cifar10", split: str = "test", *, batch_size: int = 256,
 
     Args:
         name: Data set name (``"cifar10"``).
-        split: "train" or "test".
+        split: "train" (the training file less the validation images), "val" (held out from the training
+            file; see the module docs) or "test".
         batch_size: Images per batch.
-        shuffle: Default true for "train", false for "test".
-        augment: Default true for "train" (crop + flip), false for "test".
+        shuffle: Default true for "train", false for "val" and "test".
+        augment: Default true for "train" (crop + flip), false for "val" and "test".
         limit: Keep only this many images: a seeded random subset (the first ``limit`` of a fixed permutation).
         seed: Seeds the subset, shuffling and augmentation.
         classes: Keep only images of these labels.
@@ -241,8 +258,14 @@ def loader(name: str = "cifar10", split: str = "test", *, batch_size: int = 256,
     """
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, DATASETS)
-    ds = load_cifar10(split, data_dir=data_dir)
+    if split not in LOADER_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(LOADER_SPLITS)}, got {split!r}")
+    ds = load_cifar10("test" if split == "test" else "train", data_dir=data_dir)
     idx = torch.arange(len(ds))
+    if split != "test":
+        held = torch.zeros(len(ds), dtype=torch.bool)
+        held[validation_indices(len(ds))] = True
+        idx = idx[held] if split == "val" else idx[~held]
     if classes is not None:
         bad = [c for c in classes if not 0 <= int(c) < len(ds.classes)]
         if bad:

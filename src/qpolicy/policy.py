@@ -64,12 +64,22 @@ class LayerBits:
 
 
 def versions() -> dict[str, str]:
-    """Versions recorded in provenance."""
-    import torch
+    """Versions recorded in provenance (torch's read from its package metadata unless it is already imported, so
+    that the torch-free search does not import it)."""
+    import sys
+    from importlib import metadata
 
     from . import __version__
 
-    return {"qpolicy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        tv = str(torch.__version__)
+    else:
+        try:
+            tv = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            tv = "not installed"
+    return {"qpolicy": __version__, "torch": tv, "python": platform.python_version()}
 
 
 @dataclass(frozen=True, kw_only=True)

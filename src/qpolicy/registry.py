@@ -17,11 +17,24 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages ("model", "metric", ...).
+        builtins: Modules registering the built-in entries, imported on the first lookup.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, builtins: tuple[str, ...] = ()):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._builtins = builtins  # modules that register the built-in entries, imported on first lookup
+        self._loaded = not builtins
+
+    def _load(self) -> None:
+        """Import the modules that register the built-in entries (once), so that light packages (torch-free
+        ones among them) need not import their heavy plugins until a name is looked up."""
+        if not self._loaded:
+            self._loaded = True
+            import importlib
+
+            for module in self._builtins:
+                importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers the decorated object under ``name``."""
@@ -42,6 +55,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name``; raises UnknownNameError with suggestions."""
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -49,13 +63,17 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names in registration order."""
+        self._load()
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(self._items)
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)

@@ -37,6 +37,7 @@ __all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "TIE_MODES", "sear
 Choice = tuple[int, int]  # (weight_bits, act_bits)
 COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
 TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
+BUDGET_RTOL = 1e-9  # a policy fits when its cost is at most limit * (1 + BUDGET_RTOL): one rule for every check
 
 
 def choice_cost(li: LayerInfo, choice: Choice) -> dict[str, float]:
@@ -83,7 +84,7 @@ def ties_hold(problem: Problem, assignment: Mapping[str, Choice]) -> bool:
     return all(assignment[a][side] == assignment[b][side] for a, b, side in problem.ties)
 
 
-def fits(problem: Problem, cost: Mapping[str, float], rtol: float = 1e-9) -> bool:
+def fits(problem: Problem, cost: Mapping[str, float], rtol: float = BUDGET_RTOL) -> bool:
     lim = problem.limits
     return all(getattr(lim, k) is None or cost[k] <= getattr(lim, k) * (1 + rtol) for k in COST_KEYS)
 
@@ -124,7 +125,7 @@ def _check_feasible(problem: Problem) -> None:
              "weight_bit_sum": lambda v: f"average weight bits {v / params:.3f}",
              "act_bit_sum": lambda v: f"average activation bits {v / acts:.3f}"}
     bad = [k for k in COST_KEYS if getattr(problem.limits, k) is not None
-           and smallest[k] > getattr(problem.limits, k) * (1 + 1e-9)]
+           and smallest[k] > getattr(problem.limits, k) * (1 + BUDGET_RTOL)]
     if bad:
         raise InfeasibleBudgetError(
             "budget cannot be met with the candidate bit-widths: the smallest achievable "

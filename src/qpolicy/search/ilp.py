@@ -4,6 +4,13 @@ Binary ``x[l, k]`` picks choice k = (weight bits, act bits) for layer l; minimiz
 subject to one choice per layer, one row per budgeted quantity (size, BitOPs, weighted bit sums) and one equality
 per tie (layers reading one tensor), all linear in x. Solved by HiGHS through ``scipy.optimize.milp``; optimal
 up to HiGHS's default MIP gap (1e-4 relative).
+
+Budget tolerance. qpolicy accepts a policy whose cost is at most ``limit * (1 + BUDGET_RTOL)`` (1e-9, exact
+arithmetic on the costs), while HiGHS accepts rows violated by up to its feasibility tolerance (about 1e-7 of the
+scaled row). A budget a hair below a policy's cost can therefore come back from HiGHS as that policy. The answer
+is then re-checked exactly: if it is over budget, the program is solved again with every budget row tightened
+by 1e-6 (more than HiGHS's slack), and if that finds nothing, for the cheapest policy (which is within budget
+whenever any policy is, up to the same sliver); failing both, :class:`InfeasibleBudgetError`.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import InfeasibleBudgetError
-from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost
+from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost, fits, total_cost
 
 __all__ = ["solve_ilp", "solve_milp"]
 
@@ -22,12 +29,32 @@ def solve_ilp(problem: Problem, seed: int = 0) -> dict[str, Choice]:
     return solve_milp(problem)
 
 
+_TIGHTEN = 1e-6  # relative tightening of the budget rows in the second solve: > HiGHS's feasibility slack
+
+
 def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None) -> dict[str, Choice]:
     """The MILP; ``order`` rows (a, b, side) require bits[a][side] >= bits[b][side]; the problem's ties
-    require equality."""
+    require equality. The answer always fits the budget exactly (module docs: budget tolerance)."""
+    out = _solve(problem, order, tighten=0.0)
+    if out is not None and fits(problem, total_cost(problem, out)):
+        return out
+    for tighten, cheapest in ((_TIGHTEN, False), (0.0, True)):
+        again = _solve(problem, order, tighten=tighten, cheapest=cheapest)
+        if again is not None and fits(problem, total_cost(problem, again)):
+            return again
+    raise InfeasibleBudgetError("no policy meets all budget limits together within the solver's tolerance "
+                                "(the budget is within 1e-6 of the cheapest policies' cost; relax it slightly)")
+
+
+def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighten: float,
+           cheapest: bool = False) -> dict[str, Choice] | None:
+    """One HiGHS solve; None when HiGHS finds no solution. ``cheapest``: minimize the budgeted costs (each
+    relative to its limit) instead of the damage."""
     index: list[tuple[str, Choice]] = [(li.name, c) for li in problem.layers for c in problem.choices[li.name]]
     n = len(index)
     c = np.array([problem.damage(name, ch) for name, ch in index])
+    if cheapest:
+        c = np.zeros(n)
     pos = {li.name: i for i, li in enumerate(problem.layers)}
     eq = np.zeros((len(problem.layers), n))
     for j, (name, _) in enumerate(index):
@@ -40,7 +67,9 @@ def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None
             continue
         row = np.array([choice_cost(info[name], ch)[key] for name, ch in index])
         scale = max(abs(limit), 1.0)  # keep coefficients near 1 for the solver
-        constraints.append(LinearConstraint(row / scale, -np.inf, limit / scale * (1 + 1e-12)))
+        if cheapest:
+            c = c + row / scale
+        constraints.append(LinearConstraint(row / scale, -np.inf, limit / scale * (1 - tighten)))
     for rows, lo in ((order or [], 0.0), (problem.ties, None)):  # a >= b (ordering); a == b (ties)
         for a, b, side in rows:
             row = np.array([(ch[side] if name == a else -ch[side] if name == b else 0.0) for name, ch in index])
@@ -48,6 +77,8 @@ def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None
     res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
                options={"presolve": True})
     if res.status != 0 or res.x is None:
+        if tighten or cheapest:
+            return None
         raise InfeasibleBudgetError(f"no policy meets all budget limits together (HiGHS: {res.message})")
     x = np.round(res.x).astype(int)
     return {name: ch for (name, ch), v in zip(index, x, strict=True) if v == 1}

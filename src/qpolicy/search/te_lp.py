@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost
+from .base import BUDGET_RTOL, COST_KEYS, STRATEGIES, Choice, Problem, choice_cost
 from .ilp import solve_milp
 
 __all__ = ["solve_te_lp", "importance", "order_rows"]
@@ -90,7 +90,7 @@ def solve_dp(problem: Problem, ranked: list[str]) -> dict[str, Choice]:
     from ..errors import InfeasibleBudgetError
 
     (key,) = [k for k in COST_KEYS if getattr(problem.limits, k) is not None]
-    limit = getattr(problem.limits, key) * (1 + 1e-9)
+    limit = getattr(problem.limits, key) * (1 + BUDGET_RTOL)
     info = {li.name: li for li in problem.layers}
     fixed = [n for n in problem.choices if n not in ranked]
     base = sum(choice_cost(info[n], problem.choices[n][0])[key] for n in fixed)

@@ -1,6 +1,9 @@
-"""Per-layer sensitivity metrics and the SensitivityTable they produce."""
+"""Per-layer sensitivity metrics and the SensitivityTable they produce.
 
-from . import fisher, hessian, kl, qerror, te  # noqa: F401  (register the metrics)
+The built-in metrics (fisher, hessian, kl, qerror, te) register themselves when a metric is first looked up in
+``METRICS``; this package itself does not import torch.
+"""
+
 from .base import DEFAULT_BITS, METRICS, Metric, SensitivityTable, analyze, monotone
 
 __all__ = ["DEFAULT_BITS", "METRICS", "Metric", "SensitivityTable", "analyze", "monotone"]

@@ -42,7 +42,10 @@ class Metric(Protocol):
         ...
 
 
-METRICS: Registry[Callable[[], Metric]] = Registry("metric")
+# the built-in metrics import torch: they are imported when a metric is first looked up, so that reading a table
+# (the search) stays torch-free
+METRICS: Registry[Callable[[], Metric]] = Registry("metric", builtins=tuple(
+    f"qpolicy.sensitivity.{m}" for m in ("fisher", "hessian", "kl", "qerror", "te")))
 
 
 @dataclass(kw_only=True)
