@@ -31,8 +31,8 @@ from ..policy import LayerBits, Policy
 from ..registry import Registry
 from ..sensitivity.base import SensitivityTable
 
-__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "TIE_MODES", "search", "choice_cost", "total_cost",
-           "fits", "tie_pairs", "ties_hold"]
+__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "TIE_MODES", "BUDGET_RTOL", "search", "build_problem",
+           "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
 COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
@@ -150,20 +150,9 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
     """
     name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
     solve = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
-    wbits = _candidates(weight_bits, table, "weight_bits")
-    abits = (check_bits(act_bits, "act_bits"),) if isinstance(act_bits, int) else _candidates(act_bits, table,
-                                                                                              "act_bits")
-    pairs = tuple((w, a) for w in wbits for a in abits)
-    edges = {table.layers[0].name, table.layers[-1].name} if first_last is not None else set()
-    if first_last is not None:
-        fl = check_bits(first_last, "first_last")
-        if fl not in table.bits:
-            raise ConfigError(f"first_last={fl} is not among the table's scored bits {table.bits}")
-    choices = {li.name: (((first_last, first_last),) if li.name in edges else pairs) for li in table.layers}
-    ties = tie_pairs(table.layers, tie)
-    choices = _pin_ties(choices, ties)
-    problem = Problem(table=table, choices=choices, limits=budget.limits(table.layers), ties=ties)
-    _check_feasible(problem)
+    problem = build_problem(table, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last,
+                            tie=tie)
+    choices, ties = problem.choices, problem.ties
     t = time.perf_counter()
     assignment = solve(problem, seed)
     seconds = time.perf_counter() - t
@@ -181,12 +170,35 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
 
     policy = Policy(layers=layers, model=model_name or table.model, provenance={
         "method": "search", "metric": table.metric, "strategy": name, "budget": budget.to_dict(),
-        "candidates": {"weight_bits": list(wbits), "act_bits": list(abits)}, "first_last": first_last,
+        "candidates": {"weight_bits": list(_candidates(weight_bits, table, "weight_bits")),
+                       "act_bits": [act_bits] if isinstance(act_bits, int) else
+                       list(_candidates(act_bits, table, "act_bits"))}, "first_last": first_last,
         "tie": tie, "tied": [list(t) for t in ties],
         "seed": seed, "predicted_damage": damage, "cost": cost.to_dict(per_layer=False),
         "search_seconds": seconds, "sensitivity": dict(table.provenance),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()})
     return SearchResult(policy=policy, cost=cost, predicted_damage=damage, strategy=name, seconds=seconds)
+
+
+def build_problem(table: SensitivityTable, budget: Budget, *, weight_bits: Sequence[int] | None = None,
+                  act_bits: Sequence[int] | int | None = None, first_last: int | None = None,
+                  tie: str = "act") -> Problem:
+    """The problem :func:`search` solves (arguments as there), checked for feasibility."""
+    wbits = _candidates(weight_bits, table, "weight_bits")
+    abits = (check_bits(act_bits, "act_bits"),) if isinstance(act_bits, int) else _candidates(act_bits, table,
+                                                                                              "act_bits")
+    pairs = tuple((w, a) for w in wbits for a in abits)
+    edges = {table.layers[0].name, table.layers[-1].name} if first_last is not None else set()
+    if first_last is not None:
+        fl = check_bits(first_last, "first_last")
+        if fl not in table.bits:
+            raise ConfigError(f"first_last={fl} is not among the table's scored bits {table.bits}")
+    choices = {li.name: (((first_last, first_last),) if li.name in edges else pairs) for li in table.layers}
+    ties = tie_pairs(table.layers, tie)
+    choices = _pin_ties(choices, ties)
+    problem = Problem(table=table, choices=choices, limits=budget.limits(table.layers), ties=ties)
+    _check_feasible(problem)
+    return problem
 
 
 def _pin_ties(choices: dict[str, tuple[Choice, ...]], ties: Sequence[tuple[str, str, int]]

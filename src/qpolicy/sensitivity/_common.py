@@ -15,7 +15,7 @@ from ..quant.apply import batch_inputs
 from ..quant.primitives import fake_quantize, mse_scale, scale_from_absmax
 
 __all__ = ["frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "act_scale",
-           "layer_forward"]
+           "layer_forward", "bn_after", "bn_matched", "bn_stats"]
 
 _ACT_SAMPLE = 2**16
 
@@ -98,3 +98,48 @@ def layer_forward(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Ten
     if isinstance(mod, nn.Conv2d):
         return mod._conv_forward(x, w, mod.bias)
     return nn.functional.linear(x, w, mod.bias)
+
+
+@torch.no_grad()
+def bn_after(model: nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor) -> dict[str, nn.Module]:
+    """The BatchNorm each layer's output goes into directly (conv -> BN), found by one traced forward on ``x``.
+    Layers whose output goes elsewhere first (or nowhere) are left out."""
+    made: dict[int, str] = {}
+    out: dict[str, nn.Module] = {}
+    handles = []
+    for li in layers:
+        def hook(m, inputs, y, name=li.name):
+            made.setdefault(id(y), name)
+        handles.append(model.get_submodule(li.name).register_forward_hook(hook))
+    for bn in model.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            def pre(m, inputs):
+                name = made.get(id(inputs[0]))
+                if name is not None:
+                    out.setdefault(name, m)
+            handles.append(bn.register_forward_pre_hook(pre))
+    try:
+        from .._modes import eval_mode
+
+        with eval_mode(model):
+            model(x[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def bn_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance of a layer output ``y`` (N, C, ...), as BatchNorm measures them."""
+    dims = [d for d in range(y.dim()) if d != 1]
+    return y.mean(dim=dims), y.var(dim=dims, unbiased=False)
+
+
+def bn_matched(y_q: torch.Tensor, y: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """What a quantized layer's output ``y_q`` amounts to, in the float output's units, once the BatchNorm after it
+    is re-estimated (as apply_policy does): the BN normalizes ``y_q`` by its own per-channel mean and variance,
+    which equals mapping ``y_q`` onto the float output's statistics. (N, C, ...) -> (N, C, ...)."""
+    mq, vq = bn_stats(y_q)
+    m, v = bn_stats(y)
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    return (y_q - mq.view(shape)) * ((v + eps) / (vq + eps)).sqrt().view(shape) + m.view(shape)

@@ -56,16 +56,23 @@ class BatchMetric:
         batches: Calibration batches the metric uses.
         quantizer: How the metric quantizes a tensor to score it, matching the calibration the policy will get:
             ``"mse"`` (MSE clipping, apply_policy's default) or ``"minmax"`` (plain min-max ranges).
+        bn_reestimate: Match apply_policy's BatchNorm re-estimation (its default): a layer whose output goes into a
+            BatchNorm is scored after that BatchNorm's statistics are re-measured on the quantized output, so a
+            shift or scaling of the output that the re-estimated BatchNorm absorbs costs nothing. False for a
+            deployment that keeps the float statistics.
     """
 
     batches: int = 1
     quantizer: str = "mse"
+    bn_reestimate: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
             raise ConfigError(f"batches must be a positive integer, got {self.batches!r}")
         if self.quantizer not in ("mse", "minmax"):
             raise ConfigError(f"quantizer must be 'mse' or 'minmax', got {self.quantizer!r}")
+        if not isinstance(self.bn_reestimate, bool):
+            raise ConfigError(f"bn_reestimate must be true or false, got {self.bn_reestimate!r}")
 
     def config_dict(self) -> dict[str, Any]:
         """The settings recorded in a table's provenance."""

@@ -1,7 +1,8 @@
 """``fisher``: gradient-weighted output perturbation (a diagonal empirical-Fisher estimate of the loss increase).
 
 For layer l with output y and per-sample loss gradient g = dL/dy: ``damage(b) = sum (g^2 * (y_b - y)^2) / N``, where
-y_b is the layer's output with its weights (or its input activations) quantized to b bits as apply_policy would.
+y_b is the layer's output with its weights (or its input activations) quantized to b bits as apply_policy would
+(and, where the layer feeds a BatchNorm that PTQ re-estimates, taken through that re-estimation: ``bn_reestimate``).
 Under the Fisher approximation of the Hessian, this is twice the expected loss increase from quantizing that layer
 alone. One forward/backward pass captures every layer's input, output and output gradient; then each
 (layer, bits) costs one layer evaluation.
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ._common import batches_of, frozen_copy, layer_forward, quantize_act, quantize_weight
+from ._common import batches_of, bn_after, bn_matched, frozen_copy, layer_forward, quantize_act, quantize_weight
 from .base import METRICS, BatchMetric
 
 __all__ = ["FisherMetric"]
@@ -33,7 +34,10 @@ class FisherMetric(BatchMetric):
         weight = {n: dict.fromkeys(bits, 0.0) for n in mods}
         act = {n: dict.fromkeys(bits, 0.0) for n in mods}
         total = 0
+        followed: dict | None = None
         for x, y in batches_of(calib, self.batches, device):
+            if followed is None:
+                followed = bn_after(m, layers, x) if self.bn_reestimate else {}
             if y is None:
                 raise ConfigError("the fisher metric needs labelled batches (x, y)")
             seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -55,8 +59,11 @@ class FisherMetric(BatchMetric):
                 for n, (xin, out) in seen.items():
                     mod, g2, y0 = mods[n], out.grad.pow(2), out.detach()
                     for b in bits:
-                        dw = layer_forward(mod, xin, quantize_weight(mod.weight, b, self.quantizer)) - y0
-                        da = layer_forward(mod, quantize_act(xin, b, seed, self.quantizer), mod.weight) - y0
+                        yw = layer_forward(mod, xin, quantize_weight(mod.weight, b, self.quantizer))
+                        ya = layer_forward(mod, quantize_act(xin, b, seed, self.quantizer), mod.weight)
+                        if n in followed:
+                            yw, ya = bn_matched(yw, y0), bn_matched(ya, y0)
+                        dw, da = yw - y0, ya - y0
                         weight[n][b] += float((g2 * dw.pow(2)).sum())
                         act[n][b] += float((g2 * da.pow(2)).sum())
         return ({n: {b: v / total for b, v in s.items()} for n, s in weight.items()},

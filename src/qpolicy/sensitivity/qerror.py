@@ -1,7 +1,9 @@
 """``qerror``: relative output error of each layer quantized alone.
 
 For layer l and width b, the damage is ``||f_l(Q_b(.)) - f_l(.)||^2 / ||f_l(.)||^2`` on the layer's real inputs
-from calibration batches, with the weights (or the input activations) quantized as apply_policy would (MSE clipping).
+from calibration batches, with the weights (or the input activations) quantized as apply_policy would (MSE clipping),
+and, where the layer feeds a BatchNorm and PTQ re-estimates it (``bn_reestimate``), the quantized output taken
+through that re-estimation (:func:`~qpolicy.sensitivity._common.bn_matched`).
 Cheap: one forward pass captures the inputs, then each (layer, bits) costs one layer evaluation.
 """
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .._modes import eval_mode
-from ._common import batches_of, capture_inputs, layer_forward, quantize_act, quantize_weight
+from ._common import batches_of, bn_after, bn_matched, capture_inputs, layer_forward, quantize_act, quantize_weight
 from .base import METRICS, BatchMetric
 
 __all__ = ["QErrorMetric"]
@@ -33,6 +35,7 @@ class QErrorMetric(BatchMetric):
         xs = [x for x, _ in batches_of(calib, self.batches, device)]
         with eval_mode(m):
             inputs = capture_inputs(m, layers, xs)
+        followed = bn_after(m, layers, xs[0]) if self.bn_reestimate else {}
         weight, act = {}, {}
         for li in layers:
             mod = m.get_submodule(li.name)
@@ -43,8 +46,10 @@ class QErrorMetric(BatchMetric):
             y = layer_forward(mod, x, mod.weight)
             energy = float(y.pow(2).mean()) or 1.0
             q = self.quantizer
-            weight[li.name] = {b: float((layer_forward(mod, x, quantize_weight(mod.weight, b, q)) - y).pow(2).mean())
-                               / energy for b in bits}
-            act[li.name] = {b: float((layer_forward(mod, quantize_act(x, b, seed, q), mod.weight) - y).pow(2).mean())
-                            / energy for b in bits}
+
+            def err(y_q, y=y, bn=li.name in followed, energy=energy):
+                return float(((bn_matched(y_q, y) if bn else y_q) - y).pow(2).mean()) / energy
+
+            weight[li.name] = {b: err(layer_forward(mod, x, quantize_weight(mod.weight, b, q))) for b in bits}
+            act[li.name] = {b: err(layer_forward(mod, quantize_act(x, b, seed, q), mod.weight)) for b in bits}
         return weight, act
