@@ -40,6 +40,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_commit() -> dict[str, Any]:
+    """The commit of the code that produced a result, and whether the work tree differed from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src", "benchmarks"],
+                                    cwd=root, capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha, "dirty": dirty}
+
+
 def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
@@ -47,11 +62,13 @@ def command() -> str:
 def write(name: str, payload: dict[str, Any], table: str, notes: str = "") -> None:
     """Write results/<name>.json and results/<name>.md with the machine, versions and command."""
     meta = {"benchmark": name, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": command(), "machine": machine()}
+            "command": command(), "git": git_commit(), "machine": machine()}
     write_json(RESULTS / f"{name}.json", {**meta, **payload})
     m = meta["machine"]
     md = (f"# {name}\n\n{notes}\n\n{table}\n\n"
           f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
+          f"Code: git {meta['git']['commit'] or 'unknown'}{' (uncommitted changes)' if meta['git']['dirty'] else ''}"
+          "  \n"
           f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
           f"CUDA: {m['cuda'] or 'none'}  \nVersions: python {m['python']}, torch {m['torch']}, "
           f"qpolicy {m['qpolicy']}\n")

@@ -225,3 +225,21 @@ def test_export_cli_int8_kernels(capsys, home, tmp_path):
     assert obj["export"]["ops"]["QLinearConv"] == 19 and obj["verify"]["total"] == 32
     code, _, err = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--int8-kernels")
     assert code == 2 and "not A8" in err and "Traceback" not in err
+
+
+def test_validated_search_is_the_default_with_a_model(capsys, home, tmp_path):
+    pol = tmp_path / "p.json"
+    code, out, err = run(capsys, "search", "--model", "resnet20", "--random-init", "--bits", "2,4,8",
+                         "--budget", "bitops=0.3", "--val-images", "8", "--refine-evaluations", "2",
+                         "--metrics", "qerror", "-o", str(pol), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    p = Policy.load(pol)
+    assert res["strategy"] == "validated" and p.provenance["strategy"] == "validated"
+    assert p.provenance["selection"]["split"] == "val" and p.provenance["selection"]["images"] == 8
+    assert p.provenance["cost"]["bitops_rel_w8a8"] <= 0.3 + 1e-9
+    code, _, err = run(capsys, "search", str(pol), "--strategy", "validated", "--budget", "bitops=0.3")
+    assert code == 2 and "give --model" in err
+    code, _, err = run(capsys, "search", "--model", "resnet20", "--random-init", "--budget", "bitops=0.3",
+                       "--metrics", "fishr")
+    assert code == 2 and "did you mean 'fisher'" in err

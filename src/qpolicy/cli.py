@@ -29,7 +29,8 @@ def _add_model(p: argparse.ArgumentParser, *, required: bool = True, help_text: 
 
 
 def _add_search_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default="ilp", help="see `qpolicy list strategies` (default ilp)")
+    p.add_argument("--strategy", help="see `qpolicy list strategies` (default: validated with --model, ilp for a "
+                   "table)")
     p.add_argument("--act-bits", help="candidate activation bits, or one value to hold them fixed")
     p.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search' (default 8)")
     p.add_argument("--tie", default="act", choices=["act", "all", "none"],
@@ -107,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_opts(p)
     p.add_argument("--weight-bits", help="candidate weight bits, e.g. 2,3,4,8 (default: the table's)")
     p.add_argument("-o", "--out", help="policy JSON to write (dmpq/smpq: the run folder)")
+    g = p.add_argument_group("validated search (the default with --model: candidates measured on validation images)")
+    g.add_argument("--calib", default="mse", help="the calibration the policy will be deployed with, as for "
+                   "`evaluate`: minmax, percentile, mse or WEIGHT/ACT (default mse)")
+    g.add_argument("--no-bn-reestimate", action="store_true", help="the deployment keeps the float BN statistics")
+    g.add_argument("--metrics", default="fisher,qerror", help="metrics whose ILP optimum is a candidate "
+                   "(default fisher,qerror)")
+    g.add_argument("--val-images", type=int, default=1000, help="validation images scoring each policy")
+    g.add_argument("--refine-evaluations", type=int, default=12, help="evaluations spent refining (0: none)")
     _add_differentiable(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -406,12 +415,10 @@ def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
 
 def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
     """The strategy, activation-bits and first/last options shared by search and pareto, checked."""
-    from .errors import UnknownNameError
-    from .mpq import METHODS
     from .search import STRATEGIES
 
-    if args.strategy not in STRATEGIES.names():
-        raise UnknownNameError("strategy", args.strategy, [*STRATEGIES.names(), *METHODS])
+    args.strategy = args.strategy or "ilp"
+    STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
     acts = _int_list(args.act_bits, "--act-bits")
     first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
     return {"strategy": args.strategy, "act_bits": acts[0] if acts is not None and len(acts) == 1 else acts,
@@ -488,16 +495,63 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
     return 0
 
 
+def cmd_search_validated(args: argparse.Namespace, budget) -> int:
+    from . import data
+    from .errors import ConfigError
+    from .quant.fake_quant import CalibConfig
+    from .select import SelectConfig, search_validated
+
+    if args.table or not args.model:
+        raise ConfigError("the validated search measures policies on the model: give --model (no sensitivity "
+                          "table), or --strategy ilp for a table")
+    choices = _search_choices(args)
+    w, _, a = args.calib.partition("/")
+    calib_config = CalibConfig(weight_method=w, act_method=a or w, bn_reestimate=not args.no_bn_reestimate)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    config = SelectConfig(metrics=metrics, bits=_int_list(args.bits, "--bits"), val_images=args.val_images,
+                          refine_evaluations=args.refine_evaluations, metric_batches=args.calib_batches,
+                          seed=args.seed)
+    model = _load_model(args)
+    val = data.loader("cifar10", "val", batch_size=250, data_dir=args.data_dir)
+    calib = data.calib_loader("cifar10", batches=max(config.bn_batches, config.act_batches), seed=args.seed,
+                              data_dir=args.data_dir)
+    train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=args.seed,
+                        data_dir=args.data_dir)
+    res = search_validated(model, budget, calib=calib, val=val, metric_data=train, calib_config=calib_config,
+                           config=config, act_bits=choices["act_bits"],
+                           weight_bits=_int_list(args.weight_bits, "--weight-bits"),
+                           first_last=choices["first_last"], tie=args.tie, device=args.device,
+                           model_name=args.model if ":" not in args.model else None)
+    if args.out:
+        res.policy.save(args.out)
+    prov, sel = res.policy.provenance, res.extra["selection"]
+    uni = sel["best_uniform"]
+    text = (f"validated search under {budget}: {prov['chosen']} chosen from {sel['evaluations']} evaluations in "
+            f"{res.seconds:.0f} s (metrics {sel['metric_seconds']:.0f} s)\n"
+            f"validation ({sel['images']} images): loss {prov['val_loss']:.4f}, top-1 {prov['val_top1']:.2f}%"
+            + (f"; best uniform ({uni['source']}): loss {uni['val_loss']:.4f}, top-1 {uni['val_top1']:.2f}%"
+               if uni else "")
+            + f"\n{res.cost.summary()}\n{' '.join(b.short() for b in res.policy.layers.values())}"
+            + (f"\nwrote {args.out}" if args.out else ""))
+    _emit(args, res.to_dict(), text)
+    return 0
+
+
+RUNNERS = {"validated": cmd_search_validated, "supernet": lambda args, budget: cmd_search_differentiable(args, budget)}
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .budget import Budget
     from .errors import ConfigError
-    from .mpq import METHODS
-    from .search import search
+    from .search import STRATEGIES, search
+    from .search.base import ModelStrategy
     from .sensitivity import SensitivityTable
 
     budget = Budget.parse(args.budget)
-    if args.strategy in METHODS:
-        return cmd_search_differentiable(args, budget)
+    args.strategy = args.strategy or ("validated" if args.model and not args.table else "ilp")
+    entry = STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
+    if isinstance(entry, ModelStrategy):  # model-in-the-loop: dispatch on the kind of run, not on the name
+        return RUNNERS[entry.runner](args, budget)
     choices = _search_choices(args)
     if args.table and args.model:
         raise ConfigError("give a sensitivity table or --model, not both")
@@ -614,11 +668,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import models
-    from .mpq import METHODS
     from .search import STRATEGIES
     from .sensitivity import METRICS
 
-    names = {"metrics": METRICS.names(), "strategies": [*STRATEGIES.names(), *METHODS],
+    names = {"metrics": METRICS.names(), "strategies": STRATEGIES.names(),
              "models": models.names()}[args.what]
     _emit(args, {args.what: names}, "\n".join(names))
     return 0

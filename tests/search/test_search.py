@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from qpolicy.budget import Budget
 from qpolicy.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
 from qpolicy.layers import LayerInfo
-from qpolicy.search import STRATEGIES, search
-from qpolicy.search.base import Problem, choice_cost
+from qpolicy.search import search
+from qpolicy.search.base import Problem, choice_cost, table_strategies
 from qpolicy.sensitivity import SensitivityTable
 
 
@@ -85,7 +85,7 @@ def test_ilp_equals_brute_force(data, search_acts):
     assert r.predicted_damage == pytest.approx(best, rel=1e-3, abs=1e-6)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES.names())
+@pytest.mark.parametrize("strategy", table_strategies())
 @pytest.mark.parametrize("budget", [Budget(size=0.5), Budget(bitops=0.2), Budget(wbits=3, abits=6),
                                     Budget(size=0.6, bitops=0.3)])
 def test_every_strategy_stays_within_budget_and_is_deterministic(strategy, budget):
@@ -179,7 +179,7 @@ def _tied_table():
     return _table(layers, weight, act, bits)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES.names())
+@pytest.mark.parametrize("strategy", table_strategies())
 def test_every_strategy_honours_ties(strategy):
     table = _tied_table()
     for seed in range(3):
@@ -219,14 +219,14 @@ def test_a_fixed_layer_pins_its_tie_partner():
               LayerInfo(name="c", kind="conv", params=100, macs=1000, in_shape=(10,), out_shape=(1,), order=2,
                         shares_input_with="a")]
     table = _table(layers, {n: {2: 1.0, 4: 0.1, 8: 0.0} for n in "abc"}, None)
-    for strategy in STRATEGIES.names():
+    for strategy in table_strategies():
         r = search(table, Budget(size=0.9), strategy=strategy, first_last=8)  # a and c fixed at W8A8
         assert r.policy["c"].short() == "w8a8" and r.policy["a"].short() == "w8a8"
     layers[2] = LayerInfo(name="c", kind="conv", params=100, macs=1000, in_shape=(10,), out_shape=(1,), order=3,
                           shares_input_with="a")
     layers.append(_layer("d", 100, 1000, 10, 2))
     table = _table(layers, {n: {2: 1.0, 4: 0.1, 8: 0.0} for n in "abcd"}, None)
-    for strategy in STRATEGIES.names():  # first layer a fixed at 8: c (not fixed) must read 8-bit inputs
+    for strategy in table_strategies():  # first layer a fixed at 8: c (not fixed) must read 8-bit inputs
         r = search(table, Budget(bitops=0.7), strategy=strategy, first_last=8)
         assert r.policy["c"].act_bits == 8
 

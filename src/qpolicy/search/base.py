@@ -31,13 +31,13 @@ from ..policy import LayerBits, Policy
 from ..registry import Registry
 from ..sensitivity.base import SensitivityTable
 
-__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "TIE_MODES", "BUDGET_RTOL", "search", "build_problem",
-           "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold"]
+__all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "ModelStrategy", "table_strategies", "TIE_MODES",
+           "BUDGET_RTOL", "search", "build_problem", "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
 COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
 TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
-BUDGET_RTOL = 1e-9  # a policy fits when its cost is at most limit * (1 + BUDGET_RTOL): one rule for every check
+BUDGET_RTOL = 1e-9  # a policy fits when its cost is at most limit * (1 + BUDGET_RTOL): one rule for all checks
 
 
 def choice_cost(li: LayerInfo, choice: Choice) -> dict[str, float]:
@@ -108,7 +108,36 @@ class SearchResult:
 
 
 Strategy = Callable[[Problem, int], dict[str, Choice]]
-STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+@dataclass(frozen=True)
+class ModelStrategy:
+    """A model-in-the-loop strategy: it needs the model and data, not only a sensitivity table (the validated
+    default search, the differentiable supernet searches). Registered beside the table strategies by the name of
+    its function (``"package.module:function"``, imported when used, so this package stays torch-free); ``runner``
+    says which kind of run it is ("validated" or "supernet"), which is what the CLI dispatches on."""
+
+    target: str
+    runner: str
+
+    def load(self) -> Callable[..., Any]:
+        import importlib
+
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+STRATEGIES: Registry[Strategy | ModelStrategy] = Registry("strategy")
+
+
+def table_strategies() -> list[str]:
+    """The names of the registered strategies that solve a sensitivity table alone (pure, torch-free)."""
+    return [n for n in STRATEGIES.names() if not isinstance(STRATEGIES.get(n), ModelStrategy)]
+
+
+STRATEGIES.add("validated", ModelStrategy("qpolicy.select:search_validated", "validated"))
+STRATEGIES.add("dmpq", ModelStrategy("qpolicy.mpq.search:search_mpq", "supernet"))
+STRATEGIES.add("smpq", ModelStrategy("qpolicy.mpq.search:search_mpq", "supernet"))
 
 
 def _check_feasible(problem: Problem) -> None:
@@ -150,6 +179,9 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
     """
     name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
     solve = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
+    if isinstance(solve, ModelStrategy):
+        raise ConfigError(f"strategy {name!r} needs the model and data, not a sensitivity table: run it with "
+                          f"`qpolicy search --model MODEL --strategy {name}` (or {solve.target.replace(':', '.')})")
     problem = build_problem(table, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last,
                             tie=tie)
     choices, ties = problem.choices, problem.ties

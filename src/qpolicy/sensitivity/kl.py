@@ -2,12 +2,12 @@
 
 For layer l and width b, the damage is the mean KL divergence ``KL(p || p_b)`` between the float model's softmax
 output p and the output p_b of the same model with only layer l's weights (or only its input activations)
-quantized to b bits as apply_policy would (MSE clipping or min-max, ``quantizer``); where that layer feeds a
+quantized to b bits as apply_policy would (MSE clipping or min-max, ``quantizer``); where the layer feeds a
 BatchNorm and PTQ re-estimates BatchNorm (``bn_reestimate``), that BatchNorm's statistics are re-measured on the
-quantized layer's output for the duration (the BatchNorms further down keep theirs: a second-order effect). Unlike ``qerror`` (the error at
-the layer's own output) it sees how much of that error survives to the prediction, the signal per-layer
-sensitivity analysis in AIMET's AMP and similar tools is built on. Cost: two forward passes per (layer, bits) on
-the calibration batches (ResNet-20, one batch of 128: about 10 s on 2 CPU cores).
+quantized layer's output for the duration (the BatchNorms further down keep theirs: a second-order effect).
+Unlike ``qerror`` (the error at the layer's own output) it sees how much of that error survives to the prediction,
+the signal per-layer sensitivity analysis in AIMET's AMP and similar tools is built on. Cost: two forward passes
+per (layer, bits) on the calibration batches (ResNet-20, one batch of 128: about 20 s on 2 CPU cores).
 """
 
 from __future__ import annotations
