@@ -114,9 +114,10 @@ def main() -> None:
              "candidate bits {2,3,4,5,6,8}. Each budget is the cost of the uniform policy of its row. Metric "
              "columns: that metric's table (one batch of 128 training images, scored with the row's quantizer and "
              "its BN rule) solved by the ILP. Default search: `qpolicy search --model M --budget ...` "
-             "(`search_validated`, fisher + qerror candidates, the 3 widest uniform policies, 12 refinement "
+             "(`search_validated`, fisher + qerror candidates, the 2 widest uniform policies, 12 refinement "
              "evaluations; every choice on 1,000 images of the validation split held out of the training images, "
-             "calibrated like the row's quantizer). Random: seeded random policies that fill the budget. "
+             "calibrated like the row's quantizer, and confirmed against the best uniform candidate on 2,000 other "
+             "validation images). Random: seeded random policies that fill the budget. "
              f"Default search never below uniform: {'yes' if never_below else 'NO'}.")
     write(args.name, {"results": records, "never_below_uniform": never_below}, table, notes)
 

@@ -81,6 +81,9 @@ def test_validation_split_is_held_out_of_train(npz_home):
     calib = data.calib_loader(batches=2, batch_size=4, seed=7)
     assert not set(calib.indices.tolist()) & set(val.indices.tolist())
     assert torch.equal(data.loader("cifar10", "val", seed=5).indices, val.indices)  # fixed, whatever the seed
+    # in random order: a prefix of a class-sorted file still holds every class
+    first = data.load_cifar10("train").labels[val.indices[: max(1, val.num_samples // 2)]]
+    assert len(set(first.tolist())) > 1
     # on CIFAR-10's 50,000 training images: 5,000 held out
     assert len(data.validation_indices(50_000)) == 5000
 

@@ -233,10 +233,11 @@ def _crop_flip(imgs: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, p
 
 def validation_indices(n_train: int) -> torch.Tensor:
     """The indices (into the training file of ``n_train`` images) of the validation split: ``min(VAL_SIZE,
-    n_train // 10)`` images chosen by a fixed seed, sorted."""
+    n_train // 10)`` images chosen by a fixed seed, in random order, so that any prefix (the images a search
+    scores on) is a random sample too: CIFAR-10's training file is sorted by class."""
     n_val = min(VAL_SIZE, n_train // 10)
     perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(VAL_SEED))
-    return perm[:n_val].sort().values
+    return perm[:n_val]
 
 
 def loader(name: str = "cifar10", split: str = "test", *, batch_size: int = 256, shuffle: bool | None = None,
@@ -265,7 +266,7 @@ def loader(name: str = "cifar10", split: str = "test", *, batch_size: int = 256,
     if split != "test":
         held = torch.zeros(len(ds), dtype=torch.bool)
         held[validation_indices(len(ds))] = True
-        idx = idx[held] if split == "val" else idx[~held]
+        idx = validation_indices(len(ds)) if split == "val" else idx[~held]
     if classes is not None:
         bad = [c for c in classes if not 0 <= int(c) < len(ds.classes)]
         if bad:

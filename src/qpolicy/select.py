@@ -14,7 +14,12 @@ default search measures instead of trusting one prediction:
    step up where the budget has room) that keep the budget and ties, ranked by the metrics' predicted damage
    (their normalized sum), are measured the same way; the best move that lowers the score is taken, until
    ``refine_evaluations`` evaluations are spent.
-4. **Choice.** The policy with the lowest score among all measured ones.
+4. **Choice.** The policy with the lowest score among all measured ones, confirmed against the uniform
+   candidates on ``confirm_images`` *other* validation images (the score that picked it is biased in its favour,
+   having been the best of many noisy measurements): it is kept only if its per-image loss there is lower than
+   each one's, significantly (one-sided paired t-test, ``confirm_p``), and its top-1 at least theirs; otherwise
+   the uniform candidate with the best top-1 there is returned. Never below uniform
+   is the first requirement of a default; a gain has to show twice.
 
 The score is the validation cross-entropy. The pretrained models were trained on all 50,000 training images,
 validation ones included, so their validation top-1 is near 99%: top-1 differences between policies are a handful
@@ -35,13 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._validate import require_ints
 from .budget import Budget
 from .costs import policy_cost
 from .errors import ConfigError, InfeasibleBudgetError
-from .evaluate import evaluate
+from .evaluate import resolve_device
 from .layers import quantizable_layers
 from .policy import LayerBits, Policy, versions
 from .progress import progress
@@ -67,6 +73,9 @@ class SelectConfig:
         refine_evaluations: Evaluations spent on the refinement.
         proposals: Moves measured per refinement round.
         val_images: Validation images that score every policy.
+        confirm_images: Further validation images on which the choice is confirmed against the uniform
+            candidates (0: no confirmation).
+        confirm_p: Significance level of that confirmation (one-sided paired t-test on per-image losses).
         bn_batches: Calibration batches (128 images) for BatchNorm re-estimation while scoring.
         act_batches: Calibration batches for activation ranges while scoring.
         seed: Seeds the metrics and the calibration subsample.
@@ -75,11 +84,13 @@ class SelectConfig:
     metrics: tuple[str, ...] = ("fisher", "qerror")
     metric_batches: int = 1
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
-    uniform_candidates: int = 3
-    refine_evaluations: int = 12
+    uniform_candidates: int = 2
+    refine_evaluations: int = 8
     proposals: int = 4
-    val_images: int = 1000
-    bn_batches: int = 8
+    val_images: int = 2000
+    confirm_images: int = 3000
+    confirm_p: float = 0.05
+    bn_batches: int = 4
     act_batches: int = 2
     seed: int = 0
 
@@ -91,7 +102,10 @@ class SelectConfig:
         for m in self.metrics:
             METRICS.get(m)  # unknown names: "did you mean"
         require_ints(self, ("metric_batches", "val_images", "bn_batches", "act_batches", "proposals"), minimum=1)
-        require_ints(self, ("uniform_candidates", "refine_evaluations", "seed"), minimum=0)
+        require_ints(self, ("uniform_candidates", "refine_evaluations", "confirm_images", "seed"), minimum=0)
+        if isinstance(self.confirm_p, bool) or not isinstance(self.confirm_p, (int, float)) or \
+                not 0 < self.confirm_p < 1:
+            raise ConfigError(f"confirm_p must be a number in (0, 1), got {self.confirm_p!r}")
         if not self.metrics and not self.uniform_candidates:
             raise ConfigError("the validated search needs at least one metric or one uniform candidate")
 
@@ -218,33 +232,78 @@ class _Scorer:
             raise ConfigError("the calibration data yielded no batch")
         self.config = dataclasses.replace(calib_config, batches=min(config.act_batches, len(self.calib)),
                                           bn_batches=min(config.bn_batches, len(self.calib)))
-        xs, ys, n = [], [], 0
+        xs, ys, n, want = [], [], 0, config.val_images + config.confirm_images
         for x, y in val:
-            take = min(len(y), config.val_images - n)
+            take = min(len(y), want - n)
             xs.append(x[:take])
             ys.append(y[:take])
             n += take
-            if n >= config.val_images:
+            if n >= want:
                 break
         if not n:
             raise ConfigError("the validation data yielded no images")
-        self.val = [(x, y) for x, y in zip(torch.cat(xs).split(250), torch.cat(ys).split(250), strict=True)]
-        self.images = n
+        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        self.images = min(n, config.val_images)
+        # the confirmation images are the ones after the scoring images (none when the split is that small)
+        self.val = list(zip(x_all[: self.images].split(250), y_all[: self.images].split(250), strict=True))
+        self.confirm = list(zip(x_all[self.images:].split(250), y_all[self.images:].split(250), strict=True))
+        self.confirm_images = n - self.images
         self.evaluations = 0
         self.memo: dict[tuple, tuple[float, float]] = {}
+
+    @torch.no_grad()
+    def _measure(self, assign: Mapping[str, Choice], data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image cross-entropy and correctness of the policy's PTQ model on ``data``."""
+        policy = Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assign.items()})
+        qmodel = apply_policy(self.model, policy, calib=self.calib, config=self.config, learnable=False).eval()
+        dev = resolve_device(self.device)
+        qmodel.to(dev)
+        losses, correct = [], []
+        for x, y in data:
+            logits = qmodel(x.to(dev))
+            losses.append(F.cross_entropy(logits, y.to(dev), reduction="none").double().cpu())
+            correct.append(logits.argmax(1).cpu() == y)
+        self.evaluations += 1
+        return torch.cat(losses), torch.cat(correct)
 
     def __call__(self, assign: Mapping[str, Choice]) -> tuple[float, float]:
         key = tuple(sorted(assign.items()))
         if key not in self.memo:
-            policy = Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assign.items()})
-            qmodel = apply_policy(self.model, policy, calib=self.calib, config=self.config, learnable=False)
-            from . import progress as _progress
-
-            with _progress.disabled():
-                r = evaluate(qmodel, self.val, device=self.device, desc="validate")
-            self.memo[key] = (r.loss, r.top1)
-            self.evaluations += 1
+            loss, correct = self._measure(assign, self.val)
+            self.memo[key] = (float(loss.mean()), 100.0 * float(correct.double().mean()))
         return self.memo[key]
+
+    def confirm_(self, assign: Mapping[str, Choice]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image loss and correctness on the confirmation images (each policy is confirmed once)."""
+        return self._measure(assign, self.confirm)
+
+
+def _confirm(score: _Scorer, best: Candidate, uniform: list[Candidate], p_max: float
+             ) -> tuple[Candidate, dict[str, Any]]:
+    """Keep ``best`` only if, on the confirmation images, its per-image loss is lower than every uniform
+    candidate's with a one-sided paired t-test p-value below ``p_max``, and its top-1 is at least theirs;
+    otherwise the uniform candidate with the best top-1 there (then the lowest loss)."""
+    from scipy.stats import ttest_rel
+
+    mine_loss, mine_ok = score.confirm_(best.assignment)
+    rows, kept = [], True
+    for c in uniform:
+        loss, ok = score.confirm_(c.assignment)
+        p = float(ttest_rel(mine_loss.numpy(), loss.numpy(), alternative="less").pvalue)
+        top1 = 100.0 * float(ok.double().mean())
+        rows.append({"source": c.source, "val_loss": float(loss.mean()), "val_top1": top1, "p_value": p})
+        kept = kept and p < p_max and float(mine_ok.double().mean()) * 100.0 >= top1
+    mine = {"source": best.source, "val_loss": float(mine_loss.mean()),
+            "val_top1": 100.0 * float(mine_ok.double().mean())}
+    log.info("confirmation on %d other validation images: %s loss %.4f, top-1 %.2f%% vs %s -> %s",
+             score.confirm_images, best.source, mine["val_loss"], mine["val_top1"],
+             ", ".join(f"{r['source']} loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}% p {r['p_value']:.3f}"
+                       for r in rows), "kept" if kept else "uniform")
+    info = {"images": score.confirm_images, "kept": kept, "p_max": p_max, "chosen": mine, "uniform": rows}
+    if kept:
+        return best, info
+    top = max(rows, key=lambda r: (r["val_top1"], -r["val_loss"]))
+    return next(c for c in uniform if c.source == top["source"]), info
 
 
 def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], val: Iterable[Any],
@@ -333,14 +392,19 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
             break
     for _ in bar_iter:  # close the bar
         pass
+    uniform = [c for c in measured if c.source.startswith("uniform")]
+    best_uniform = min(uniform, key=lambda c: c.val_loss) if uniform else None
+    confirmation = None
+    if uniform and best not in uniform and score.confirm_images:
+        best, confirmation = _confirm(score, best, uniform, config.confirm_p)
+        best_uniform = best if best in uniform else best_uniform
     seconds = time.perf_counter() - t0
     layers_bits = {n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in best.assignment.items()}
     cost = policy_cost(layers, layers_bits)
-    uniform = [c for c in measured if c.source.startswith("uniform")]
     selection = {"split": "val", "images": score.images, "criterion": "cross-entropy (lower is better)",
                  "calib": score.config.to_dict(), "evaluations": score.evaluations, "refine_rounds": rounds,
                  "metric_seconds": metric_seconds,
-                 "best_uniform": uniform and min(uniform, key=lambda c: c.val_loss).to_dict() or None,
+                 "best_uniform": best_uniform.to_dict() if best_uniform else None, "confirmation": confirmation,
                  "measured": [c.to_dict() for c in measured]}
     policy = Policy(layers=layers_bits, model=model_name or getattr(model, "zoo_name", None), provenance={
         "method": "search", "metric": "+".join(config.metrics) or "none", "strategy": "validated",
