@@ -27,20 +27,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The main job: search a ResNet-20 policy at the weight size of uniform W3 (8-bit activations), check it against
+# uniform W3A8 on the test set, export it to ONNX and verify it in onnxruntime, and write the report. About 2-3 min.
+DEMO := runs/demo
+QP := $(VENV)/bin/qpolicy
 demo: $(STAMP)
-	$(VENV)/bin/qpolicy inspect --model resnet20
-	$(VENV)/bin/qpolicy evaluate --model resnet20
-	$(VENV)/bin/qpolicy analyze --model resnet20 --metric te -o runs/demo/te.json
-	$(VENV)/bin/qpolicy analyze --model resnet20 --metric hessian -o runs/demo/hessian.json
-	$(VENV)/bin/qpolicy analyze --model resnet20 --metric fisher -o runs/demo/fisher.json
-	$(VENV)/bin/qpolicy search runs/demo/fisher.json --budget bitops=0.2582 -o runs/demo/policy.json
-	@echo "== searched policy (fisher + ilp) at the BitOPs of uniform W4A4 =="
-	$(VENV)/bin/qpolicy evaluate --model resnet20 --policy runs/demo/policy.json -o runs/demo/eval_searched.json
-	@echo "== uniform W4A4 (first/last 8 bits), the same BitOPs =="
-	$(VENV)/bin/qpolicy evaluate --model resnet20 --uniform w4a4 -o runs/demo/eval_uniform.json
-	$(VENV)/bin/qpolicy pareto runs/demo/hessian.json --bitops 0.15:0.5:5 --evaluate --limit 2000 -o runs/demo/front.json
-	$(VENV)/bin/qpolicy report runs/demo -o runs/demo/report.html
-	$(VENV)/bin/qpolicy export --model resnet20 --policy runs/demo/policy.json -o runs/demo/policy.onnx --verify
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	@echo "== 1/6 the model: pretrained ResNet-20, CIFAR-10 =="
+	$(QP) inspect --model resnet20
+	@echo "== 2/6 search: the weight size of uniform W3 (0.3775 of W8), 8-bit activations; every choice on validation images =="
+	$(QP) search --model resnet20 --budget size=0.3775 --act-bits 8 -o $(DEMO)/policy.json
+	@echo "== 3/6 test top-1 of the searched policy =="
+	$(QP) evaluate --model resnet20 --policy $(DEMO)/policy.json -o $(DEMO)/eval_searched.json
+	@echo "== 4/6 test top-1 of uniform W3A8 (first/last 8 bits): the same size =="
+	$(QP) evaluate --model resnet20 --uniform w3a8 -o $(DEMO)/eval_uniform.json
+	@echo "== 5/6 ONNX export of the searched policy, verified in onnxruntime on the test set =="
+	$(QP) export --model resnet20 --policy $(DEMO)/policy.json -o $(DEMO)/policy.onnx --verify
+	@echo "== 6/6 summary (and the HTML report) =="
+	$(QP) analyze --model resnet20 --metric fisher -o $(DEMO)/fisher.json --quiet
+	$(QP) report $(DEMO) -o $(DEMO)/report.html
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

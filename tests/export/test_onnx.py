@@ -85,3 +85,26 @@ def test_int4_types_at_opset_21(tmp_path):
     assert "Clip" not in info["ops"] and info["ops"]["Max"] == info["ops"]["Min"] == 4 - unsigned
     res = verify_onnx(tmp_path / "m.onnx", qm, random_loader(128, batch_size=64, seed=3), threads=1)
     assert res.top1_onnx == res.top1_torch and res.agree == 1.0 and res.images_within_tolerance >= 0.95
+
+
+def test_verification_rule_margin_bound_by_hand_and_a_planted_mismatch(tmp_path):
+    from qpolicy.export.onnx import _margin_bound
+
+    policy = uniform_policy(TinyConvNet(), "w8a8", first_last="same")
+    qm, path, _ = _export(policy, tmp_path)
+    fc = qm.fc
+    with torch.no_grad():
+        w = fc.weight_quant(fc.weight)  # (4, 16)
+        by_hand = max(float((w[i] - w[j]).abs().sum()) for i in range(4) for j in range(4))
+    assert _margin_bound(qm, 1.0) == pytest.approx(float(fc.act_quant.scale.max()) * by_hand)
+    assert _margin_bound(qm, 2.0) == pytest.approx(2 * _margin_bound(qm, 1.0))
+    data = random_loader(128, batch_size=64, seed=3)
+    ok = verify_onnx(path, qm, data, threads=1)
+    assert ok.passed and ok.failure() == "" and ok.unexplained == 0
+    # a PyTorch model that is not the exported one: a large change of the last layer's bias flips predictions
+    # whose margin is far above the bound, which rounding cannot explain
+    other = apply_policy(TinyConvNet(), policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    with torch.no_grad():
+        other.fc.bias[0] += 50.0
+    bad = verify_onnx(path, other, data, threads=1)
+    assert not bad.passed and bad.unexplained > 0 and "verification failed" in bad.failure()

@@ -54,6 +54,10 @@ def test_report_from_stored_json(tmp_path):
                                "Sensitivity: qerror (qerror.json)", "Pareto front: top-1 vs cost", "Cost per layer"]
     assert page.count('src="data:image/png;base64,') == 5 and "http" not in page.replace("http-equiv", "")
     md = (tmp_path / "report.md").read_text()
+    # the report opens with the summary: each evaluated policy against the uniform one of the nearest cost
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Bit-width per layer</h2>")
+    rows = {r[0].split(" (")[0]: r for r in info["summary"]["rows"]}
+    assert rows["hessian + ilp"][-1] == "+2.50 vs uniform w4a4" and rows["uniform w4a4"][-1] == "-"
     assert "## Pareto front: top-1 vs cost" in md and "| uniform w4a4 | uniform |" in md and "86.50" in md
 
 
@@ -61,6 +65,10 @@ def test_report_from_stored_json(tmp_path):
     ("{not json", "cannot read"),
     ('{"format": "qpolicy.policy", "version": 1, "layers": 3}', "bad.json"),
     ('{"format": "qpolicy.pareto", "points": [{"cost": {}}]}', "bad.json: malformed qpolicy.pareto"),
+    ('{"format": "qpolicy.evaluation", "policy": {"format": "qpolicy.policy", "version": 1, "layers": {"a": '
+     '{"weight_bits": 4, "act_bits": 4}}}, "top1": 90, "cost": {"size_rel_w8a8": 0.5}}', "cost.bitops_rel_w8a8"),
+    ('{"format": "qpolicy.evaluation", "policy": {"format": "qpolicy.policy", "version": 1, "layers": {"a": '
+     '{"weight_bits": 4, "act_bits": 4}}}, "top1": "x", "cost": {}}', "top1 must be a finite number"),
 ])
 def test_corrupt_run_folder_names_the_file(tmp_path, content, message):
     run = _run_dir(tmp_path / "run")

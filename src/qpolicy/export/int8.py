@@ -1,8 +1,9 @@
 """An integer ONNX model of a policy with 8-bit inputs (weights up to 8 bits) that onnxruntime runs with int8
 kernels (QLinearConv, QGemm, QLinearAdd, ...), built from the policy's own quantization.
 
-The Q/DQ export of :mod:`qpolicy.export.onnx` reproduces the simulated arithmetic exactly, but a runtime executes it
-as float convolutions between quantize/dequantize pairs. For speed, a runtime needs integer operators, and those
+The Q/DQ export of :mod:`qpolicy.export.onnx` keeps the simulation's integer grids (the float arithmetic around them
+differs by rounding only; its module docs say what is exact), but a runtime executes it as float convolutions
+between quantize/dequantize pairs. For speed, a runtime needs integer operators, and those
 requantize every operator's output to 8 bits, including points the fake-quant model keeps in float (a residual
 branch before its addition, the addition itself). So this is a *deployment* model, close to but not bit-equal to
 the simulation:
@@ -37,7 +38,11 @@ from ..errors import ConfigError
 from ..policy import Policy
 from ..quant.fake_quant import QuantConv2d, QuantLinear
 
-__all__ = ["export_int8"]
+__all__ = ["export_int8", "INT8_TOP1_TOLERANCE"]
+
+# Verification of an int8-kernel model: its top-1 may differ from the simulation's by this many points, since it
+# requantizes to 8 bits where the simulation keeps float (so the one-step rule of verify_onnx does not apply).
+INT8_TOP1_TOLERANCE = 0.5
 
 
 

@@ -39,6 +39,36 @@ def _read(path: Path) -> Any:
         raise PolicyError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
+def _number(value: Any, what: str, *, optional: bool = False) -> float | None:
+    """A finite real number (not a bool) from a result file, or a ValueError naming the field."""
+    import math
+
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {str(value)[:40]!r}")
+    return float(value)
+
+
+def _cost(d: Any) -> dict[str, float | None]:
+    """The cost fields the report reads, checked: relative BitOPs and size (required, >= 0), absolute ones
+    (optional)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"'cost' must be an object, got {type(d).__name__}")
+    out = {k: _number(d.get(k), f"cost.{k}", optional=k in ("size_bytes", "bitops"))
+           for k in ("bitops_rel_w8a8", "size_rel_w8a8", "size_bytes", "bitops")}
+    if any(v is not None and v < 0 for v in out.values()):
+        raise ValueError("cost fields must not be negative")
+    return out
+
+
+def _top1(v: Any, what: str = "top1") -> float:
+    t = _number(v, what)
+    if not 0.0 <= t <= 100.0:
+        raise ValueError(f"{what} must be a percentage in [0, 100], got {t}")
+    return t
+
+
 def collect(root: str | Path) -> RunContents:
     """Every result file under ``root`` (recursively). A JSON file that is corrupt, or that claims a qpolicy
     format and does not parse as one, is an error naming it; other JSON files are skipped (listed)."""
@@ -56,17 +86,26 @@ def collect(root: str | Path) -> RunContents:
             elif fmt == "qpolicy.policy":
                 out.policies.append((rel, Policy.from_dict(data, source=rel)))
             elif fmt == "qpolicy.pareto":
+                if not isinstance(data.get("points"), list):
+                    raise ValueError("'points' must be a list")
                 for pt in data["points"]:
+                    if not isinstance(pt, dict):
+                        raise ValueError("every point must be an object")
                     Policy.from_dict(pt["policy"], source=rel)
-                    float(pt["cost"]["bitops_rel_w8a8"])
+                    pt["cost"] = {**pt["cost"], **{k: v for k, v in _cost(pt["cost"]).items() if v is not None}}
+                    if "top1" in pt:
+                        pt["top1"] = _top1(pt["top1"])
+                if not isinstance(data.get("metric", ""), str):
+                    raise ValueError("'metric' must be a string")
                 out.fronts.append((rel, data))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "top1" in data:
                 out.evaluations.append((rel, {"policy": Policy.from_dict(data["policy"], source=rel),
-                                              "top1": float(data["top1"]), "cost": dict(data["cost"])}))
+                                              "top1": _top1(data["top1"]), "cost": _cost(data.get("cost"))}))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "after" in data:
                 out.evaluations.append((rel, {"policy": Policy.from_dict(data["policy"], source=rel),
-                                              "top1": float(data["after"]["top1"]), "cost": dict(data["cost"]),
-                                              "finetuned": True, "before": float(data["before"]["top1"])}))
+                                              "top1": _top1(data["after"]["top1"], "after.top1"),
+                                              "cost": _cost(data.get("cost")), "finetuned": True,
+                                              "before": _top1(data["before"]["top1"], "before.top1")}))
             else:
                 out.skipped.append(rel)
         except PolicyError:

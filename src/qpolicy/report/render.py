@@ -71,6 +71,29 @@ def _policies(run: RunContents) -> list[tuple[str, Policy, float | None]]:
     return list(out.values())
 
 
+def summary_rows(run: RunContents) -> tuple[list[str], list[list[str]]]:
+    """The summary that opens the report: every evaluated policy with top-1, size, BitOPs and its top-1 minus that
+    of the uniform policy of the nearest cost in the run (BitOPs and size relative to W8A8)."""
+    evs = [(src, ev) for src, ev in run.evaluations]
+    uniform = [(src, ev) for src, ev in evs if ev["policy"].provenance.get("method") == "uniform"]
+    headers = ["policy", "top-1 %", "size KiB (/ W8A8)", "BitOPs G (/ W8A8)", "vs uniform"]
+    rows = []
+    for src, ev in evs:
+        c = ev["cost"]
+        label = _label(ev["policy"], src) + (" (fine-tuned)" if ev.get("finetuned") else "")
+        delta = "-"
+        others = [u for u in uniform if u[0] != src]
+        if others and ev["policy"].provenance.get("method") != "uniform":
+            usrc, uev = min(others, key=lambda u: abs(u[1]["cost"]["bitops_rel_w8a8"] - c["bitops_rel_w8a8"])
+                            + abs(u[1]["cost"]["size_rel_w8a8"] - c["size_rel_w8a8"]))
+            delta = f"{ev['top1'] - uev['top1']:+.2f} vs {_label(uev['policy'], usrc)}"
+        size = f"{c['size_bytes'] / 1024:.1f} " if c.get("size_bytes") is not None else ""
+        bitops = f"{c['bitops'] / 1e9:.3f} " if c.get("bitops") is not None else ""
+        rows.append([label, f"{ev['top1']:.2f}", f"{size}({c['size_rel_w8a8']:.3f})",
+                     f"{bitops}({c['bitops_rel_w8a8']:.3f})", delta])
+    return headers, rows
+
+
 def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path | None = None) -> dict[str, Any]:
     """Write ``out`` (HTML) and a markdown summary (default: ``out`` with ``.md``) from ``run_dir``'s results.
 
@@ -86,6 +109,16 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
     layers = run.layers
     pols = _policies(run)
     sections: list[tuple[str, str | None, str, str]] = []  # title, png, html table, md table
+    onnx = sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*.onnx"))
+
+    # 0. the summary: evaluated policies against uniform at the nearest cost, and the exported models
+    headers, summary = summary_rows(run)
+    if summary:
+        h, md = _table(headers, summary)
+        if onnx:
+            h += "<p>ONNX: " + ", ".join(html.escape(o) for o in onnx) + "</p>"
+            md += "\nONNX: " + ", ".join(onnx) + "\n"
+        sections.append(("Summary", None, h, md))
 
     # 1. bits per layer
     if pols:
@@ -186,7 +219,7 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
         body.append(f"<h2>{html.escape(name)}</h2>")
         if png:
             body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{png}">')
-        body.append(f"<details open><summary>numbers</summary>{h}</details>")
+        body.append(h if png is None else f"<details open><summary>numbers</summary>{h}</details>")
         md_parts.append(f"## {name}\n\n{md}")
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
@@ -196,6 +229,7 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
         f.write(page)
     with atomic_write(md_path) as f:
         f.write("\n".join(md_parts))
-    return {"html": str(out), "markdown": str(md_path), "figures": [s[0] for s in sections],
+    return {"html": str(out), "markdown": str(md_path), "figures": [s[0] for s in sections if s[1]],
+            "summary": {"headers": headers, "rows": summary}, "onnx": onnx,
             "tables": len(run.tables), "policies": len(run.policies), "fronts": len(run.fronts),
             "evaluations": len(run.evaluations), "skipped": run.skipped}
