@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import BitWidthError
+from .errors import BitWidthError, shorten
 
 __all__ = ["MIN_BITS", "MAX_BITS", "check_bits"]
 
@@ -16,5 +16,5 @@ def check_bits(bits: object, what: str = "bits", *, allow_float: bool = False) -
         return None
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         allowed = f"an integer in {MIN_BITS}..{MAX_BITS}" + (" or null (float)" if allow_float else "")
-        raise BitWidthError(f"{what} must be {allowed}, got {bits!r}")
+        raise BitWidthError(f"{what} must be {allowed}, got {shorten(bits)}")
     return bits

@@ -6,12 +6,13 @@ average bits are bits (``wbits=4``, ``abits=8``). Several limits may hold at onc
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
@@ -57,8 +58,8 @@ class Budget:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-                raise ConfigError(f"budget {f.name} must be a positive number, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+                raise ConfigError(f"budget {f.name} must be a positive finite number, got {shorten(v)}")
         if all(getattr(self, f.name) is None for f in fields(self)):
             raise ConfigError("a budget needs at least one limit: size, bitops, wbits or abits")
 
@@ -67,12 +68,14 @@ class Budget:
         """From ``"bitops=0.25"``, ``"size=70KB"``, ``"abits=8"`` or several (a list, or comma-separated)."""
         items = [specs] if isinstance(specs, str) else list(specs)
         parts = [p.strip() for item in items for p in item.split(",") if p.strip()]
+        if not parts:
+            raise ConfigError("an empty budget: give size=..., bitops=..., wbits=... or abits=... (e.g. bitops=0.25)")
         kw: dict[str, float] = {}
         for part in parts:
             key, sep, value = part.partition("=")
             key = _KEYS.get(key.strip().lower())
             if not sep or key is None:
-                raise ConfigError(f"bad budget {part!r}: expected size=..., bitops=..., wbits=... or abits=... "
+                raise ConfigError(f"bad budget {shorten(part)}: expected size=..., bitops=..., wbits=... or abits=... "
                                   "(e.g. bitops=0.25, size=70KB, abits=8)")
             kw.update(_parse_value(key, value.strip(), part))
         return cls(**kw)
@@ -105,11 +108,11 @@ def _min(a: float | None, b: float | None) -> float | None:
 def _parse_value(key: str, value: str, part: str) -> dict[str, float]:
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)", value)
     if not m:
-        raise ConfigError(f"bad budget value in {part!r}: expected a number, optionally with units")
+        raise ConfigError(f"bad budget value in {shorten(part)}: expected a number, optionally with units")
     number, unit = float(m[1]), m[2].lower()
     if key in ("wbits", "abits"):
         if unit not in ("", "b", "bits"):
-            raise ConfigError(f"{key} is in bits, got unit {m[2]!r} in {part!r}")
+            raise ConfigError(f"{key} is in bits, got unit {shorten(m[2])} in {shorten(part)}")
         return {key: number}
     if key == "size":
         if unit == "":
@@ -117,12 +120,12 @@ def _parse_value(key: str, value: str, part: str) -> dict[str, float]:
         if unit in ("x", "rel"):
             return {"size": number}
         if unit not in _SIZE_UNITS:
-            raise ConfigError(f"unknown size unit {m[2]!r} in {part!r}; use B, KB, MB (KiB, MiB)")
+            raise ConfigError(f"unknown size unit {shorten(m[2])} in {shorten(part)}; use B, KB, MB (KiB, MiB)")
         return {"size_bytes": number * _SIZE_UNITS[unit]}
     if unit in ("x", "rel"):
         return {"bitops": number}
     if unit == "":
         return {"bitops": number}
     if unit not in _COUNT_UNITS:
-        raise ConfigError(f"unknown BitOPs unit {m[2]!r} in {part!r}; use K, M, G or T")
+        raise ConfigError(f"unknown BitOPs unit {shorten(m[2])} in {shorten(part)}; use K, M, G or T")
     return {"bitops_abs": number * _COUNT_UNITS[unit]}

@@ -198,7 +198,7 @@ def _metric_options(factory, metric: str, items: list[str]) -> dict:
     """``--metric-opt KEY=VALUE`` items -> keyword arguments of the metric (ints, floats, true/false, text)."""
     import dataclasses
 
-    from .errors import ConfigError, suggest
+    from .errors import ConfigError, shorten, suggest
 
     allowed = [f.name for f in dataclasses.fields(factory) if f.name != "name"] if dataclasses.is_dataclass(
         factory) else []
@@ -207,9 +207,9 @@ def _metric_options(factory, metric: str, items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ConfigError(f"--metric-opt must look like KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--metric-opt must look like KEY=VALUE, got {shorten(item)}")
         if key not in allowed:
-            raise ConfigError(f"metric {metric!r} has no setting {key!r}{suggest(key, allowed)}; "
+            raise ConfigError(f"metric {metric!r} has no setting {shorten(key)}{suggest(key, allowed)}; "
                               f"settings: {', '.join(allowed) or 'none'}")
         low = raw.strip().lower()
         value: object
@@ -407,10 +407,14 @@ def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
 
     if text is None:
         return None
+    from .errors import shorten
+
     try:
+        if len(text) > 1000:
+            raise ValueError
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ConfigError(f"{what} must be integers like 2,4,8, got {text!r}") from None
+        raise ConfigError(f"{what} must be integers like 2,4,8, got {shorten(text)}") from None
 
 
 def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
@@ -583,7 +587,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from .search.pareto import parse_sweep
     from .sensitivity import SensitivityTable
 
-    key = next(k for k in ("size", "bitops", "wbits", "abits") if getattr(args, k))
+    key = next(k for k in ("size", "bitops", "wbits", "abits") if getattr(args, k) is not None)
     values = parse_sweep(getattr(args, key))
     fixed = Budget.parse(args.budget) if args.budget else None
     choices = _search_choices(args)

@@ -23,6 +23,8 @@ __all__ = [
     "CheckpointError",
     "CalibrationError",
     "InfeasibleBudgetError",
+    "OutputError",
+    "shorten",
 ]
 
 
@@ -37,7 +39,7 @@ class UnknownNameError(QPolicyError, KeyError):
         self.kind = kind
         self.name = name
         self.known = sorted(known)
-        msg = f"unknown {kind} {name!r}" + suggest(name, self.known)
+        msg = f"unknown {kind} {shorten(name)}" + suggest(name, self.known)
         if self.known:
             shown = ", ".join(self.known[:12]) + (", ..." if len(self.known) > 12 else "")
             msg += f" (known: {shown})"
@@ -96,6 +98,16 @@ class InfeasibleBudgetError(QPolicyError, ValueError):
         super().__init__(message)
 
 
+class OutputError(QPolicyError, OSError):
+    """An output path that cannot be written (a directory, a path under a file, no permission)."""
+
+
+def shorten(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length noted, for error messages that echo input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _edit_distance(a: str, b: str) -> int:
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
@@ -116,7 +128,10 @@ def close_matches(name: str, known: Iterable[str], n: int = 3) -> list[str]:
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
-    """Return a ``"; did you mean 'x'?"`` suffix for ``name`` among ``known``, or ``""``."""
+    """Return a ``"; did you mean 'x'?"`` suffix for ``name`` among ``known``, or ``""`` (also for a name too long
+    to be a misspelling, whose comparison would cost more than it helps)."""
+    if not isinstance(name, str) or len(name) > 100:
+        return ""
     close = close_matches(name, known)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._io import write_json
 from .bits import MAX_BITS, MIN_BITS, check_bits
-from .errors import BitWidthError, ConfigError, PolicyError, PolicyMismatchError, suggest
+from .errors import BitWidthError, ConfigError, PolicyError, PolicyMismatchError, shorten, suggest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -164,12 +164,15 @@ class Policy:
             raise PolicyError(f"{source}: 'layers' must be a non-empty object of layer name -> bits")
         parsed = {}
         for name, entry in layers.items():
+            if not name:
+                raise PolicyError(f"{source}: layer names must be non-empty strings")
             if not isinstance(entry, dict) or "weight_bits" not in entry or "act_bits" not in entry:
-                raise PolicyError(f"{source}: layer {name!r} needs 'weight_bits' and 'act_bits' (integer or null)")
+                raise PolicyError(f"{source}: layer {shorten(name)} needs 'weight_bits' and 'act_bits' (integer or "
+                                  "null)")
             try:
                 parsed[name] = LayerBits(weight_bits=entry["weight_bits"], act_bits=entry["act_bits"])
             except BitWidthError as e:
-                raise PolicyError(f"{source}: layer {name!r}: {e}") from None
+                raise PolicyError(f"{source}: layer {shorten(name)}: {e}") from None
         model = data.get("model")
         if model is not None and not isinstance(model, str):
             raise PolicyError(f"{source}: 'model' must be a string or null, got {model!r}")
@@ -180,23 +183,16 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "policy") -> Policy:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PolicyError(f"{source}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-        return cls.from_dict(data, source=source)
+        from ._io import parse_json
+
+        return cls.from_dict(parse_json(text, source), source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Policy:
         """Read a policy file; every problem is a PolicyError naming the file."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PolicyError(f"policy file not found: {p}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise PolicyError(f"cannot read policy file {p}: {e}") from None
-        return cls.from_json(text, source=str(p))
+        from ._io import read_json
+
+        return cls.from_dict(read_json(path, "policy file"), source=str(Path(path)))
 
     # ---- checks and edits ---------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> None:

@@ -62,7 +62,7 @@ def test_report_from_stored_json(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "cannot read"),
+    ("{not json", "not valid JSON"),
     ('{"format": "qpolicy.policy", "version": 1, "layers": 3}', "bad.json"),
     ('{"format": "qpolicy.pareto", "points": [{"cost": {}}]}', "bad.json: malformed qpolicy.pareto"),
     ('{"format": "qpolicy.evaluation", "policy": {"format": "qpolicy.policy", "version": 1, "layers": {"a": '

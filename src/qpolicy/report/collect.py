@@ -3,7 +3,6 @@ fine-tuning results, recognized by their ``format`` field (evaluations and fine-
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,9 @@ class RunContents:
 
 
 def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PolicyError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    from .._io import read_json
+
+    return read_json(path, "result file")
 
 
 def _number(value: Any, what: str, *, optional: bool = False) -> float | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._io import write_json
 from ..budget import Budget
-from ..errors import ConfigError, InfeasibleBudgetError
+from ..errors import ConfigError, InfeasibleBudgetError, shorten
 from ..sensitivity.base import SensitivityTable
 from .base import search
 
@@ -42,18 +42,31 @@ class ParetoFront:
         write_json(path, self.to_dict())
 
 
+MAX_POINTS = 1000
+
+
 def parse_sweep(text: str) -> list[float]:
-    """``"0.1:0.5:20"`` -> 20 evenly spaced values from 0.1 to 0.5; ``"0.2,0.3"`` -> those values."""
+    """``"0.1:0.5:20"`` -> 20 evenly spaced values from 0.1 to 0.5; ``"0.2,0.3"`` -> those values (positive, finite,
+    at most MAX_POINTS of them)."""
+    import math
+
     try:
+        if len(text) > 10_000:
+            raise ValueError
         if ":" in text:
             lo, hi, n = text.split(":")
             lo_f, hi_f, count = float(lo), float(hi), int(n)
-            if count < 1 or hi_f < lo_f:
+            if not 1 <= count <= MAX_POINTS or hi_f < lo_f:
                 raise ValueError
-            return [lo_f + (hi_f - lo_f) * i / max(count - 1, 1) for i in range(count)]
-        return [float(v) for v in text.split(",") if v.strip()]
+            values = [lo_f + (hi_f - lo_f) * i / max(count - 1, 1) for i in range(count)]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        if not values or len(values) > MAX_POINTS or not all(0 < v < math.inf for v in values):
+            raise ValueError
+        return values
     except ValueError:
-        raise ConfigError(f"bad sweep {text!r}: expected LOW:HIGH:COUNT (e.g. 0.1:0.5:20) or a list 0.2,0.3") from None
+        raise ConfigError(f"bad sweep {shorten(text)}: expected LOW:HIGH:COUNT (e.g. 0.1:0.5:20) or a list 0.2,0.3 "
+                          f"of positive numbers, at most {MAX_POINTS} points") from None
 
 
 def pareto(table: SensitivityTable, key: str, values: Sequence[float], *, strategy: str = "ilp",

@@ -9,6 +9,7 @@ prefers fewer bits for less damage. Metrics never choose bits and never change t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from .._io import write_json
 from ..bits import check_bits
-from ..errors import ConfigError, PolicyError
+from ..errors import ConfigError, PolicyError, shorten
 from ..layers import LayerInfo
 from ..registry import Registry
 
@@ -119,6 +120,11 @@ class SensitivityTable:
         if not bits:
             raise ConfigError("a sensitivity table needs at least one candidate bit-width")
         names = [li.name for li in self.layers]
+        if not names:
+            raise ConfigError("a sensitivity table needs at least one layer")
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ConfigError(f"layer {shorten(dup)} appears twice in the table")
         for what, scores in (("weight", self.weight), ("act", self.act)):
             for n in names:
                 if n not in scores or set(scores[n]) != set(bits):
@@ -159,37 +165,114 @@ class SensitivityTable:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "table") -> SensitivityTable:
+        """Build a table from parsed JSON, checking every field it reads (types, signs, finiteness, integer bits
+        in range, unique layer names); a problem is a PolicyError naming the field."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PolicyError(f"{source}: not a qpolicy sensitivity table (format should be {FORMAT!r})")
-        if not isinstance(data.get("version"), int) or data["version"] > VERSION:
-            raise PolicyError(f"{source}: unsupported sensitivity table version {data.get('version')!r}")
+        version = data.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise PolicyError(f"{source}: unsupported sensitivity table version {shorten(version)} (this qpolicy "
+                              f"reads 1..{VERSION})")
         try:
-            layers = tuple(LayerInfo(name=d["name"], kind=d["kind"], params=int(d["params"]), macs=int(d["macs"]),
-                                     in_shape=tuple(d["in_shape"]) if d["in_shape"] else None,
-                                     out_shape=tuple(d["out_shape"]) if d["out_shape"] else None,
-                                     order=int(d["order"]), shares_input_with=d.get("shares_input_with"))
-                           for d in data["layers"])
-            scores = {w: {n: {int(b): float(v) for b, v in s.items()} for n, s in data[w].items()}
-                      for w in ("weight", "act")}
-            return cls(metric=str(data["metric"]), bits=tuple(int(b) for b in data["bits"]), layers=layers,
-                       weight=scores["weight"], act=scores["act"], model=data.get("model"),
-                       provenance=data.get("provenance") or {}, monotone=bool(data.get("monotone", True)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise PolicyError(f"{source}: malformed sensitivity table ({type(e).__name__}: {e})") from None
+            return _table_from_dict(cls, data)
+        except (ConfigError, PolicyError, ValueError, TypeError) as e:
+            raise PolicyError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SensitivityTable:
-        import json
         from pathlib import Path
 
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PolicyError(f"sensitivity table not found: {p}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PolicyError(f"cannot read sensitivity table {p}: {e}") from None
-        return cls.from_dict(data, source=str(p))
+        from .._io import read_json
+
+        return cls.from_dict(read_json(path, "sensitivity table"), source=str(Path(path)))
+
+
+def _field(d: Any, key: str, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+    if key not in d:
+        raise ValueError(f"{where} has no {key!r}")
+    return d[key]
+
+
+def _count(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {shorten(v)}")
+    return v
+
+
+def _name(v: Any, what: str, *, optional: bool = False) -> str | None:
+    if v is None and optional:
+        return None
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{what} must be a non-empty string, got {shorten(v)}")
+    return v
+
+
+def _shape(v: Any, what: str) -> tuple[int, ...] | None:
+    if v is None or v == []:
+        return None
+    if not isinstance(v, list) or not all(not isinstance(x, bool) and isinstance(x, int) and x > 0 for x in v):
+        raise ValueError(f"{what} must be a list of positive integers or null, got {shorten(v)}")
+    return tuple(v)
+
+
+def _table_from_dict(cls: type[SensitivityTable], data: dict[str, Any]) -> SensitivityTable:
+    raw_layers = _field(data, "layers", "the table")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise ValueError("'layers' must be a non-empty list of layers")
+    layers = []
+    for i, d in enumerate(raw_layers):
+        where = f"layers[{i}]"
+        layers.append(LayerInfo(
+            name=_name(_field(d, "name", where), f"{where}.name"), kind=_name(_field(d, "kind", where),
+                                                                               f"{where}.kind"),
+            params=_count(_field(d, "params", where), f"{where}.params"),
+            macs=_count(_field(d, "macs", where), f"{where}.macs"),
+            in_shape=_shape(d.get("in_shape"), f"{where}.in_shape"),
+            out_shape=_shape(d.get("out_shape"), f"{where}.out_shape"),
+            order=_count(d.get("order", i), f"{where}.order"),
+            shares_input_with=_name(d.get("shares_input_with"), f"{where}.shares_input_with", optional=True)))
+    bits = _field(data, "bits", "the table")
+    if not isinstance(bits, list) or not bits:
+        raise ValueError(f"'bits' must be a non-empty list of bit-widths, got {shorten(bits)}")
+    bits = [check_bits(b, "bits") for b in bits]
+    if len(set(bits)) != len(bits):
+        raise ValueError(f"'bits' lists a width twice: {shorten(bits)}")
+    monotone_ = data.get("monotone", True)
+    if not isinstance(monotone_, bool):
+        raise ValueError(f"'monotone' must be true or false, got {shorten(monotone_)}")
+    names = {li.name for li in layers}
+    scores: dict[str, dict[str, dict[int, float]]] = {}
+    for side in ("weight", "act"):
+        raw = _field(data, side, "the table")
+        if not isinstance(raw, dict):
+            raise ValueError(f"'{side}' must be an object of layer name -> scores")
+        extra = [n for n in raw if n not in names]
+        if extra:
+            raise ValueError(f"'{side}' scores layer {shorten(extra[0])}, which is not in 'layers'")
+        scores[side] = {}
+        for n, per in raw.items():
+            if not isinstance(per, dict) or set(per) != {str(b) for b in bits}:
+                raise ValueError(f"{side} scores of layer {shorten(n)} must be an object with one score for each "
+                                 f"of bits {sorted(bits)}")
+            scores[side][n] = {int(b): _score(v, f"{side} score of layer {shorten(n)} at {b} bits", monotone_)
+                               for b, v in per.items()}
+    metric = _name(_field(data, "metric", "the table"), "'metric'")
+    model = _name(data.get("model"), "'model'", optional=True)
+    prov = data.get("provenance") or {}
+    if not isinstance(prov, dict):
+        raise ValueError("'provenance' must be an object")
+    return cls(metric=metric, bits=tuple(bits), layers=tuple(layers), weight=scores["weight"], act=scores["act"],
+               model=model, provenance=prov, monotone=monotone_)
+
+
+def _score(v: Any, what: str, nonnegative: bool) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {shorten(v)}")
+    if nonnegative and v < 0:
+        raise ValueError(f"{what} is negative ({v:g}): a damage is at least 0")
+    return float(v)
 
 
 def analyze(model: Any, calib: Iterable[Any], *, metric: str | Metric = "qerror",

@@ -1,0 +1,274 @@
+"""Bad input, measured: a seeded corpus of mutated inputs (sensitivity tables, policies, result folders, budgets,
+sweeps, bit lists, output paths) run through the CLI in-process. For every case: exit 0 or 2, never an exception
+(a traceback), never past a time limit (a hang), no output file unless it succeeded (no partial file), one short
+error line (no echo of a huge input), and a case built to be invalid never succeeds (no silent accept)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from qpolicy.budget import Budget
+from qpolicy.cli import main
+from qpolicy.layers import LayerInfo
+from qpolicy.policy import LayerBits, Policy
+from qpolicy.search import search
+from qpolicy.sensitivity import SensitivityTable
+
+BITS = (2, 4, 8)
+CASE_SECONDS = 20
+
+
+def _table() -> dict:
+    layers = tuple(LayerInfo(name=f"l{i}", kind="conv", params=100 * (i + 1), macs=1000 * (i + 1), in_shape=(4, 2),
+                             out_shape=(8,), order=i) for i in range(4))
+    dmg = {li.name: {2: 4.0 - i, 4: (4.0 - i) / 8, 8: 0.0} for i, li in enumerate(layers)}
+    return SensitivityTable(metric="golden", bits=BITS, layers=layers, weight=dmg, act=dmg, model="tiny").to_dict()
+
+
+HUGE = "9" * 5000
+# (raw JSON text of a value, whether it keeps a table valid)
+BAD_SCORES = ["[]", "null", '"x"', "NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400, HUGE, "-1.0", "true",
+              "{}"]
+BAD_COUNTS = ["-5", "2.5", '"7"', "null", "true", "1" + "0" * 400, "[]"]
+BAD_BITS = ["[2.5, 4, 8]", "[]", "[1, 4, 8]", "[9, 4, 8]", '["4", 2, 8]', "[2, 2, 4, 8]", "null", '"2,4,8"']
+BAD_SHAPES = ['"abc"', "[0]", "[-1]", "5", "[1.5]", "[true]"]
+BAD_NAMES = ['""', "5", "null", '"\\ud800"', "[]"]
+GOOD_SCORES = ["0", "0.5", "3", "1e-300", "123456.0"]
+
+
+def _text(data: dict) -> str:
+    return json.dumps(data)
+
+
+def _set_raw(data: dict, path: list, raw: str) -> str:
+    """The table as JSON text with the value at ``path`` replaced by the raw JSON ``raw`` (which json.dumps could
+    not write: NaN as a literal, huge numbers, lone surrogates)."""
+    marker = "__FUZZ_MARKER__"
+    d = copy.deepcopy(data)
+    target = d
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = marker
+    return json.dumps(d).replace(f'"{marker}"', raw)
+
+
+def _table_cases(rng: random.Random) -> list[tuple[str, str, bool]]:
+    """(name, table JSON text, must_fail)."""
+    base = _table()
+    names = [li["name"] for li in base["layers"]]
+    cases = []
+    for raw in BAD_SCORES:
+        for side in ("weight", "act"):
+            for n in names:
+                for b in map(str, BITS):
+                    cases.append((f"score {side} {n} {b} = {raw[:20]}", _set_raw(base, [side, n, b], raw), True))
+    for field in ("params", "macs"):
+        for raw in BAD_COUNTS:
+            for i in range(len(names)):
+                cases.append((f"layers[{i}].{field} = {raw[:20]}", _set_raw(base, ["layers", i, field], raw), True))
+    for raw in BAD_BITS:
+        cases.append((f"bits = {raw}", _set_raw(base, ["bits"], raw), raw != "[2, 2, 4, 8]"))
+    for raw in BAD_SHAPES:
+        for i in range(len(names)):
+            cases.append((f"in_shape {i} = {raw}", _set_raw(base, ["layers", i, "in_shape"], raw), True))
+    for raw in BAD_NAMES:
+        cases.append((f"metric = {raw}", _set_raw(base, ["metric"], raw), True))
+        for i in range(len(names)):
+            cases.append((f"layers[{i}].name = {raw}", _set_raw(base, ["layers", i, "name"], raw), True))
+    # structure
+    d = copy.deepcopy(base)
+    d["layers"] = []
+    cases.append(("no layers", _text(d), True))
+    d = copy.deepcopy(base)
+    d["layers"].append(copy.deepcopy(d["layers"][0]))
+    cases.append(("duplicate layer", _text(d), True))
+    d = copy.deepcopy(base)
+    del d["weight"][names[1]]
+    cases.append(("missing weight scores", _text(d), True))
+    d = copy.deepcopy(base)
+    d["act"]["ghost"] = d["act"][names[0]]
+    cases.append(("extra act scores", _text(d), True))
+    d = copy.deepcopy(base)
+    d["layers"][2]["shares_input_with"] = "ghost"
+    cases.append(("shares with unknown", _text(d), True))
+    d = copy.deepcopy(base)
+    d["layers"][2]["shares_input_with"] = 5
+    cases.append(("shares with a number", _text(d), True))
+    text = _text(base)
+    cases.append(("duplicate key", text.replace('"weight": {', '"weight": {"l0": {"2": 1, "4": 1, "8": 1}, ', 1),
+                  True))
+    for depth in (50, 2000, 20000):
+        cases.append((f"nested {depth}", "[" * depth + "]" * depth, True))
+        cases.append((f"nested in provenance {depth}", _set_raw(base, ["provenance"], "{\"a\": " * depth + "1"
+                                                                + "}" * depth), depth > 900))
+    for cut in (1, 10, len(text) // 2, len(text) - 1):
+        cases.append((f"truncated at {cut}", text[:cut], True))
+    for raw in ('"qpolicy.policy"', "null", "3"):
+        cases.append((f"format = {raw}", _set_raw(base, ["format"], raw), True))
+    for raw in ("2", "0", '"1"', "null", HUGE):
+        cases.append((f"version = {raw[:10]}", _set_raw(base, ["version"], raw), True))
+    cases.append(("not an object", "[1, 2, 3]", True))
+    cases.append(("empty file", "", True))
+    cases.append(("binary", "\x00\x01\x02", True))
+    # valid edits: the search may succeed (or fail cleanly, e.g. an infeasible budget)
+    for _ in range(200):
+        n, side, b = rng.choice(names), rng.choice(("weight", "act")), str(rng.choice(BITS))
+        cases.append((f"valid score {side} {n} {b}", _set_raw(base, [side, n, b], rng.choice(GOOD_SCORES)), False))
+    for _ in range(40):
+        i = rng.randrange(len(names))
+        d = copy.deepcopy(base)
+        d["layers"][i]["params"] = rng.randint(0, 10**6)
+        d["layers"][i]["macs"] = rng.randint(0, 10**8)
+        cases.append((f"valid sizes {i}", _text(d), False))
+    return cases
+
+
+def _policy_cases(rng: random.Random) -> list[tuple[str, str, bool]]:
+    pol = Policy(layers={f"l{i}": LayerBits(weight_bits=4, act_bits=8) for i in range(4)}, model="tiny").to_dict()
+    cases = []
+    for raw in ("2.5", "1", "9", '"4"', "true", "[]", HUGE, "NaN", "-3"):
+        for side in ("weight_bits", "act_bits"):
+            cases.append((f"policy {side} = {raw[:10]}", _set_raw(pol, ["layers", "l1", side], raw), True))
+    cases.append(("policy no layers", _set_raw(pol, ["layers"], "{}"), True))
+    cases.append(("policy layers list", _set_raw(pol, ["layers"], "[]"), True))
+    cases.append(("policy duplicate layer", _text(pol).replace('"layers": {', '"layers": {"l0": {"weight_bits": 2, '
+                                                                                '"act_bits": 2}, ', 1), True))
+    cases.append(("policy nested", "{\"a\": " * 5000 + "1" + "}" * 5000, True))
+    cases.append(("policy surrogate name", _text(pol).replace('"l3"', '"\\udc00"'), True))
+    return cases
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang()
+
+
+def _run(argv: list[str], out: Path | None, must_fail: bool, name: str, capsys) -> list[str]:
+    """Run one case; return the problems found (empty: it behaved)."""
+    if out is not None and out.exists():
+        out.unlink()
+    problems = []
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(CASE_SECONDS)
+    try:
+        code = main(argv)
+    except _Hang:
+        return [f"{name}: hang (over {CASE_SECONDS} s)"]
+    except SystemExit as e:  # argparse usage errors exit 2
+        code = e.code
+    except Exception as e:  # a traceback in the CLI
+        return [f"{name}: traceback {type(e).__name__}: {str(e)[:200]}"]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    captured = capsys.readouterr()
+    if code not in (0, 2):
+        problems.append(f"{name}: exit {code}")
+    if code == 2:
+        lines = captured.err.strip().splitlines()
+        if out is not None and out.exists():
+            problems.append(f"{name}: partial output file after an error")
+        if not lines or len(lines[-1]) > 600:
+            problems.append(f"{name}: error line missing or too long ({len(captured.err)} characters)")
+    if code == 0:
+        if must_fail:
+            problems.append(f"{name}: invalid input accepted")
+        if out is not None:
+            try:
+                text = out.read_text()
+                if out.suffix == ".json":
+                    json.loads(text)
+            except (OSError, ValueError):
+                problems.append(f"{name}: exit 0 but the output file is missing or incomplete")
+    return problems
+
+
+@pytest.fixture
+def quiet_cli(monkeypatch):
+    from qpolicy import progress
+
+    progress.set_enabled(False)
+    yield
+    progress.set_enabled(None)
+
+
+def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
+    rng = random.Random(20261129)
+    problems: list[str] = []
+    count = 0
+    table_cases = _table_cases(rng)
+    src = tmp_path / "table.json"
+    out = tmp_path / "out" / "result.json"
+    commands = [
+        lambda t: ["search", str(t), "--budget", "bitops=0.3", "--strategy", "ilp", "-o", str(out), "--quiet"],
+        lambda t: ["search", str(t), "--budget", "size=0.4", "--strategy", "te-lp", "-o", str(out), "--quiet"],
+        lambda t: ["pareto", str(t), "--bitops", "0.2:0.5:2", "-o", str(out), "--quiet"],
+    ]
+    for name, text, must_fail in table_cases:
+        src.write_text(text, encoding="utf-8", errors="surrogatepass")
+        for k, cmd in enumerate(commands):
+            problems += _run(cmd(src), out, must_fail, f"{name} [{k}]", capsys)
+            count += 1
+    # policies, through `search`'s sibling readers: evaluate reads a policy before any data
+    for name, text, _must_fail in _policy_cases(rng):  # every policy case is invalid
+        src.write_text(text, encoding="utf-8", errors="surrogatepass")
+        problems += _run(["evaluate", "--model", "resnet20", "--random-init", "--policy", str(src), "-o", str(out),
+                          "--quiet"], out, True, name, capsys)
+        count += 1
+    # budgets, sweeps, bit lists, output paths
+    good = tmp_path / "good.json"
+    good.write_text(_text(_table()))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    argv_cases = []
+    for budget in ("", "bitops=", "bitops=-1", "bitops=0", "bitops=1e400", "bitops=nan", "speed=2", "bitops=0.3x" * 3,
+                   "size=12parsecs", "wbits=4KB", "=", ",,,", "bitops=" + HUGE, "x" * 100_000):
+        argv_cases.append((f"budget {budget[:20]}", ["search", str(good), "--budget", budget, "-o", str(out)], True))
+    for sweep in ("", ":", "0.5:0.1:3", "0.1:0.5:0", "0.1:0.5:100000000", "0.1:0.5:" + HUGE, "a,b", "-1,2",
+                  "inf", "1e400", "0.1:0.5", "x" * 100_000):
+        argv_cases.append((f"sweep {sweep[:20]}", ["pareto", str(good), "--bitops", sweep, "-o", str(out)], True))
+    for bits in ("2.5", "1,2", "9", HUGE, "a", ",", "x" * 100_000):
+        argv_cases.append((f"weight bits {bits[:20]}", ["search", str(good), "--budget", "bitops=0.3",
+                                                        "--weight-bits", bits, "-o", str(out)], True))
+    for strategy in ("ipl", "x" * 100_000, "", "validated"):
+        argv_cases.append((f"strategy {strategy[:20]}", ["search", str(good), "--budget", "bitops=0.3", "--strategy",
+                                                         strategy, "-o", str(out)], True))
+    for target in (tmp_path, blocker / "under" / "p.json"):
+        argv_cases.append((f"output {target.name}", ["search", str(good), "--budget", "bitops=0.3", "-o",
+                                                     str(target)], True))
+    for name, argv, must_fail in argv_cases:
+        problems += _run(argv, out if "-o" in argv and argv[argv.index("-o") + 1] == str(out) else None,
+                         must_fail, name, capsys)
+        count += 1
+    # result folders for the report: a valid base with one mutated evaluation file
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "t.json").write_text(_text(_table()))
+    pol = search(SensitivityTable.from_dict(_table()), Budget(bitops=0.3)).policy
+    ev = {"format": "qpolicy.evaluation", "policy": pol.to_dict(), "top1": 90.0,
+          "cost": {"bitops_rel_w8a8": 0.3, "size_rel_w8a8": 0.5}}
+    report_cases = []
+    for raw in ('"x"', "null", "-1", "101", "NaN", "1e400", "[]", HUGE):
+        report_cases.append((f"report top1 {raw[:10]}", _set_raw(ev, ["top1"], raw), True))
+        for key in ("bitops_rel_w8a8", "size_rel_w8a8"):
+            # a relative cost above 1 is possible (float layers cost 16x W8A8's BitOPs)
+            report_cases.append((f"report cost {key} {raw[:10]}", _set_raw(ev, ["cost", key], raw), raw != "101"))
+    report_cases.append(("report cost missing", _set_raw(ev, ["cost"], "{}"), True))
+    report_cases.append(("report cost string", _set_raw(ev, ["cost"], '"cheap"'), True))
+    report_cases.append(("report nested", "[" * 5000 + "]" * 5000, True))
+    for name, text, must_fail in report_cases:
+        (run / "eval.json").write_text(text, encoding="utf-8", errors="surrogatepass")
+        problems += _run(["report", str(run), "-o", str(tmp_path / "r.html"), "--quiet"], tmp_path / "r.html",
+                         must_fail, name, capsys)
+        count += 1
+    assert not problems, f"{len(problems)} of {count} cases misbehaved:\n" + "\n".join(problems[:40])
+    assert count >= 2000, count
