@@ -55,6 +55,10 @@ def git_commit() -> dict[str, Any]:
     return {"commit": sha, "dirty": dirty}
 
 
+# taken when the script starts: the code that ran, even if the tree moves on while a long benchmark runs
+START_GIT = git_commit()
+
+
 def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
@@ -62,7 +66,7 @@ def command() -> str:
 def write(name: str, payload: dict[str, Any], table: str, notes: str = "") -> None:
     """Write results/<name>.json and results/<name>.md with the machine, versions and command."""
     meta = {"benchmark": name, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": command(), "git": git_commit(), "machine": machine()}
+            "command": command(), "git": START_GIT, "machine": machine()}
     write_json(RESULTS / f"{name}.json", {**meta, **payload})
     m = meta["machine"]
     md = (f"# {name}\n\n{notes}\n\n{table}\n\n"
