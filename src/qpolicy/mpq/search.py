@@ -22,6 +22,9 @@ flat alphas whose expected cost sits at the limit while their argmax lies far in
   Shapley-NAS does: ``v <- momentum * v + (1 - momentum) * phi``, ``alpha <- alpha + v``. It selects by these
   Shapley-driven alphas.
 
+The loop is the training engine's (:mod:`qpolicy.train`): the weight step is its step, the architecture side a
+hook (:class:`_ArchStep`), and checkpoints and exact resume are its own.
+
 Either way the budget is then enforced exactly: the ILP of :func:`qpolicy.search` picks one candidate per layer and
 side minimizing ``sum -log softmax(alpha)`` under the budget, which is the argmax policy whenever that fits.
 """
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -41,16 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import atomic_torch_save, write_json
+from .._io import write_json
 from .._validate import require_ints, require_numbers
 from ..budget import Budget
-from ..errors import CheckpointError, ConfigError, first_line
+from ..errors import ConfigError
 from ..evaluate import resolve_device
 from ..policy import Policy, versions
-from ..progress import progress
 from ..quant.fake_quant import CalibConfig
 from ..search import search as ilp_search
 from ..sensitivity.base import SensitivityTable
+from ..train import CHECKPOINT_NAME, Hook, TrainSpec, check_resume
+from ..train import train as train_
 from .shapley import ShapleyEstimate, monte_carlo_shapley
 from .supernet import SIDES, Supernet, build_supernet
 
@@ -58,7 +61,6 @@ __all__ = ["MPQConfig", "MPQResult", "search_mpq", "METHODS", "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
 METHODS = ("dmpq", "smpq")
-CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = "qpolicy.mpq-checkpoint"
 
 
@@ -241,6 +243,114 @@ def _check_budget(model: nn.Module, budget: Budget, config: MPQConfig) -> None:
                act_bits=config.act_bits)
 
 
+class _ArchStep(Hook):
+    """The architecture side of the search, as an engine hook: before each weight step the softmax temperature is
+    set and alpha frozen (no alpha gradients in the weight step); after it, one Adam step of alpha on a batch of
+    the other half (cross-entropy + the budget hinge) with the weights frozen, and for SMPQ a Shapley round at the
+    scheduled steps (then a checkpoint). Its state (alpha's optimizer, the Shapley rounds and feedback velocity)
+    goes into the engine's checkpoint."""
+
+    name = "arch"
+
+    def __init__(self, net: Supernet, method: str, config: MPQConfig, limits: Any, arch_data: Any, held: Any,
+                 dev: torch.device, steps: int):
+        self.net, self.method, self.config, self.limits = net, method, config, limits
+        self.arch_data, self.held, self.dev, self.steps = arch_data, held, dev, steps
+        self.weight_params, self.arch_params = net.weight_parameters(), net.arch_parameters()
+        self.opt_a = torch.optim.Adam(self.arch_params, lr=config.arch_lr, betas=(0.5, 0.999),
+                                      weight_decay=config.arch_weight_decay)
+        self.players = net.players()
+        self.velocity = {p: 0.0 for p in self.players}
+        self.shapley: list[dict[str, Any]] = []
+        self.shapley_seconds = 0.0
+        self.rounds_at = sorted({max(1, round(steps * (r + 1) / config.shapley_rounds))
+                                 for r in range(config.shapley_rounds)})
+        self.sums: dict[str, float] = {}
+        self.arch_iter: Any = None
+        self.epoch = 0
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        self.epoch = epoch
+        self.arch_iter = self.arch_data.batches(epoch, step % len(self.arch_data))
+        self.sums = {"arch_loss": 0.0, "complexity": 0.0, "steps": 0}
+
+    def before_step(self, epoch: int, step: int, global_step: int, total_steps: int) -> None:
+        self.net.set_temperature(_temperature(self.config, global_step, total_steps))
+        _trainable(self.arch_params, False)  # no alpha gradients in the weight step ...
+
+    def after_step(self, epoch: int, step: int) -> bool:
+        _trainable(self.arch_params, True)
+        try:
+            xa, ya = next(self.arch_iter)
+        except StopIteration:
+            self.arch_iter = self.arch_data.batches(epoch + 1000)
+            xa, ya = next(self.arch_iter)
+        xa, ya = xa.to(self.dev), ya.to(self.dev)
+        _trainable(self.weight_params, False)  # ... and no weight gradients in the alpha step
+        comp = _complexity(self.net, self.limits)
+        arch_loss = F.cross_entropy(self.net(xa), ya) + self.config.complexity_weight * comp
+        self.opt_a.zero_grad(set_to_none=True)
+        arch_loss.backward()
+        self.opt_a.step()
+        _trainable(self.weight_params, True)
+        self.sums["arch_loss"] += float(arch_loss.detach())
+        self.sums["complexity"] += float(comp.detach())
+        self.sums["steps"] += 1
+        if self.method == "smpq" and step in self.rounds_at:
+            self._shapley_round(epoch, step)
+            return True
+        return False
+
+    def _shapley_round(self, e: int, s: int) -> None:
+        t = time.perf_counter()
+        net, config = self.net, self.config
+        images = [(x.to(self.dev), y.to(self.dev)) for x, y in self.held]
+        was_training = net.training
+        net.eval()
+        try:
+            est: ShapleyEstimate = monte_carlo_shapley(
+                self.players, _SubnetGame(net, images), samples=config.shapley_samples,
+                truncation=config.truncation, seed=config.seed * 1000 + len(self.shapley),
+                desc=f"shapley {len(self.shapley) + 1}")
+        finally:
+            net.reset_masks()
+            net.train(was_training)
+        score = est.risk_adjusted()
+        top = max(abs(v) for v in score.values()) or 1.0
+        with torch.no_grad():
+            for p in self.players:
+                self.velocity[p] = config.momentum * self.velocity[p] + (1 - config.momentum) * score[p] / top
+                name, side, bits = p
+                m = net.mixed(name)
+                m.alpha(side)[m.bits[side].index(bits)] += self.velocity[p]
+        self.shapley_seconds += time.perf_counter() - t
+        self.shapley.append({**est.to_dict(), "epoch": e, "step": s, "seconds": time.perf_counter() - t,
+                             "normalized": [score[p] / top for p in self.players]})
+        log.info("Shapley round %d: %d evaluations, %d permutations truncated, %.1f s", len(self.shapley),
+                 est.evaluations, est.truncated, time.perf_counter() - t)
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        cost = {k: float(v.detach()) for k, v in self.net.expected_cost().items()}
+        n = max(self.sums["steps"], 1)
+        return {"arch_loss": self.sums["arch_loss"] / n, "complexity": self.sums["complexity"] / n,
+                "expected_cost_over_limit": {k: cost[k] / getattr(self.limits, k) for k in cost
+                                             if getattr(self.limits, k) is not None}}
+
+    def close(self) -> None:
+        self.net.reset_masks()
+        _trainable(self.weight_params + self.arch_params, True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt_a": self.opt_a.state_dict(), "shapley": self.shapley,
+                "velocity": [[list(p), v] for p, v in self.velocity.items()], "shapley_seconds": self.shapley_seconds}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.opt_a.load_state_dict(state["opt_a"])
+        self.shapley = list(state["shapley"])
+        self.velocity = {tuple(p): float(v) for p, v in state["velocity"]}
+        self.shapley_seconds = float(state.get("shapley_seconds", 0.0))
+
+
 def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train: Iterable[Any],
                calib: Iterable[Any], config: MPQConfig | None = None, out_dir: str | Path | None = None,
                resume: bool = False, device: str | torch.device | None = None,
@@ -259,8 +369,6 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
         resume: Continue from ``out_dir/checkpoint.pt`` (same settings required).
         device: "auto" (CUDA when available), "cpu", ...
     """
-    from ..qat.finetune import check_resume, check_same_config, load_checkpoint
-
     if method not in METHODS:
         from ..errors import UnknownNameError
 
@@ -268,8 +376,9 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
     config = config or MPQConfig()
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
-    ckpt_path = check_resume(out, resume) if out is not None else None
-    if resume and ckpt_path is None:
+    if out is not None:
+        check_resume(out, resume)  # before any work
+    if resume and out is None:
         raise ConfigError("resume needs out_dir")
     t_start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -279,141 +388,17 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
     net = build_supernet(model, weight_bits=config.weight_bits, act_bits=config.act_bits,
                          first_last=config.first_last, calib=calib,
                          calib_config=CalibConfig(seed=config.seed)).to(dev)
-    limits = budget.limits(net.layers)
-    weight_params, arch_params = net.weight_parameters(), net.arch_parameters()
     opt_w = torch.optim.SGD([{"params": [p for p in net.weight_parameters() if p.dim() > 1], "weight_decay": 5e-4},
                              {"params": [p for p in net.weight_parameters() if p.dim() <= 1], "weight_decay": 0.0}],
                             lr=config.lr, momentum=0.9, nesterov=True)
-    opt_a = torch.optim.Adam(net.arch_parameters(), lr=config.arch_lr, betas=(0.5, 0.999),
-                             weight_decay=config.arch_weight_decay)
-    players = net.players()
-    velocity = {p: 0.0 for p in players}
-    steps = len(weight_data)
-    total = config.epochs * steps
-    rounds_at = sorted({max(1, round(steps * (r + 1) / config.shapley_rounds)) for r in range(config.shapley_rounds)})
-    epoch = step = 0
-    history: list[dict[str, Any]] = []
-    shapley: list[dict[str, Any]] = []
-    shapley_seconds = 0.0
-    resumed_from = None
-    if resume:
-        assert ckpt_path is not None  # checked above
-        ckpt = load_checkpoint(ckpt_path, fmt=_FORMAT, what="differentiable-search")
-        check_same_config({**ckpt.get("config", {}), "method": ckpt.get("method"), "budget": ckpt.get("budget")},
-                          {**config.to_dict(), "method": method, "budget": budget.to_dict()}, ckpt_path)
-        try:
-            net.load_state_dict(ckpt["supernet"])
-            opt_w.load_state_dict(ckpt["opt_w"])
-            opt_a.load_state_dict(ckpt["opt_a"])
-        except (RuntimeError, ValueError, KeyError, CheckpointError) as e:
-            raise CheckpointError(f"{ckpt_path} does not fit this model: {first_line(e)}") from None
-        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        history, shapley = list(ckpt["history"]), list(ckpt["shapley"])
-        velocity = {tuple(p): float(v) for p, v in ckpt["velocity"]}
-        shapley_seconds = float(ckpt.get("shapley_seconds", 0.0))
-        torch.set_rng_state(ckpt["torch_rng"])
-        resumed_from = {"epoch": epoch, "step": step}
-        log.info("resuming the %s search from epoch %d step %d", method, epoch, step)
-
-    def save(e: int, s: int) -> None:
-        if ckpt_path is None:
-            return
-        atomic_torch_save({"format": _FORMAT, "version": 1, "method": method, "budget": budget.to_dict(),
-                           "config": config.to_dict(), "supernet": net.state_dict(), "opt_w": opt_w.state_dict(),
-                           "opt_a": opt_a.state_dict(), "epoch": e, "step": s, "history": history,
-                           "shapley": shapley, "velocity": [[list(p), v] for p, v in velocity.items()],
-                           "shapley_seconds": shapley_seconds, "torch_rng": torch.get_rng_state()}, ckpt_path)
-
-    def shapley_round(e: int, s: int) -> None:
-        nonlocal shapley_seconds
-        t = time.perf_counter()
-        images = [(x.to(dev), y.to(dev)) for x, y in held]
-        was_training = net.training
-        net.eval()
-        try:
-            est: ShapleyEstimate = monte_carlo_shapley(
-                players, _SubnetGame(net, images), samples=config.shapley_samples, truncation=config.truncation,
-                seed=config.seed * 1000 + len(shapley), desc=f"shapley {len(shapley) + 1}")
-        finally:
-            net.reset_masks()
-            net.train(was_training)
-        score = est.risk_adjusted()
-        top = max(abs(v) for v in score.values()) or 1.0
-        with torch.no_grad():
-            for p in players:
-                velocity[p] = config.momentum * velocity[p] + (1 - config.momentum) * score[p] / top
-                name, side, bits = p
-                m = net.mixed(name)
-                m.alpha(side)[m.bits[side].index(bits)] += velocity[p]
-        shapley_seconds += time.perf_counter() - t
-        shapley.append({**est.to_dict(), "epoch": e, "step": s, "seconds": time.perf_counter() - t,
-                        "normalized": [score[p] / top for p in players]})
-        log.info("Shapley round %d: %d evaluations, %d permutations truncated, %.1f s", len(shapley),
-                 est.evaluations, est.truncated, time.perf_counter() - t)
-
-    try:
-        while epoch < config.epochs:
-            net.train()
-            t_epoch = time.perf_counter()
-            sums = {"loss": 0.0, "arch_loss": 0.0, "complexity": 0.0, "correct": 0, "seen": 0, "steps": 0}
-            arch_iter = arch_data.batches(epoch, step % len(arch_data))
-            batches = progress(weight_data.batches(epoch, step), desc=f"{method} epoch {epoch + 1}/{config.epochs}",
-                               total=steps - step)
-            for x, y in batches:
-                lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + step) / total))
-                for g in opt_w.param_groups:
-                    g["lr"] = lr
-                net.set_temperature(_temperature(config, epoch * steps + step, total))
-                x, y = x.to(dev), y.to(dev)
-                _trainable(arch_params, False)  # no alpha gradients in the weight step ...
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-                opt_w.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_w.step()
-                _trainable(arch_params, True)
-                try:
-                    xa, ya = next(arch_iter)
-                except StopIteration:
-                    arch_iter = arch_data.batches(epoch + 1000)
-                    xa, ya = next(arch_iter)
-                xa, ya = xa.to(dev), ya.to(dev)
-                _trainable(weight_params, False)  # ... and no weight gradients in the alpha step
-                comp = _complexity(net, limits)
-                arch_loss = F.cross_entropy(net(xa), ya) + config.complexity_weight * comp
-                opt_a.zero_grad(set_to_none=True)
-                arch_loss.backward()
-                opt_a.step()
-                _trainable(weight_params, True)
-                sums["loss"] += float(loss.detach()) * len(y)
-                sums["arch_loss"] += float(arch_loss.detach())
-                sums["complexity"] += float(comp.detach())
-                sums["correct"] += int((logits.argmax(1) == y).sum())
-                sums["seen"] += len(y)
-                sums["steps"] += 1
-                step += 1
-                if method == "smpq" and step in rounds_at:
-                    shapley_round(epoch, step)
-                    if step < steps:
-                        save(epoch, step)
-                elif config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
-                    save(epoch, step)
-            cost = {k: float(v.detach()) for k, v in net.expected_cost().items()}
-            history.append({"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
-                            "arch_loss": sums["arch_loss"] / max(sums["steps"], 1),
-                            "complexity": sums["complexity"] / max(sums["steps"], 1),
-                            "train_top1": 100.0 * sums["correct"] / max(sums["seen"], 1),
-                            "expected_cost_over_limit": {k: cost[k] / getattr(limits, k) for k in cost
-                                                         if getattr(limits, k) is not None},
-                            "seconds": time.perf_counter() - t_epoch, "steps_this_run": sums["steps"]})
-            log.info("%s epoch %d: loss %.4f, train top-1 %.2f%%, expected cost / limit %s", method, epoch + 1,
-                     history[-1]["loss"], history[-1]["train_top1"], history[-1]["expected_cost_over_limit"])
-            epoch, step = epoch + 1, 0
-            save(epoch, 0)
-    finally:
-        net.reset_masks()
-        net.eval()
-        _trainable(weight_params + arch_params, True)
+    hook = _ArchStep(net, method, config, budget.limits(net.layers), arch_data, held, dev, len(weight_data))
+    spec = TrainSpec(epochs=config.epochs, lr=config.lr, optimizer=opt_w, hooks=(hook,),
+                     checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT,
+                     what="differentiable-search", desc=f"{method} epoch",
+                     settings={**config.to_dict(), "method": method, "budget": budget.to_dict()})
+    run = train_(net, weight_data, spec, out_dir=out, resume=resume, device=dev)
+    history, resumed_from = run.history, run.resumed_from
+    shapley, shapley_seconds = hook.shapley, hook.shapley_seconds
     net.set_temperature(config.final_temperature)
 
     table = _preference_table(net, f"{method}-alpha")

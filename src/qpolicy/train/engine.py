@@ -1,0 +1,289 @@
+"""One training engine: the loop, the learning-rate schedule, checkpoints with exact resume, progress and history.
+
+Every kind of training qpolicy runs is a recipe on this loop (QAT in :mod:`qpolicy.qat.finetune`, the
+differentiable supernet search in :mod:`qpolicy.mpq.search`; noise, adversarial and kurtosis training and
+distillation plug in the same way):
+
+* **loss terms** ``term(model, x, y, logits) -> tensor`` are added to the task loss (cross-entropy), e.g. a
+  kurtosis regularizer or a distillation loss;
+* **batch transforms** ``transform(x, y, step) -> (x, y)`` change a batch before the forward pass (Gaussian
+  noise, adversarial examples);
+* **hooks** (:class:`Hook`) see every step and epoch: ``before_step`` (temperature, which parameters train),
+  ``after_step`` (an architecture step, a Shapley round: returns True to ask for a checkpoint now),
+  ``end_epoch`` (fields added to the epoch's history record), and carry their own state through checkpoints
+  (``state_dict`` / ``load_state_dict``).
+
+A checkpoint holds the model, the optimizer, the position (epoch, step), the history, the torch RNG, every hook's
+state and the caller's settings; it is written atomically every ``checkpoint_every`` steps, when a hook asks, and
+at every epoch end. Resuming restores all of it and refuses a checkpoint made with other settings. With a loader
+whose batches depend only on (seed, epoch) (``qpolicy.data.ArrayLoader``), a resumed run computes exactly what the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._io import atomic_torch_save
+from ..errors import CheckpointError, ConfigError, first_line
+from ..evaluate import resolve_device
+from ..progress import progress
+
+__all__ = ["Hook", "TrainSpec", "TrainOutcome", "train", "load_checkpoint", "check_resume", "check_same_config",
+           "CHECKPOINT_NAME", "cosine_lr"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
+
+LossTerm = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Transform = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Hook:
+    """A step hook of the engine; every method is optional. ``name`` keys its state in the checkpoint."""
+
+    name = "hook"
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        """Called before the first batch of an epoch (``step`` > 0 when resuming mid-epoch)."""
+
+    def before_step(self, epoch: int, step: int, global_step: int, total_steps: int) -> None:
+        """Called before the forward pass of each step."""
+
+    def after_step(self, epoch: int, step: int) -> bool:
+        """Called after the optimizer step (``step`` counts this one); True asks for a checkpoint now."""
+        return False
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """Fields added to the history record of the epoch that just ended."""
+        return {}
+
+    def close(self) -> None:
+        """Called when the loop ends, also on error (put flags back)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def cosine_lr(peak: float, global_step: int, total_steps: int) -> float:
+    """The cosine schedule from ``peak`` to 0 over ``total_steps``."""
+    return peak * 0.5 * (1.0 + math.cos(math.pi * global_step / total_steps))
+
+
+@dataclass(kw_only=True)
+class TrainSpec:
+    """What the engine runs (a recipe fills it in).
+
+    Attributes:
+        epochs: Passes over ``data``.
+        lr: Peak learning rate of the cosine schedule applied to ``optimizer``.
+        optimizer: Steps the model's trainable parameters on the loss.
+        loss_terms: Added to the cross-entropy of the batch.
+        transforms: Applied to each batch before the forward pass.
+        hooks: Step hooks (their state is checkpointed).
+        checkpoint_every: Steps between mid-epoch checkpoints (0: epoch ends and hook requests only).
+        seed: Seeds the global torch RNG at the start of a fresh run.
+        fmt: The checkpoint's ``format`` (a resumed run must find the same).
+        what: Names the kind of run in messages ("fine-tuning", "differentiable-search").
+        settings: Plain data that must match to resume (the recipe's config); ``may_change`` lists keys exempt.
+        extra: Plain data stored in every checkpoint (returned by :func:`load_checkpoint`).
+        desc: Progress bar label.
+    """
+
+    epochs: int
+    lr: float
+    optimizer: torch.optim.Optimizer
+    loss_terms: Sequence[LossTerm] = ()
+    transforms: Sequence[Transform] = ()
+    hooks: Sequence[Hook] = ()
+    checkpoint_every: int = 0
+    seed: int = 0
+    fmt: str = "qpolicy.checkpoint"
+    what: str = "training"
+    settings: dict[str, Any] = field(default_factory=dict)
+    may_change: frozenset[str] = frozenset({"checkpoint_every"})
+    extra: dict[str, Any] = field(default_factory=dict)
+    desc: str = "epoch"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOutcome:
+    """What a call of :func:`train` did: epochs and steps in total, wall time of this call, history, resume point,
+    checkpoint path."""
+
+    epochs: int
+    steps: int
+    seconds: float
+    seconds_per_epoch: float | None
+    history: tuple[dict[str, Any], ...]
+    resumed_from: dict[str, int] | None
+    checkpoint: str | None
+
+
+def load_checkpoint(path: str | Path, *, fmt: str = "qpolicy.checkpoint", what: str = "fine-tuning") -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain data only); CheckpointError if it is not a ``fmt`` one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, ...: torch raises many types
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a qpolicy {what} checkpoint")
+    return ckpt
+
+
+def check_resume(out_dir: str | Path, resume: bool) -> Path:
+    """The checkpoint path of ``out_dir``; refuses to start over an existing checkpoint unless resuming."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if path.exists() and not resume:
+        raise CheckpointError(f"{path} exists: resume it (--resume) or choose another output folder")
+    return path
+
+
+def check_same_config(saved: Mapping[str, Any], now: Mapping[str, Any], path: Path,
+                      may_change: Iterable[str] = ("checkpoint_every",)) -> None:
+    """Refuse to resume a checkpoint made with other settings (``may_change`` keys excepted)."""
+    exempt = set(may_change)
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in now.items()
+            if k not in exempt and saved.get(k) != v]
+    if diff:
+        raise CheckpointError(f"{path} was made with other settings ({'; '.join(diff)}); "
+                              "resume with the same settings or start a new output folder")
+
+
+def _batches(data: Iterable[Any], epoch: int, start: int):
+    if hasattr(data, "batches"):
+        return data.batches(epoch, start)
+    if hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)
+    return itertools.islice(iter(data), start, None)
+
+
+def _plain(obj: Any, what: str) -> Any:
+    try:  # plain data only, so the checkpoint loads with weights_only=True
+        return json.loads(json.dumps(obj or {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what} must be JSON-serializable plain data: {e}") from None
+
+
+def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: str | Path | None = None,
+          resume: bool = False, device: str | torch.device | None = None) -> TrainOutcome:
+    """Train ``model`` in place on ``data`` (batches ``(x, y)``) as ``spec`` says (module docs).
+
+    The model is moved to ``device`` for the run and left in eval mode on its original device.
+    """
+    extra, settings = _plain(spec.extra, "extra"), _plain(spec.settings, "settings")
+    dev = resolve_device(device)
+    steps_per_epoch = len(data) if hasattr(data, "__len__") else None
+    if not steps_per_epoch:
+        raise ConfigError("training data must have a length (batches per epoch) and at least one batch")
+    total_steps = spec.epochs * steps_per_epoch
+    ckpt_path = check_resume(out_dir, resume) if out_dir is not None else None
+    if resume and ckpt_path is None:
+        raise ConfigError("resume needs out_dir")
+    p = next(model.parameters(), None)
+    home = p.device if p is not None else dev
+    model.to(dev)
+    opt = spec.optimizer
+    epoch, step, history, resumed_from = 0, 0, [], None
+    torch.manual_seed(spec.seed)
+    if resume:
+        assert ckpt_path is not None  # checked above
+        ckpt = load_checkpoint(ckpt_path, fmt=spec.fmt, what=spec.what)
+        check_same_config(ckpt.get("config", {}), settings, ckpt_path, spec.may_change)
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            for h in spec.hooks:
+                h.load_state_dict(ckpt.get("hooks", {}).get(h.name, {}))
+        except (RuntimeError, ValueError, KeyError, TypeError, CheckpointError) as e:
+            raise CheckpointError(f"{ckpt_path} does not fit this model: {first_line(e)}") from None
+        epoch, step, history = int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt["history"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        resumed_from = {"epoch": epoch, "step": step}
+        log.info("resuming from epoch %d step %d of %s", epoch, step, ckpt_path)
+
+    def save(e: int, s: int) -> None:
+        if ckpt_path is None:
+            return
+        atomic_torch_save({"format": spec.fmt, "version": 1, "model": model.state_dict(),
+                           "optimizer": opt.state_dict(), "epoch": e, "step": s, "history": history,
+                           "config": settings, "torch_rng": torch.get_rng_state(),
+                           "hooks": {h.name: h.state_dict() for h in spec.hooks}, "extra": extra}, ckpt_path)
+
+    t_start = time.perf_counter()
+    full_epochs_seconds: list[float] = []
+    try:
+        while epoch < spec.epochs:
+            model.train()
+            t_epoch, first_step = time.perf_counter(), step
+            # accumulated on the device: no per-step sync
+            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            correct = torch.zeros((), dtype=torch.int64, device=dev)
+            seen = 0
+            for h in spec.hooks:
+                h.start_epoch(epoch, step)
+            batches = progress(_batches(data, epoch, step), desc=f"{spec.desc} {epoch + 1}/{spec.epochs}",
+                               total=steps_per_epoch - step)
+            for x, y in batches:
+                global_step = epoch * steps_per_epoch + step
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(spec.lr, global_step, total_steps)
+                for h in spec.hooks:
+                    h.before_step(epoch, step, global_step, total_steps)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                for t in spec.transforms:
+                    x, y = t(x, y, global_step)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                for term in spec.loss_terms:
+                    loss = loss + term(model, x, y, logits)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * y.numel()
+                correct += (logits.argmax(1) == y).sum()
+                seen += y.numel()
+                step += 1
+                wanted = [h.after_step(epoch, step) for h in spec.hooks]
+                if step < steps_per_epoch and (any(wanted) or (spec.checkpoint_every
+                                                               and step % spec.checkpoint_every == 0)):
+                    save(epoch, step)
+            seconds = time.perf_counter() - t_epoch
+            if first_step == 0:
+                full_epochs_seconds.append(seconds)
+            record = {"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1),
+                      "top1": 100.0 * int(correct) / max(seen, 1), "lr_end": opt.param_groups[0]["lr"],
+                      "seconds": seconds, "steps_this_run": step - first_step}
+            for h in spec.hooks:
+                record.update(h.end_epoch(epoch))
+            history.append(record)
+            log.info("%s %d: loss %.4f, train top-1 %.2f%%, %.1f s", spec.desc, epoch + 1, record["loss"],
+                     record["top1"], seconds)
+            epoch, step = epoch + 1, 0
+            save(epoch, 0)
+    finally:
+        for h in spec.hooks:
+            h.close()
+        model.eval().to(home)
+    return TrainOutcome(
+        epochs=epoch, steps=epoch * steps_per_epoch, seconds=time.perf_counter() - t_start,
+        seconds_per_epoch=sum(full_epochs_seconds) / len(full_epochs_seconds) if full_epochs_seconds else None,
+        history=tuple(history), resumed_from=resumed_from, checkpoint=str(ckpt_path) if ckpt_path else None)
