@@ -43,3 +43,23 @@ def test_to_dict_round_numbers():
     r = policy_cost(quantizable_layers(ThreeLayerNet()), _policy((8, 8), (8, 8), (8, 8)))
     d = r.to_dict()
     assert d["size_bytes"] == 218 and len(d["layers"]) == 3 and "layers" not in r.to_dict(per_layer=False)
+
+
+def test_one_cost_formula_everywhere():
+    # the policy cost, the search's choice cost, the budget's W8A8 reference and the supernet's expected cost are
+    # the same arithmetic (qpolicy.costs.layer_cost)
+    import torch
+
+    from qpolicy.budget import Budget
+    from qpolicy.costs import layer_cost, w8a8_cost
+    from qpolicy.layers import LayerInfo
+    from qpolicy.search.base import choice_cost
+
+    li = LayerInfo(name="a", kind="conv", params=10, macs=100, in_shape=(3, 2), out_shape=(4,), order=0)
+    assert layer_cost(li, 4, 2) == {"size_bytes": 5.0, "bitops": 800, "weight_bit_sum": 40, "act_bit_sum": 12}
+    assert choice_cost(li, (4, 2)) == layer_cost(li, 4, 2)
+    assert w8a8_cost([li]) == {"size_bytes": 10.0, "bitops": 6400.0, "weight_bit_sum": 80.0, "act_bit_sum": 48.0}
+    lim = Budget(size=0.5, bitops=0.25).limits([li])
+    assert lim.size_bytes == 5.0 and lim.bitops == 1600.0
+    t = layer_cost(li, torch.tensor(4.0), torch.tensor(2.0))
+    assert float(t["bitops"]) == 800.0

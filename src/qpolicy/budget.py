@@ -90,9 +90,11 @@ class Budget:
 
     def limits(self, layers: Sequence[LayerInfo]) -> BudgetLimits:
         """The absolute limits on a model with these layers (the tightest where two are given)."""
-        params = sum(li.params for li in layers)
-        acts = sum(li.act_elems for li in layers)
-        size8, bitops8 = float(params), float(sum(li.macs for li in layers) * 64)
+        from .costs import w8a8_cost
+
+        ref = w8a8_cost(layers)
+        params, acts = ref["weight_bit_sum"] / 8, ref["act_bit_sum"] / 8
+        size8, bitops8 = ref["size_bytes"], ref["bitops"]
         size = _min(self.size and self.size * size8, self.size_bytes)
         bitops = _min(self.bitops and self.bitops * bitops8, self.bitops_abs)
         return BudgetLimits(size_bytes=size, bitops=bitops,

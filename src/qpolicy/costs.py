@@ -22,9 +22,31 @@ if TYPE_CHECKING:
     from .layers import LayerInfo
     from .policy import Policy
 
-__all__ = ["FLOAT_BITS", "LayerCost", "CostReport", "policy_cost"]
+__all__ = ["FLOAT_BITS", "LayerCost", "CostReport", "policy_cost", "layer_cost", "w8a8_cost", "COST_KEYS"]
 
 FLOAT_BITS = 32
+COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
+
+
+def layer_cost(li: LayerInfo, weight_bits: Any, act_bits: Any) -> dict[str, Any]:
+    """The one cost formula: the budgeted quantities of one layer at (weight bits, act bits). The bits may be
+    numbers or tensors (the expected bits of a supernet's mixed layer), so the same arithmetic prices a policy,
+    a search candidate and a differentiable supernet.
+
+    size_bytes = params x weight_bits / 8; bitops = MACs x weight_bits x act_bits; weight_bit_sum = params x
+    weight_bits; act_bit_sum = input activation elements x act_bits.
+    """
+    return {"size_bytes": li.params * weight_bits / 8, "bitops": li.macs * weight_bits * act_bits,
+            "weight_bit_sum": li.params * weight_bits, "act_bit_sum": li.act_elems * act_bits}
+
+
+def w8a8_cost(layers: Sequence[LayerInfo]) -> dict[str, float]:
+    """The same quantities with every layer at W8A8: what relative budgets and ``*_rel_w8a8`` divide by."""
+    out = dict.fromkeys(COST_KEYS, 0.0)
+    for li in layers:
+        for k, v in layer_cost(li, 8, 8).items():
+            out[k] += v
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,24 +121,15 @@ def policy_cost(layers: Sequence[LayerInfo], policy: Policy | Mapping[str, Any])
     for li in layers:
         e = entries[li.name]
         wb, ab = (e.weight_bits, e.act_bits) if hasattr(e, "weight_bits") else tuple(e)
-        per_layer.append(
-            LayerCost(
-                name=li.name,
-                weight_bits=wb,
-                act_bits=ab,
-                params=li.params,
-                macs=li.macs,
-                act_elems=li.act_elems,
-                size_bytes=li.params * _bits(wb) / 8,
-                bitops=li.macs * _bits(wb) * _bits(ab),
-            )
-        )
+        c = layer_cost(li, _bits(wb), _bits(ab))
+        per_layer.append(LayerCost(name=li.name, weight_bits=wb, act_bits=ab, params=li.params, macs=li.macs,
+                                   act_elems=li.act_elems, size_bytes=c["size_bytes"], bitops=c["bitops"]))
     size = sum(c.size_bytes for c in per_layer)
     bitops = sum(c.bitops for c in per_layer)
     params = sum(c.params for c in per_layer)
     acts = sum(c.act_elems for c in per_layer)
-    size8 = params  # bytes at 8 bits
-    bitops8 = sum(c.macs for c in per_layer) * 64
+    ref = w8a8_cost(layers)
+    size8, bitops8 = ref["size_bytes"], ref["bitops"]
     return CostReport(
         layers=tuple(per_layer),
         size_bytes=size,

@@ -211,16 +211,16 @@ class Supernet(nn.Module):
     def expected_cost(self) -> dict[str, torch.Tensor]:
         """Differentiable expected costs under the mixing weights: size_bytes, bitops, weight_bit_sum,
         act_bit_sum (the quantities budgets limit; see the module docs)."""
+        from ..costs import COST_KEYS, layer_cost
+
         info = {li.name: li for li in self.layers}
-        size = bitops = wsum = asum = torch.zeros((), device=next(self.parameters()).device)
+        zero = torch.zeros((), device=next(self.parameters()).device)
+        total = dict.fromkeys(COST_KEYS, zero)
         for n, m in self.mixed_layers():
-            li = info[n]
-            ew, ea = m.expected_bits("weight"), m.expected_bits("act")
-            size = size + li.params * ew / 8.0
-            bitops = bitops + li.macs * ew * ea
-            wsum = wsum + li.params * ew
-            asum = asum + li.act_elems * ea
-        return {"size_bytes": size, "bitops": bitops, "weight_bit_sum": wsum, "act_bit_sum": asum}
+            # the one cost formula on the expected bits (weights and activations mix independently)
+            for k, v in layer_cost(info[n], m.expected_bits("weight"), m.expected_bits("act")).items():
+                total[k] = total[k] + v
+        return total
 
     def argmax_policy(self, *, model_name: str | None = None) -> Policy:
         """Per layer and side, the candidate with the largest alpha (DMPQ's rule, before any budget step)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..bits import check_bits
 from ..budget import Budget, BudgetLimits
-from ..costs import CostReport, policy_cost
+from ..costs import COST_KEYS, CostReport, layer_cost, policy_cost, w8a8_cost
 from ..errors import ConfigError, InfeasibleBudgetError
 from ..layers import LayerInfo
 from ..policy import LayerBits, Policy
@@ -35,16 +35,14 @@ __all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "ModelStrategy", "
            "BUDGET_RTOL", "search", "build_problem", "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
-COST_KEYS = ("size_bytes", "bitops", "weight_bit_sum", "act_bit_sum")
 TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
 BUDGET_RTOL = 1e-9  # a policy fits when its cost is at most limit * (1 + BUDGET_RTOL): one rule for all checks
 
 
 def choice_cost(li: LayerInfo, choice: Choice) -> dict[str, float]:
-    """The four budgeted quantities of one layer at one (weight_bits, act_bits) choice."""
-    wb, ab = choice
-    return {"size_bytes": li.params * wb / 8, "bitops": li.macs * wb * ab, "weight_bit_sum": li.params * wb,
-            "act_bit_sum": li.act_elems * ab}
+    """The four budgeted quantities of one layer at one (weight_bits, act_bits) choice (the one cost formula,
+    :func:`qpolicy.costs.layer_cost`)."""
+    return layer_cost(li, *choice)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,9 +144,9 @@ def _check_feasible(problem: Problem) -> None:
     for li in problem.layers:
         for k in COST_KEYS:
             smallest[k] += min(choice_cost(li, c)[k] for c in problem.choices[li.name])
-    params = sum(li.params for li in problem.layers) or 1
-    acts = sum(li.act_elems for li in problem.layers) or 1
-    bitops8 = sum(li.macs for li in problem.layers) * 64 or 1
+    ref = w8a8_cost(problem.layers)
+    params, acts = ref["weight_bit_sum"] / 8 or 1, ref["act_bit_sum"] / 8 or 1
+    bitops8 = ref["bitops"] or 1
     shown = {"size_bytes": lambda v: f"size {v:,.0f} B ({v / params:.4f} of W8A8)",
              "bitops": lambda v: f"BitOPs {v / 1e9:.4f} G ({v / bitops8:.4f} of W8A8)",
              "weight_bit_sum": lambda v: f"average weight bits {v / params:.3f}",
