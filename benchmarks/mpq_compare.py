@@ -24,9 +24,9 @@ from _common import md_table, write
 from scipy.stats import kendalltau
 
 import qpolicy as qp
-from qpolicy.mpq import MPQConfig, monte_carlo_shapley, search_mpq
-from qpolicy.mpq.search import _split, _SubnetGame
 from qpolicy.pipeline import evaluate_policy, finetune_policy
+from qpolicy.supernet import DifferentiableConfig, monte_carlo_shapley, search_differentiable
+from qpolicy.supernet.differentiable import _split, _SubnetGame
 
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "bench_mpq"
 
@@ -98,11 +98,11 @@ def run_budget(label: str, args: argparse.Namespace) -> dict:
     for method in ("dmpq", "smpq"):
         policies[method], search_seconds[method], argmax_cost[method] = {}, [], []
         for seed in seeds:
-            cfg = MPQConfig(epochs=args.epochs, train_images=args.train_images, seed=seed,
+            cfg = DifferentiableConfig(epochs=args.epochs, train_images=args.train_images, seed=seed,
                             act_bits=(act,) if act else (2, 3, 4, 6, 8), shapley_samples=args.shapley_samples,
                             final_temperature=args.final_temperature)
             t = time.perf_counter()
-            res = search_mpq(model, budget, method=method, train=train, calib=calib, config=cfg,
+            res = search_differentiable(model, budget, method=method, train=train, calib=calib, config=cfg,
                              out_dir=RUNS / f"{label}/{method}/{seed}".replace(" ", "_"), model_name="resnet20")
             search_seconds[method].append(time.perf_counter() - t)
             policies[method][seed] = res.policy
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-images", type=int, default=None)
     ap.add_argument("--shapley-samples", type=int, default=10)
-    ap.add_argument("--final-temperature", type=float, default=MPQConfig.final_temperature,
+    ap.add_argument("--final-temperature", type=float, default=DifferentiableConfig.final_temperature,
                     help="end of the softmax temperature annealing (1: no annealing)")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--finetune-images", type=int, default=None)

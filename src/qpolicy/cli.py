@@ -465,7 +465,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
     from . import data
     from .errors import ConfigError
-    from .mpq import MPQConfig, search_mpq
+    from .supernet import DifferentiableConfig, search_differentiable
 
     if args.table or not args.model or not args.out:
         raise ConfigError(f"--strategy {args.strategy} trains a supernet: give --model and -o RUN_FOLDER "
@@ -473,7 +473,7 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
     bits = _int_list(args.bits if args.bits != "2,3,4,5,6,8" else "2,3,4,6,8", "--bits")
     acts = _int_list(args.act_bits, "--act-bits") or bits
     first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
-    config = MPQConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or bits, act_bits=acts,
+    config = DifferentiableConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or bits, act_bits=acts,
                        first_last=first_last, epochs=args.epochs, batch_size=args.train_batch_size,
                        train_images=args.train_limit, lr=args.lr, arch_lr=args.arch_lr,
                        complexity_weight=args.complexity_weight, temperature=args.temperature,
@@ -484,8 +484,9 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
     model = _load_model(args)
     train = data.loader("cifar10", "train", batch_size=args.train_batch_size, seed=args.seed, data_dir=args.data_dir)
     calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
-    res = search_mpq(model, budget, method=args.strategy, train=train, calib=calib, config=config, out_dir=args.out,
-                     resume=args.resume, device=args.device, model_name=args.model if ":" not in args.model else None)
+    res = search_differentiable(model, budget, method=args.strategy, train=train, calib=calib, config=config,
+                                out_dir=args.out, resume=args.resume, device=args.device,
+                                model_name=args.model if ":" not in args.model else None)
     from .costs import policy_cost
 
     cost = policy_cost(res.supernet.layers, res.policy)

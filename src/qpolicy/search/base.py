@@ -134,8 +134,8 @@ def table_strategies() -> list[str]:
 
 
 STRATEGIES.add("validated", ModelStrategy("qpolicy.select:search_validated", "validated"))
-STRATEGIES.add("dmpq", ModelStrategy("qpolicy.mpq.search:search_mpq", "supernet"))
-STRATEGIES.add("smpq", ModelStrategy("qpolicy.mpq.search:search_mpq", "supernet"))
+STRATEGIES.add("dmpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
+STRATEGIES.add("smpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
 
 
 def _check_feasible(problem: Problem) -> None:

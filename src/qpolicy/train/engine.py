@@ -1,7 +1,7 @@
 """One training engine: the loop, the learning-rate schedule, checkpoints with exact resume, progress and history.
 
 Every kind of training qpolicy runs is a recipe on this loop (QAT in :mod:`qpolicy.qat.finetune`, the
-differentiable supernet search in :mod:`qpolicy.mpq.search`; noise, adversarial and kurtosis training and
+differentiable supernet search in :mod:`qpolicy.supernet.differentiable`; noise, adversarial and kurtosis training and
 distillation plug in the same way):
 
 * **loss terms** ``term(model, x, y, logits) -> tensor`` are added to the task loss (cross-entropy), e.g. a

@@ -5,9 +5,9 @@ import torch
 
 from qpolicy.costs import policy_cost
 from qpolicy.errors import ConfigError
-from qpolicy.mpq import build_supernet
 from qpolicy.policy import LayerBits, Policy
 from qpolicy.quant import CalibConfig
+from qpolicy.supernet import build_supernet
 from qpolicy.testing import TinyConvNet, random_loader
 
 WB, AB = (2, 4, 8), (3, 8)

@@ -1,6 +1,6 @@
 """Differentiable mixed-precision search (DMPQ) and its Shapley-based selection (SMPQ) on one supernet.
 
-Both methods train the supernet of :mod:`qpolicy.mpq.supernet` the same way: the training images are split in two
+Both methods train the supernet of :mod:`qpolicy.supernet.mixed` the same way: the training images are split in two
 disjoint halves; each step updates the weights and step sizes on a batch of the first half (SGD, cosine schedule),
 then the architecture parameters alpha on a batch of the second half (Adam) with the loss
 
@@ -16,7 +16,7 @@ flat alphas whose expected cost sits at the limit while their argmax lies far in
 * **SMPQ** also estimates, ``shapley_rounds`` times per epoch, the Monte Carlo Shapley value of every
   (layer, side, candidate) player on ``shapley_images`` held-out training images (set aside from the second half,
   never augmented, never trained on; DMPQ sets them aside too, so both see the same data)
-  (:mod:`qpolicy.mpq.shapley`: remove players in random order by masking their mixing weight, record the drop in
+  (:mod:`qpolicy.supernet.shapley`: remove players in random order by masking their mixing weight, record the drop in
   top-1; truncate a permutation once top-1 is at or below ``truncation``), aggregates them as mean minus standard
   deviation, normalizes them by the largest magnitude (to [-1, 1]), and feeds them into alpha with momentum, as
   Shapley-NAS does: ``v <- momentum * v + (1 - momentum) * phi``, ``alpha <- alpha + v``. It selects by these
@@ -54,18 +54,18 @@ from ..search import search as ilp_search
 from ..sensitivity.base import SensitivityTable
 from ..train import CHECKPOINT_NAME, Hook, TrainSpec, check_resume
 from ..train import train as train_
+from .mixed import SIDES, Supernet, build_supernet
 from .shapley import ShapleyEstimate, monte_carlo_shapley
-from .supernet import SIDES, Supernet, build_supernet
 
-__all__ = ["MPQConfig", "MPQResult", "search_mpq", "METHODS", "CHECKPOINT_NAME"]
+__all__ = ["DifferentiableConfig", "DifferentiableResult", "search_differentiable", "METHODS", "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
 METHODS = ("dmpq", "smpq")
-_FORMAT = "qpolicy.mpq-checkpoint"
+_FORMAT = "qpolicy.supernet-checkpoint"
 
 
 @dataclass(frozen=True, kw_only=True)
-class MPQConfig:
+class DifferentiableConfig:
     """Settings of a differentiable search (defaults in brackets).
 
     Args:
@@ -129,7 +129,7 @@ class MPQConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MPQResult:
+class DifferentiableResult:
     """What a differentiable search produced.
 
     Attributes:
@@ -210,7 +210,7 @@ def _trainable(params: list[nn.Parameter], flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _temperature(config: MPQConfig, done: int, total: int) -> float:
+def _temperature(config: DifferentiableConfig, done: int, total: int) -> float:
     """The annealed softmax temperature after ``done`` of ``total`` steps (exponential)."""
     frac = min(max(done / max(total - 1, 1), 0.0), 1.0)
     return config.temperature * (config.final_temperature / config.temperature) ** frac
@@ -231,7 +231,7 @@ def _preference_table(net: Supernet, name: str) -> SensitivityTable:
                             act=scores["act"], monotone=False)
 
 
-def _check_budget(model: nn.Module, budget: Budget, config: MPQConfig) -> None:
+def _check_budget(model: nn.Module, budget: Budget, config: DifferentiableConfig) -> None:
     """Raise InfeasibleBudgetError (with the smallest achievable cost) if no candidate policy meets ``budget``."""
     from ..layers import quantizable_layers
 
@@ -252,7 +252,7 @@ class _ArchStep(Hook):
 
     name = "arch"
 
-    def __init__(self, net: Supernet, method: str, config: MPQConfig, limits: Any, arch_data: Any, held: Any,
+    def __init__(self, net: Supernet, method: str, config: DifferentiableConfig, limits: Any, arch_data: Any, held: Any,
                  dev: torch.device, steps: int):
         self.net, self.method, self.config, self.limits = net, method, config, limits
         self.arch_data, self.held, self.dev, self.steps = arch_data, held, dev, steps
@@ -351,10 +351,10 @@ class _ArchStep(Hook):
         self.shapley_seconds = float(state.get("shapley_seconds", 0.0))
 
 
-def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train: Iterable[Any],
-               calib: Iterable[Any], config: MPQConfig | None = None, out_dir: str | Path | None = None,
+def search_differentiable(model: nn.Module, budget: Budget, *, method: str = "dmpq", train: Iterable[Any],
+               calib: Iterable[Any], config: DifferentiableConfig | None = None, out_dir: str | Path | None = None,
                resume: bool = False, device: str | torch.device | None = None,
-               model_name: str | None = None) -> MPQResult:
+               model_name: str | None = None) -> DifferentiableResult:
     """Run DMPQ or SMPQ on a supernet of ``model`` (left untouched) and select a policy within ``budget``.
 
     Args:
@@ -373,7 +373,7 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
         from ..errors import UnknownNameError
 
         raise UnknownNameError("differentiable search method", method, METHODS)
-    config = config or MPQConfig()
+    config = config or DifferentiableConfig()
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -410,7 +410,7 @@ def search_mpq(model: nn.Module, budget: Budget, *, method: str = "dmpq", train:
                  "search_seconds": time.perf_counter() - t_start})
     prov.pop("sensitivity", None)
     policy = Policy(layers=dict(result.policy.layers), model=model_name, provenance=prov)
-    res = MPQResult(method=method, policy=policy, argmax_policy=net.argmax_policy(model_name=model_name),
+    res = DifferentiableResult(method=method, policy=policy, argmax_policy=net.argmax_policy(model_name=model_name),
                     alphas={n: {s: {str(b): v for b, v in d.items()} for s, d in sides.items()}
                             for n, sides in net.alphas().items()},
                     shapley=tuple(shapley), history=tuple(history), seconds=time.perf_counter() - t_start,

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from qpolicy.errors import ConfigError
-from qpolicy.mpq import build_supernet, exact_shapley, monte_carlo_shapley
-from qpolicy.mpq.search import _SubnetGame
 from qpolicy.quant import CalibConfig
+from qpolicy.supernet import build_supernet, exact_shapley, monte_carlo_shapley
+from qpolicy.supernet.differentiable import _SubnetGame
 from qpolicy.testing import TinyConvNet, random_loader
 
 

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-import qpolicy.mpq.search as mpq_search
+import qpolicy.supernet.differentiable as diff_search
 from qpolicy.budget import Budget
 from qpolicy.costs import policy_cost
 from qpolicy.errors import CheckpointError, ConfigError, InfeasibleBudgetError, UnknownNameError
-from qpolicy.mpq import MPQConfig, search_mpq
 from qpolicy.policy import Policy
+from qpolicy.supernet import DifferentiableConfig, search_differentiable
 from qpolicy.testing import random_loader
 
 from .test_shapley import trained_tiny
@@ -18,10 +18,11 @@ CFG = dict(weight_bits=(2, 4, 8), act_bits=(4, 8), epochs=1, batch_size=32, shap
 
 
 def _run(method, budget, tmp_path=None, **kw):
-    cfg = MPQConfig(**{**CFG, **kw})
-    return search_mpq(trained_tiny(), budget, method=method, train=random_loader(384, batch_size=32, augment=True),
-                      calib=random_loader(64, batch_size=32), config=cfg, out_dir=tmp_path, device="cpu",
-                      model_name="tiny")
+    cfg = DifferentiableConfig(**{**CFG, **kw})
+    return search_differentiable(trained_tiny(), budget, method=method,
+                                 train=random_loader(384, batch_size=32, augment=True),
+                                 calib=random_loader(64, batch_size=32), config=cfg, out_dir=tmp_path, device="cpu",
+                                 model_name="tiny")
 
 
 @pytest.mark.parametrize("method", ["dmpq", "smpq"])
@@ -49,7 +50,7 @@ def test_search_writes_a_policy_within_budget(method, tmp_path):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     full = _run("smpq", Budget(bitops=0.75), tmp_path / "full", shapley_rounds=2)
     calls = {"n": 0}
-    real = mpq_search._complexity
+    real = diff_search._complexity
 
     def dying(net, limits):
         calls["n"] += 1
@@ -57,20 +58,22 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed inside step 4, after the checkpoint of step 3
         return real(net, limits)
 
-    monkeypatch.setattr(mpq_search, "_complexity", dying)
+    monkeypatch.setattr(diff_search, "_complexity", dying)
     with pytest.raises(KeyboardInterrupt):
         _run("smpq", Budget(bitops=0.75), tmp_path / "killed", shapley_rounds=2)
-    monkeypatch.setattr(mpq_search, "_complexity", real)
+    monkeypatch.setattr(diff_search, "_complexity", real)
     with pytest.raises(CheckpointError, match="exists"):
         _run("smpq", Budget(bitops=0.75), tmp_path / "killed", shapley_rounds=2)
     with pytest.raises(CheckpointError, match="other settings"):
-        cfg = MPQConfig(**{**CFG, "shapley_rounds": 2, "epochs": 2})
-        search_mpq(trained_tiny(), Budget(bitops=0.75), method="smpq", train=random_loader(384, batch_size=32),
-                   calib=random_loader(64, batch_size=32), config=cfg, out_dir=tmp_path / "killed", resume=True)
-    resumed = search_mpq(trained_tiny(), Budget(bitops=0.75), method="smpq",
-                         train=random_loader(384, batch_size=32, augment=True), calib=random_loader(64, batch_size=32),
-                         config=MPQConfig(**{**CFG, "shapley_rounds": 2}), out_dir=tmp_path / "killed", resume=True,
-                         device="cpu", model_name="tiny")
+        cfg = DifferentiableConfig(**{**CFG, "shapley_rounds": 2, "epochs": 2})
+        search_differentiable(trained_tiny(), Budget(bitops=0.75), method="smpq",
+                              train=random_loader(384, batch_size=32), calib=random_loader(64, batch_size=32),
+                              config=cfg, out_dir=tmp_path / "killed", resume=True)
+    resumed = search_differentiable(trained_tiny(), Budget(bitops=0.75), method="smpq",
+                                    train=random_loader(384, batch_size=32, augment=True),
+                                    calib=random_loader(64, batch_size=32),
+                                    config=DifferentiableConfig(**{**CFG, "shapley_rounds": 2}),
+                                    out_dir=tmp_path / "killed", resume=True, device="cpu", model_name="tiny")
     assert resumed.resumed_from == {"epoch": 0, "step": 3}
     for n, sides in full.alphas.items():
         for s, vals in sides.items():
@@ -85,30 +88,30 @@ def test_bad_settings_are_clear():
     with pytest.raises(UnknownNameError, match="did you mean 'smpq'"):
         _run("smpqq", Budget(bitops=0.75))
     with pytest.raises(ConfigError, match="truncation"):
-        MPQConfig(truncation=1.5)
+        DifferentiableConfig(truncation=1.5)
     with pytest.raises(ConfigError, match="epochs"):
-        MPQConfig(epochs=0)
+        DifferentiableConfig(epochs=0)
     with pytest.raises(ConfigError, match="ArrayLoader"):
-        search_mpq(trained_tiny(), Budget(bitops=0.75), train=[(torch.zeros(2, 3, 8, 8), torch.zeros(2))],
+        search_differentiable(trained_tiny(), Budget(bitops=0.75), train=[(torch.zeros(2, 3, 8, 8), torch.zeros(2))],
                    calib=random_loader(64, batch_size=32))
 
 
 def test_temperature_anneals_from_start_to_end():
-    cfg = MPQConfig(temperature=2.0, final_temperature=0.1)
-    assert mpq_search._temperature(cfg, 0, 11) == pytest.approx(2.0)
-    assert mpq_search._temperature(cfg, 5, 11) == pytest.approx((2.0 * 0.1) ** 0.5)  # geometric mid-point
-    assert mpq_search._temperature(cfg, 10, 11) == pytest.approx(0.1)
-    assert mpq_search._temperature(MPQConfig(temperature=1.0, final_temperature=1.0), 3, 11) == 1.0
+    cfg = DifferentiableConfig(temperature=2.0, final_temperature=0.1)
+    assert diff_search._temperature(cfg, 0, 11) == pytest.approx(2.0)
+    assert diff_search._temperature(cfg, 5, 11) == pytest.approx((2.0 * 0.1) ** 0.5)  # geometric mid-point
+    assert diff_search._temperature(cfg, 10, 11) == pytest.approx(0.1)
+    assert diff_search._temperature(DifferentiableConfig(temperature=1.0, final_temperature=1.0), 3, 11) == 1.0
     with pytest.raises(ConfigError, match="final_temperature"):
-        MPQConfig(final_temperature=0)
+        DifferentiableConfig(final_temperature=0)
 
 
 def test_each_step_updates_only_its_own_parameters(monkeypatch):
     """The weight step computes no alpha gradient and the alpha step no weight gradient; the search ends at the
     final temperature with every parameter trainable again."""
     nets, seen = [], []
-    build = mpq_search.build_supernet
-    monkeypatch.setattr(mpq_search, "build_supernet", lambda *a, **k: nets.append(build(*a, **k)) or nets[-1])
+    build = diff_search.build_supernet
+    monkeypatch.setattr(diff_search, "build_supernet", lambda *a, **k: nets.append(build(*a, **k)) or nets[-1])
     real = torch.Tensor.backward
 
     def spy(self, *a, **k):
