@@ -21,7 +21,15 @@ from torch import nn
 from .._validate import require_ints, require_numbers
 from ..errors import ConfigError
 from ..quant.fake_quant import _Quantizer
-from ..train import CHECKPOINT_NAME, TrainSpec, check_resume, check_same_config, load_checkpoint, train
+from ..train import (
+    CHECKPOINT_NAME,
+    TrainOutcome,
+    TrainSpec,
+    check_resume,
+    check_same_config,
+    load_checkpoint,
+    train,
+)
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_checkpoint", "check_resume", "check_same_config",
            "CHECKPOINT_NAME"]
@@ -65,32 +73,7 @@ class FinetuneConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass(frozen=True, kw_only=True)
-class FinetuneResult:
-    """What a fine-tuning call did.
-
-    Attributes:
-        epochs: Epochs completed in total (including those of a resumed run).
-        steps: Optimizer steps taken in total.
-        seconds: Training wall time of this call.
-        seconds_per_epoch: Training wall time per epoch, over the epochs this call ran in full.
-        history: One record per completed epoch (epoch, loss, top1, lr, seconds).
-        resumed_from: ``{"epoch", "step"}`` the run resumed from, or None.
-        checkpoint: Path of the last checkpoint written, or None.
-    """
-
-    epochs: int
-    steps: int
-    seconds: float
-    seconds_per_epoch: float | None
-    history: tuple[dict[str, Any], ...]
-    resumed_from: dict[str, int] | None
-    checkpoint: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["history"] = list(self.history)
-        return d
+FinetuneResult = TrainOutcome  # what a fine-tuning call did (the engine's record of the run)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -130,7 +113,4 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
                                   nesterov=config.nesterov and config.momentum > 0),
         checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT, what="fine-tuning",
         settings=config.to_dict(), may_change=_RESUME_MAY_CHANGE, extra=extra or {}, desc="epoch")
-    out = train(model, data, spec, out_dir=out_dir, resume=resume, device=device)
-    return FinetuneResult(epochs=out.epochs, steps=out.steps, seconds=out.seconds,
-                          seconds_per_epoch=out.seconds_per_epoch, history=out.history,
-                          resumed_from=out.resumed_from, checkpoint=out.checkpoint)
+    return train(model, data, spec, out_dir=out_dir, resume=resume, device=device)

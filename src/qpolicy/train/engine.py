@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,17 @@ class TrainSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOutcome:
-    """What a call of :func:`train` did: epochs and steps in total, wall time of this call, history, resume point,
-    checkpoint path."""
+    """What a call of :func:`train` did.
+
+    Attributes:
+        epochs: Epochs completed in total (including those of a resumed run).
+        steps: Optimizer steps taken in total.
+        seconds: Training wall time of this call.
+        seconds_per_epoch: Training wall time per epoch, over the epochs this call ran in full.
+        history: One record per completed epoch (epoch, loss, top1, lr, seconds, and the hooks' fields).
+        resumed_from: ``{"epoch", "step"}`` the run resumed from, or None.
+        checkpoint: Path of the last checkpoint written, or None.
+    """
 
     epochs: int
     steps: int
@@ -133,6 +142,11 @@ class TrainOutcome:
     history: tuple[dict[str, Any], ...]
     resumed_from: dict[str, int] | None
     checkpoint: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["history"] = list(self.history)
+        return d
 
 
 def load_checkpoint(path: str | Path, *, fmt: str = "qpolicy.checkpoint", what: str = "fine-tuning") -> dict[str, Any]:
