@@ -63,16 +63,27 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
-def write(name: str, payload: dict[str, Any], table: str, notes: str = "") -> None:
-    """Write results/<name>.json and results/<name>.md with the machine, versions and command."""
+META_KEYS = ("benchmark", "date", "command", "git", "machine")
+
+
+def write(name: str, payload: dict[str, Any], table: str, notes: str = "", *,
+          stored: dict[str, Any] | None = None) -> None:
+    """Write results/<name>.json and results/<name>.md with the machine, versions and command. ``stored``: the
+    meta of a stored run whose results are rendered again (its date, command, commit and machine are kept, and the
+    rendering command and commit are added)."""
     meta = {"benchmark": name, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "command": command(), "git": START_GIT, "machine": machine()}
+    rendered = ""
+    if stored is not None:
+        meta = {**{k: stored[k] for k in META_KEYS}, "rendered": meta}
+        rendered = (f"Rendered from the stored results by `{meta['rendered']['command']}` at git "
+                    f"{meta['rendered']['git']['commit']}  \n")
     write_json(RESULTS / f"{name}.json", {**meta, **payload})
     m = meta["machine"]
     md = (f"# {name}\n\n{notes}\n\n{table}\n\n"
           f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
           f"Code: git {meta['git']['commit'] or 'unknown'}{' (uncommitted changes)' if meta['git']['dirty'] else ''}"
-          "  \n"
+          "  \n" + rendered +
           f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
           f"CUDA: {m['cuda'] or 'none'}  \nVersions: python {m['python']}, torch {m['torch']}, "
           f"qpolicy {m['qpolicy']}\n")

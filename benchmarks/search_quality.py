@@ -7,6 +7,7 @@ on the test split: the default search chooses on validation, the other columns c
 stored in the JSON.
 
     python benchmarks/search_quality.py [--models resnet20,resnet32] [--randoms 3] [--metrics fisher,qerror,...]
+    python benchmarks/search_quality.py --render benchmarks/results/NAME.json   # the markdown of a stored run
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def run_model(name: str, metrics: list[str], randoms: int, log) -> tuple[list[di
         for m in metrics:
             metric = METRICS.get(m)(quantizer="minmax" if q == "minmax" else "mse", bn_reestimate=cfg.bn_reestimate)
             tables[m, q] = qp.analyze(model, train, metric=metric, bits=BITS)
-    records, rows = [], []
+    records = []
     for label, (spec, key, act_bits) in BUDGETS.items():
         uni = qp.uniform_policy(model, spec, model_name=name)
         c = qp.policy_cost(layers, uni)
@@ -79,11 +80,39 @@ def run_model(name: str, metrics: list[str], randoms: int, log) -> tuple[list[di
             records.append(rec)
             log(f"{name} {label} {q}: uniform {rec['uniform']:.2f}, default {rec['default']:.2f} "
                 f"({rec['default_chosen']}, {rec['default_seconds']:.0f} s)")
-            rows.append([name, label, q, f"{rec['uniform']:.2f}", *(f"{rec[m]:.2f}" for m in metrics),
-                         f"**{rec['default']:.2f}**", f"{rec['margin']:+.2f}",
-                         f"{rec['default_seconds']:.0f} s / {rec['default_evaluations']}", rec["default_chosen"],
-                         f"{rec['random_median']:.2f} ({min(rnd):.1f}-{max(rnd):.1f})" if rnd else "-"])
-    return records, rows
+    return records
+
+
+def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, str]:
+    """The markdown table and notes of stored records; the default search's settings are read from its policies'
+    provenance, so the text says what ran."""
+    rows = []
+    for rec in records:
+        rnd = rec["random"]
+        rows.append([rec["model"], rec["budget"], rec["quantizer"], f"{rec['uniform']:.2f}",
+                     *(f"{rec[m]:.2f}" for m in metrics), f"**{rec['default']:.2f}**", f"{rec['margin']:+.2f}",
+                     f"{rec['default_seconds']:.0f} s / {rec['default_evaluations']}", rec["default_chosen"],
+                     f"{rec['random_median']:.2f} ({min(rnd):.1f}-{max(rnd):.1f})" if rnd else "-"])
+    table = md_table(["model", "budget", "quantizer", "uniform", *(f"{m} + ilp" for m in metrics),
+                      "default search", "default - uniform", "search s / evaluations", "chosen",
+                      f"random median of {randoms} (range)"], rows)
+    sel = records[0]["policies"]["default"]["provenance"]["select"]
+    below = [f"{r['model']} {r['budget']} {r['quantizer']} ({r['margin']:+.2f})" for r in records if r["margin"] < 0]
+    notes = ("CIFAR-10 test top-1 (%) after PTQ only, full test set (10,000 images). Quantizers: `minmax` = plain "
+             "min-max ranges, no BN re-estimation; `ours` = MSE clipping + BN re-estimation on 4,096 augmented "
+             "training images. First and last layer W8A8 in every policy; size budgets hold activations at 8 bits; "
+             "candidate bits {2,3,4,5,6,8}. Each budget is the cost of the uniform policy of its row. Metric "
+             "columns: that metric's table (one batch of 128 training images, scored with the row's quantizer and "
+             "its BN rule) solved by the ILP. Default search: `qpolicy search --model M --budget ...` "
+             f"(`search_validated`: {' + '.join(sel['metrics'])} ILP candidates, the {sel['uniform_candidates']} "
+             f"widest uniform policies, {sel['refine_evaluations']} refinement evaluations, each policy scored on "
+             f"{sel['val_images']:,} images of the validation split held out of the training images and calibrated "
+             f"like the row's quantizer ({sel['bn_batches']} BN + {sel['act_batches']} activation batches); the "
+             f"choice confirmed against every uniform candidate on {sel['confirm_images']:,} other validation images "
+             f"(one-sided paired t-test on per-image loss, p < {sel['confirm_p']}, and top-1 at least theirs)). "
+             "Random: seeded random policies that fill the budget. Default search below uniform: "
+             + (", ".join(below) if below else "never") + ".")
+    return table, notes
 
 
 def main() -> None:
@@ -92,33 +121,31 @@ def main() -> None:
     ap.add_argument("--metrics", default="fisher,qerror,hessian,kl")
     ap.add_argument("--randoms", type=int, default=3)
     ap.add_argument("--name", default="search_quality")
+    ap.add_argument("--render", metavar="JSON", help="only render a stored result of this script again")
     args = ap.parse_args()
+    if args.render:
+        import json
+        from pathlib import Path
+
+        stored = json.loads(Path(args.render).read_text())
+        records = stored["results"]
+        metrics = [m for m in ("fisher", "qerror", "hessian", "kl", "te") if m in records[0]]
+        randoms = len(records[0]["random"])
+        table, notes = render(records, metrics, randoms)
+        write(stored["benchmark"], {"results": records, "never_below_uniform": stored["never_below_uniform"]},
+              table, notes, stored=stored)
+        return
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     t0 = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:.0f} s] {msg}", flush=True)
 
-    records, rows = [], []
+    records = []
     for name in args.models.split(","):
-        r, w = run_model(name.strip(), metrics, args.randoms, log)
-        records += r
-        rows += w
-    table = md_table(["model", "budget", "quantizer", "uniform", *(f"{m} + ilp" for m in metrics),
-                      "default search", "default - uniform", "search s / evaluations", "chosen",
-                      f"random median of {args.randoms} (range)"], rows)
+        records += run_model(name.strip(), metrics, args.randoms, log)
+    table, notes = render(records, metrics, args.randoms)
     never_below = all(r["margin"] >= 0 for r in records)
-    notes = ("CIFAR-10 test top-1 (%) after PTQ only, full test set (10,000 images). Quantizers: `minmax` = plain "
-             "min-max ranges, no BN re-estimation; `ours` = MSE clipping + BN re-estimation on 4,096 augmented "
-             "training images. First and last layer W8A8 in every policy; size budgets hold activations at 8 bits; "
-             "candidate bits {2,3,4,5,6,8}. Each budget is the cost of the uniform policy of its row. Metric "
-             "columns: that metric's table (one batch of 128 training images, scored with the row's quantizer and "
-             "its BN rule) solved by the ILP. Default search: `qpolicy search --model M --budget ...` "
-             "(`search_validated`, fisher + qerror candidates, the 2 widest uniform policies, 12 refinement "
-             "evaluations; every choice on 1,000 images of the validation split held out of the training images, "
-             "calibrated like the row's quantizer, and confirmed against the best uniform candidate on 2,000 other "
-             "validation images). Random: seeded random policies that fill the budget. "
-             f"Default search never below uniform: {'yes' if never_below else 'NO'}.")
     write(args.name, {"results": records, "never_below_uniform": never_below}, table, notes)
 
 
