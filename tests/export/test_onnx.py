@@ -96,7 +96,7 @@ def test_verification_rule_margin_bound_by_hand_and_a_planted_mismatch(tmp_path)
     with torch.no_grad():
         w = fc.weight_quant(fc.weight)  # (4, 16)
         by_hand = max(float((w[i] - w[j]).abs().sum()) for i in range(4) for j in range(4))
-    assert _margin_bound(qm, 1.0) == pytest.approx(float(fc.act_quant.scale.max()) * by_hand)
+    assert _margin_bound(qm, 1.0) == pytest.approx(float(fc.act_quant.scale.detach().max()) * by_hand)
     assert _margin_bound(qm, 2.0) == pytest.approx(2 * _margin_bound(qm, 1.0))
     data = random_loader(128, batch_size=64, seed=3)
     ok = verify_onnx(path, qm, data, threads=1)
