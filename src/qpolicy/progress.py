@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["progress", "set_enabled", "disabled"]
+__all__ = ["progress", "set_enabled"]
 
 _enabled: bool | None = None  # None: only on a terminal
 
@@ -26,14 +25,3 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, **kw
     disable = None if _enabled is None else not _enabled
     yield from tqdm(iterable, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
 
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """No progress bars inside the block (inner loops of a job that has its own bar)."""
-    global _enabled
-    before = _enabled
-    _enabled = False
-    try:
-        yield
-    finally:
-        _enabled = before

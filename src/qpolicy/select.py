@@ -54,6 +54,7 @@ from .progress import progress
 from .quant.apply import apply_policy, batch_inputs
 from .quant.fake_quant import CalibConfig
 from .search.base import STRATEGIES, Choice, Problem, SearchResult, build_problem, fits, ties_hold, total_cost
+from .search.baselines import uniform_pairs
 from .sensitivity import METRICS, SensitivityTable, analyze
 
 __all__ = ["SelectConfig", "search_validated", "Candidate"]
@@ -201,9 +202,7 @@ def _moves(problem: Problem, assign: Mapping[str, Choice]) -> list[dict[str, Cho
 
 def _uniform_candidates(problem: Problem, k: int) -> list[tuple[str, dict[str, Choice]]]:
     """The ``k`` widest uniform policies within budget (the ``uniform`` strategy's order of pairs)."""
-    free = [li.name for li in problem.layers if len(problem.choices[li.name]) > 1]
-    pairs = sorted({c for n in free for c in problem.choices[n]}, key=lambda c: (min(c), c[0] + c[1], c[0]),
-                   reverse=True)
+    pairs = uniform_pairs(problem)
     solve = STRATEGIES.get("uniform")
     out: list[tuple[str, dict[str, Choice]]] = []
     for pair in pairs:

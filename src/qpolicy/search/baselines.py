@@ -8,7 +8,15 @@ import random as _random
 from ..errors import InfeasibleBudgetError
 from .base import STRATEGIES, Choice, Problem, fits, ties_hold, total_cost
 
-__all__ = ["solve_uniform", "solve_random"]
+__all__ = ["solve_uniform", "solve_random", "uniform_pairs"]
+
+
+def uniform_pairs(problem: Problem) -> list[Choice]:
+    """The (weight, act) pairs the free layers allow, widest first: the larger of the two narrower sides first
+    (W3A4 over W6A2), then the larger sum, then wider weights."""
+    free = [li.name for li in problem.layers if len(problem.choices[li.name]) > 1]
+    return sorted({c for n in free for c in problem.choices[n]}, key=lambda c: (min(c), c[0] + c[1], c[0]),
+                  reverse=True)
 
 
 @STRATEGIES.register("uniform")
@@ -17,8 +25,7 @@ def solve_uniform(problem: Problem, seed: int = 0) -> dict[str, Choice]:
     of the two narrower sides first (W3A4 over W6A2), then the larger sum, then wider weights. A layer whose
     choices a tie narrowed takes its allowed choice nearest to the pair."""
     free = [li.name for li in problem.layers if len(problem.choices[li.name]) > 1]
-    pairs = sorted({c for n in free for c in problem.choices[n]},
-                   key=lambda c: (min(c), c[0] + c[1], c[0]), reverse=True)
+    pairs = uniform_pairs(problem)
     fixed = {n: cs[0] for n, cs in problem.choices.items() if len(cs) == 1}
     def nearest(n: str, pair: Choice) -> Choice:
         return min(problem.choices[n], key=lambda c: (abs(c[0] - pair[0]) + abs(c[1] - pair[1]), -c[0] - c[1]))

@@ -267,10 +267,8 @@ class _ArchStep(Hook):
                                  for r in range(config.shapley_rounds)})
         self.sums: dict[str, float] = {}
         self.arch_iter: Any = None
-        self.epoch = 0
 
     def start_epoch(self, epoch: int, step: int) -> None:
-        self.epoch = epoch
         self.arch_iter = self.arch_data.batches(epoch, step % len(self.arch_data))
         self.sums = {"arch_loss": 0.0, "complexity": 0.0, "steps": 0}
 
