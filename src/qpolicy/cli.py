@@ -92,6 +92,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
+    p = sub.add_parser("train-noise", help="fine-tune a model under Gaussian noise: the base of a smoothed classifier")
+    _add_model(p)
+    p.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation, pixel units (default 0.25)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--train-batch-size", type=int, default=128)
+    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
+    p.add_argument("--trained-dir", help="cache of trained models (default $QPOLICY_TRAINED or ~/.cache/qpolicy/"
+                   "trained); the run goes to TRAINED_DIR/MODEL-noiseSIGMA")
+    p.add_argument("--out", help="run folder instead of the cache (checkpoint.pt, weights.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("certify", help="certified L2 robustness (randomized smoothing) of a model or a policy")
+    _add_model(p)
+    _add_policy(p)
+    p.add_argument("-o", "--out", required=True, help="run folder: certify.json (rewritten after every image)")
+    p.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation, pixel units (default 0.25)")
+    p.add_argument("--n0", type=int, default=100, help="samples selecting the class (default 100)")
+    p.add_argument("--n", type=int, default=10000, help="samples bounding its probability (default 10000; Cohen et "
+                   "al. 100000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability per certificate (default 0.001)")
+    p.add_argument("--images", type=int, default=100, help="images, evenly spaced over the split (default 100: "
+                   "every 100th test image)")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    p.add_argument("--record", type=int, default=0, help="keep the base's classes on this many samples per image: "
+                   "a reference for --incremental runs")
+    p.add_argument("--incremental", metavar="REF", help="certify incrementally (IRS) from this full-precision "
+                   "certify run (made with --record >= --n-p); its settings are reused")
+    p.add_argument("--n-p", type=int, default=1000, help="IRS: shared-noise samples bounding the disagreement")
+    p.add_argument("--no-fallback", action="store_true", help="IRS: abstain where it cannot certify instead of "
+                   "certifying from scratch")
+    p.add_argument("--noise-weights", help="noise-trained weights (default: the train-noise cache for this model "
+                   "and sigma)")
+    p.add_argument("--trained-dir", help="cache of trained models (default $QPOLICY_TRAINED or ~/.cache/qpolicy/"
+                   "trained)")
+    p.add_argument("--allow-plain-base", action="store_true", help="certify a base that was not noise-trained "
+                   "(it abstains on most images)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("analyze", help="per-layer sensitivity table of a model under a metric")
     _add_common(p)
     _add_analyze(p)
@@ -117,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-images", type=int, help="validation images scoring each policy (default 2000)")
     g.add_argument("--refine-evaluations", type=int, help="evaluations spent refining (0: none; default 8)")
     _add_differentiable(p)
+    _add_arq(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -181,6 +232,23 @@ def _add_differentiable(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=0.8, help="smpq: momentum of the Shapley feedback")
     g.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+def _add_arq(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ARQ (--strategy arq, with --model and -o RUN_FOLDER): reinforcement learning that keeps "
+                             "smoothed accuracy and certified radius")
+    g.add_argument("--sigma", type=float, default=0.25, help="smoothing noise, pixel units (default 0.25)")
+    g.add_argument("--episodes", type=int, default=30, help="episodes, warm-up included (default 30)")
+    g.add_argument("--warmup", type=int, default=10, help="episodes of random actions first (default 10)")
+    g.add_argument("--arq-val-images", type=int, default=40, help="validation images rewarding a policy")
+    g.add_argument("--reference-n", type=int, default=2000, help="samples certifying the float model on them")
+    g.add_argument("--n-p", type=int, default=300, help="shared-noise samples per image for a policy (IRS)")
+    g.add_argument("--reward-weight", type=float, default=0.5, help="weight of clean accuracy vs ACR in the reward")
+    g.add_argument("--test-images", type=int, default=100, help="test images certifying the final policy (0: none)")
+    g.add_argument("--test-n", type=int, default=1000, help="samples per test image for that certificate")
+    g.add_argument("--noise-weights", help="noise-trained weights (default: the train-noise cache)")
+    g.add_argument("--trained-dir", help="cache of trained models")
+    g.add_argument("--allow-plain-base", action="store_true", help="search on a base that was not noise-trained")
 
 
 def _add_analyze(p: argparse.ArgumentParser) -> None:
@@ -402,6 +470,93 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_noise(args: argparse.Namespace) -> int:
+    from . import data
+    from .errors import ConfigError
+    from .evaluate import evaluate
+    from .robust.noise import NoiseTrainConfig, noise_model_dir, train_noise
+
+    config = NoiseTrainConfig(sigma=args.sigma, epochs=args.epochs, lr=args.lr, checkpoint_every=args.checkpoint_every,
+                              seed=args.seed)
+    if ":" in args.model and not args.out:
+        raise ConfigError("a model outside the zoo has no cache name: give --out RUN_FOLDER")
+    out = Path(args.out) if args.out else noise_model_dir(args.model, config.sigma, args.trained_dir)
+    model = _load_model(args)
+    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit, seed=args.seed,
+                        data_dir=args.data_dir)
+    res = train_noise(model, train, config=config, out_dir=out, resume=args.resume, device=args.device,
+                      model_name=args.model)
+    val = evaluate(model, data.loader("cifar10", "val", batch_size=500, limit=1000, data_dir=args.data_dir),
+                   device=args.device, desc="val")
+    obj = {"model": args.model, "sigma": config.sigma, "out": str(out), "weights": str(out / "weights.pt"),
+           "train": res.to_dict(), "val_top1_clean": val.top1}
+    resumed = f" (resumed from epoch {res.resumed_from['epoch']})" if res.resumed_from else ""
+    text = (f"{args.model} fine-tuned under Gaussian noise sigma={config.sigma:g}: {res.epochs} epoch(s){resumed}, "
+            f"{res.seconds:.0f} s; last epoch train top-1 under noise {res.history[-1]['top1']:.2f}%\n"
+            f"clean validation top-1 (1,000 images) {val.top1:.2f}%\nwrote {out / 'weights.pt'}")
+    _emit(args, obj, text)
+    return 0
+
+
+def _noise_base(args: argparse.Namespace, sigma: float):
+    """The model with its noise-trained weights: --noise-weights, else the train-noise cache; a plain base only
+    with --allow-plain-base."""
+    from .errors import ConfigError
+    from .robust.noise import WEIGHTS_NAME, load_noise_model, noise_model_dir
+
+    model = _load_model(args)
+    if args.noise_weights:
+        return load_noise_model(model, args.noise_weights)
+    cached = noise_model_dir(args.model, sigma, args.trained_dir) / WEIGHTS_NAME if ":" not in args.model else None
+    if cached is not None and cached.is_file():
+        return load_noise_model(model, cached)
+    if not args.allow_plain_base:
+        raise ConfigError(f"no noise-trained {args.model} for sigma={sigma:g}"
+                          + (f" in {cached.parent}" if cached is not None else "")
+                          + f": randomized smoothing needs a base trained under that noise. Make it with `qpolicy "
+                          f"train-noise --model {args.model} --sigma {sigma:g}`, give --noise-weights FILE, or "
+                          "--allow-plain-base to certify the plain model anyway")
+    return model
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from .robust.certify import certify_model
+    from .robust.irs import IRSConfig, check_reference
+    from .robust.smoothing import SmoothConfig, load_certify
+
+    _check_policy_args(args)
+    reference, irs = None, None
+    if args.incremental:
+        irs = IRSConfig(n_p=args.n_p, alpha=args.alpha, fallback=not args.no_fallback)
+        reference = load_certify(args.incremental)
+        config = check_reference(reference, irs.n_p)
+    else:
+        config = SmoothConfig(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch)
+    model = _noise_base(args, config.sigma)
+    policy = _policy(args, model)
+    cal = None
+    if policy is not None:
+        from . import data
+
+        cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
+                                data_dir=args.data_dir)
+    images = len(reference["records"]) if reference is not None else args.images
+    split = reference.get("split", args.split) if reference is not None else args.split
+    res = certify_model(model, policy, config=config, out_dir=args.out, split=split, images=images,
+                        resume=args.resume, calib=cal, calib_config=_calib_config(args) if policy else None,
+                        record=args.record, reference=reference, irs=irs, device=args.device,
+                        model_name=args.model)
+    s = res["summary"]
+    ca = s["certified_accuracy"]
+    text = (f"{args.model} | {_policy_label(policy)} | sigma {config.sigma:g}, n0 {config.n0}, n {config.n}, "
+            f"alpha {config.alpha:g}" + (f" | incremental from {args.incremental} (n_p {irs.n_p})" if irs else "")
+            + f"\n{s['images']} {split} images: ACR {s['acr']:.3f}, smoothed clean accuracy {s['clean_accuracy']:.1f}%,"
+            f" abstain {s['abstain']:.1f}%\ncertified accuracy " + ", ".join(f"r={k}: {v:.1f}%" for k, v in ca.items())
+            + f"\n{s['samples']:,} noisy samples in {s['seconds']:.0f} s\nwrote {Path(args.out) / 'certify.json'}")
+    _emit(args, {k: v for k, v in res.items() if k != "records"}, text)
+    return 0
+
+
 def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
     from .errors import ConfigError
 
@@ -543,7 +698,44 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
     return 0
 
 
-RUNNERS = {"validated": cmd_search_validated, "supernet": lambda args, budget: cmd_search_differentiable(args, budget)}
+def cmd_search_arq(args: argparse.Namespace, budget) -> int:
+    from . import data
+    from .errors import ConfigError
+    from .rl.arq import ARQConfig, search_arq
+    from .rl.ddpg import DDPGConfig
+
+    if args.table or not args.model or not args.out:
+        raise ConfigError("--strategy arq measures policies on the model: give --model and -o RUN_FOLDER (no "
+                          "sensitivity table)")
+    choices = _search_choices(args)
+    config = ARQConfig(episodes=args.episodes, val_images=args.arq_val_images, reference_n=args.reference_n,
+                       n_p=args.n_p, reward_weight=args.reward_weight, test_images=args.test_images,
+                       test_n=args.test_n, ddpg=DDPGConfig(warmup=args.warmup), seed=args.seed)
+    from .robust.noise import check_sigma
+
+    model = _noise_base(args, check_sigma(args.sigma))
+    calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
+    res = search_arq(model, budget, calib=calib, out_dir=args.out, sigma=args.sigma, config=config,
+                     act_bits=choices["act_bits"], weight_bits=_int_list(args.weight_bits, "--weight-bits"),
+                     first_last=choices["first_last"], tie=args.tie, resume=args.resume, device=args.device,
+                     model_name=args.model if ":" not in args.model else None)
+    arq, test = res.policy.provenance["arq"], res.extra["test"]
+    text = (f"arq under {budget}: {arq['episodes']} episodes in {res.seconds:.0f} s, best at episode "
+            f"{arq['best_episode']} (reward {arq['best_reward']:.4f})\n"
+            f"validation ({arq['val_images']} images, sigma {arq['sigma']:g}): smoothed accuracy "
+            f"{arq['val_clean_accuracy']:.1f}% (float {arq['fp_val_clean_accuracy']:.1f}%), ACR {arq['val_acr']:.3f} "
+            f"(float {arq['fp_val_acr']:.3f})"
+            + (f"\ntest ({test['images']} images): smoothed accuracy {test['clean_accuracy']:.1f}%, ACR "
+               f"{test['acr']:.3f}, certified accuracy at 0.25 {test['certified_accuracy']['0.25']:.1f}%, at 0.5 "
+               f"{test['certified_accuracy']['0.5']:.1f}%" if test else "")
+            + f"\n{res.cost.summary()}\n{' '.join(b.short() for b in res.policy.layers.values())}"
+            + f"\nwrote {Path(args.out) / 'policy.json'}, {Path(args.out) / 'search.json'}")
+    _emit(args, {k: v for k, v in res.to_dict().items() if k != "history"}, text)
+    return 0
+
+
+RUNNERS = {"arq": cmd_search_arq, "validated": cmd_search_validated,
+           "supernet": lambda args, budget: cmd_search_differentiable(args, budget)}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -699,6 +891,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
+            "certify": cmd_certify,
+            "train-noise": cmd_train_noise,
             "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "export": cmd_export,
             "report": cmd_report,
             "list": cmd_list}

@@ -11,7 +11,7 @@ from pathlib import Path
 from ._io import atomic_write
 from .errors import WeightsError
 
-__all__ = ["home_dir", "models_dir", "datasets_dir", "sha256_file", "download"]
+__all__ = ["home_dir", "models_dir", "datasets_dir", "trained_dir", "sha256_file", "download"]
 
 log = logging.getLogger(__name__)
 ENV_HOME = "QPOLICY_HOME"
@@ -66,3 +66,19 @@ def download(url: str, dest: Path, *, sha256_prefix: str | None = None, timeout:
     except (OSError, ValueError) as e:
         raise WeightsError(f"cannot download {url}: {e}") from None
     return dest
+
+
+ENV_TRAINED = "QPOLICY_TRAINED"
+
+
+def trained_dir(override: str | os.PathLike | None = None) -> Path:
+    """Folder of models qpolicy trains itself (noise-trained bases, ...): the override (``--trained-dir``), else
+    ``$QPOLICY_TRAINED``, else ``$XDG_CACHE_HOME/qpolicy/trained`` or ``~/.cache/qpolicy/trained``. Kept apart
+    from ``QPOLICY_HOME``, which may be a read-only shared folder of downloaded data and weights."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(ENV_TRAINED, "").strip()
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "qpolicy" / "trained"

@@ -31,7 +31,8 @@ from ..train import (
     train,
 )
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_checkpoint", "check_resume", "check_same_config",
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "param_groups", "load_checkpoint", "check_resume",
+           "check_same_config",
            "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class FinetuneConfig:
 FinetuneResult = TrainOutcome  # what a fine-tuning call did (the engine's record of the run)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD parameter groups: weight decay on conv/linear weights only (not biases, norms or quantizer steps)."""
     quant_params = {id(p) for m in model.modules() if isinstance(m, _Quantizer) for p in m.parameters()}
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -109,7 +111,7 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
         raise ConfigError("resume needs out_dir")
     spec = TrainSpec(
         epochs=config.epochs, lr=config.lr,
-        optimizer=torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
+        optimizer=torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
                                   nesterov=config.nesterov and config.momentum > 0),
         checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT, what="fine-tuning",
         settings=config.to_dict(), may_change=_RESUME_MAY_CHANGE, extra=extra or {}, desc="epoch")

@@ -113,7 +113,7 @@ class ModelStrategy:
     """A model-in-the-loop strategy: it needs the model and data, not only a sensitivity table (the validated
     default search, the differentiable supernet searches). Registered beside the table strategies by the name of
     its function (``"package.module:function"``, imported when used, so this package stays torch-free); ``runner``
-    says which kind of run it is ("validated" or "supernet"), which is what the CLI dispatches on."""
+    says which kind of run it is ("validated", "supernet" or "arq"), which is what the CLI dispatches on."""
 
     target: str
     runner: str
@@ -136,6 +136,7 @@ def table_strategies() -> list[str]:
 STRATEGIES.add("validated", ModelStrategy("qpolicy.select:search_validated", "validated"))
 STRATEGIES.add("dmpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
 STRATEGIES.add("smpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
+STRATEGIES.add("arq", ModelStrategy("qpolicy.rl.arq:search_arq", "arq"))
 
 
 def _check_feasible(problem: Problem) -> None:

@@ -1,0 +1,2 @@
+"""Robustness of quantized models: noise-trained bases, randomized smoothing (certified radii), incremental
+randomized smoothing for quantized models."""

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qpolicy import data, models
+from qpolicy.budget import Budget
+from qpolicy.errors import CheckpointError
+from qpolicy.rl.arq import ARQConfig, search_arq
+from qpolicy.rl.ddpg import DDPGConfig
+from qpolicy.search import STRATEGIES
+from qpolicy.search.base import ModelStrategy
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    out = tmp_path / "datasets" / "cifar10"
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 160), ("test", 20)):
+        np.savez(out / f"{split}.npz", images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 labels=np.zeros(n, dtype=np.int64), classes=np.array([f"c{i}" for i in range(10)]))
+    monkeypatch.setenv("QPOLICY_HOME", str(tmp_path))
+    data._CACHE.clear()
+    return tmp_path
+
+
+def _model():
+    torch.manual_seed(0)  # the same weights in every run
+    m = models.load("resnet20", pretrained=False)
+    with torch.no_grad():
+        m.linear.weight.mul_(0.01)
+        m.linear.bias[0] = 1.0  # mostly class 0 under noise: the smoothed classifier certifies
+    m.noise_sigma = 0.25
+    return m
+
+
+CFG = dict(val_images=3, reference_n=200, n_p=100, calib_batches=1, bn_batches=1, test_images=0,
+           ddpg=DDPGConfig(hidden1=16, hidden2=16, warmup=1, batch_size=8))
+
+
+def _run(out, episodes, resume=False):
+    calib = data.calib_loader("cifar10", batches=1, batch_size=16)
+    return search_arq(_model(), Budget(bitops=0.3), calib=calib, out_dir=out, config=ARQConfig(episodes=episodes,
+                      **CFG), resume=resume, device="cpu", model_name="resnet20")
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def test_arq_is_registered_as_a_model_strategy():
+    assert isinstance(STRATEGIES.get("arq"), ModelStrategy) and STRATEGIES.get("arq").runner == "arq"
+
+
+def test_arq_meets_the_budget_records_provenance_and_resumes_exactly(home, tmp_path):
+    full = _run(tmp_path / "a", 4)
+    assert full.cost.bitops_rel_w8a8 <= 0.3 * (1 + 1e-9)
+    arq = full.policy.provenance["arq"]
+    assert arq["sigma"] == 0.25 and "acc_q - acc_fp" in arq["reward"] and arq["episodes"] == 4
+    assert json.loads((tmp_path / "a" / "policy.json").read_text())["provenance"]["strategy"] == "arq"
+    _run(tmp_path / "b", 2)
+    with pytest.raises(CheckpointError, match="exists"):
+        _run(tmp_path / "b", 4)
+    resumed = _run(tmp_path / "b", 4, resume=True)
+    assert _strip(resumed.extra["history"]) == _strip(full.extra["history"])
+    assert resumed.policy.layers == full.policy.layers
