@@ -16,7 +16,8 @@ endif
 endif
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq bench-export lint clean
+.PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq bench-export \
+	bench-robust lint clean
 
 setup: $(STAMP)
 
@@ -73,6 +74,14 @@ bench-search: $(STAMP)
 # the full comparison (3 seeds, 3 epochs on 50,000 images, 1 QAT epoch each) takes many hours on 2 CPU cores;
 # MPQ_ARGS scales it down, e.g. the committed run: MPQ_ARGS="--epochs 2 --train-images 8192 --shapley-samples 4
 # --finetune-images 2560 --threads 1 --jobs 2 --scaling 1,2" (about 80 minutes on 2 cores)
+# certified robustness (issue 11): noise training (cached), the float certificate, IRS vs full, ARQ vs baselines;
+# about 90 minutes on 2 CPU cores
+bench-robust: $(STAMP)
+	$(QP) train-noise --model resnet20 --sigma 0.25 --resume 2>/dev/null || $(QP) train-noise --model resnet20 --sigma 0.25
+	$(PY) benchmarks/certify_sanity.py --resume
+	$(PY) benchmarks/irs_vs_full.py
+	$(PY) benchmarks/arq_compare.py
+
 bench-export: $(STAMP)
 	$(PY) benchmarks/export_onnx.py
 

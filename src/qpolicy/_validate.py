@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["require_ints", "require_numbers"]
+__all__ = ["require_ints", "require_numbers", "require_probability"]
 
 
 def require_ints(cfg: Any, names: Iterable[str], *, minimum: int) -> None:
@@ -28,3 +28,11 @@ def require_numbers(cfg: Any, names: Iterable[str], *, positive: bool, message: 
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
                 (v <= 0 if positive else v < 0):
             raise ConfigError(f"{name} must be {what}, got {v!r}")
+
+
+def require_probability(cfg: Any, names: Iterable[str], *, example: str = "0.001") -> None:
+    """Each field is a probability strictly between 0 and 1 (a failure probability, a test level)."""
+    for name in names:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ConfigError(f"{name} must be a probability strictly between 0 and 1 (e.g. {example}), got {v!r}")

@@ -48,6 +48,13 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
 
 
+def _add_run_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
+
+
 def _add_policy(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--uniform", metavar="SPEC", help="uniform policy, e.g. w4a8 (f = float)")
@@ -104,11 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained); the run goes to TRAINED_DIR/MODEL-noiseSIGMA")
     p.add_argument("--out", help="run folder instead of the cache (checkpoint.pt, weights.pt)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_opts(p)
 
     p = sub.add_parser("certify", help="certified L2 robustness (randomized smoothing) of a model or a policy")
     _add_model(p)
@@ -119,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=10000, help="samples bounding its probability (default 10000; Cohen et "
                    "al. 100000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability per certificate (default 0.001)")
-    p.add_argument("--images", type=int, default=100, help="images, evenly spaced over the split (default 100: "
-                   "every 100th test image)")
+    p.add_argument("--images", type=int, help="images, evenly spaced over the split (default 100: every 100th "
+                   "test image; with --incremental, the reference's)")
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--record", type=int, default=0, help="keep the base's classes on this many samples per image: "
@@ -137,10 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-plain-base", action="store_true", help="certify a base that was not noise-trained "
                    "(it abstains on most images)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_opts(p)
 
     p = sub.add_parser("analyze", help="per-layer sensitivity table of a model under a metric")
     _add_common(p)
@@ -540,7 +541,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
         cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
                                 data_dir=args.data_dir)
-    images = len(reference["records"]) if reference is not None else args.images
+    images = args.images if args.images is not None else (len(reference["records"]) if reference is not None else 100)
     split = reference.get("split", args.split) if reference is not None else args.split
     res = certify_model(model, policy, config=config, out_dir=args.out, split=split, images=images,
                         resume=args.resume, calib=cal, calib_config=_calib_config(args) if policy else None,
@@ -814,14 +815,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.run) / "report.html")
     info = render_report(args.run, out)
     text = ""
-    headers, rows = info["summary"]["headers"], info["summary"]["rows"]
-    if rows:
-        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-        text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         for r in [headers, *rows]) + "\n"
+    for part in ("summary", "certify"):
+        headers, rows = info[part]["headers"], info[part]["rows"]
+        if rows:
+            widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+            text += "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                              for r in [headers, *rows]) + "\n"
     text += (f"report: {info['html']} (and {Path(info['markdown']).name}): {len(info['figures'])} figures from "
              f"{info['tables']} table(s), {info['policies']} policy file(s), {info['fronts']} front(s), "
-             f"{info['evaluations']} evaluation(s)"
+             f"{info['evaluations']} evaluation(s), {info['certificates']} certify result(s)"
              + (f"\nONNX: {', '.join(str(Path(args.run) / o) for o in info['onnx'])}" if info["onnx"] else ""))
     _emit(args, info, text)
     return 0

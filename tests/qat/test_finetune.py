@@ -95,3 +95,15 @@ def test_resume_errors(tmp_path):
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         finetune(_qmodel(), data, config=FinetuneConfig(epochs=1), out_dir=tmp_path / "a", resume=True,
                  device="cpu")
+
+
+
+def test_noise_sigma_trains_under_gaussian_noise_and_is_checked():
+    with pytest.raises(ConfigError, match="noise_sigma must be a positive number"):
+        FinetuneConfig(noise_sigma=0.0)
+    losses = {}
+    for sigma in (None, 0.5):
+        model = TinyConvNet()
+        res = finetune(model, random_loader(32, batch_size=16), config=FinetuneConfig(epochs=1, noise_sigma=sigma))
+        losses[sigma] = res.history[0]["loss"]
+    assert losses[None] != losses[0.5]

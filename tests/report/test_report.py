@@ -99,3 +99,33 @@ def test_report_renders_in_headless_chromium(tmp_path):
                            (tmp_path / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
     assert "Uncaught" not in proc.stderr and "CONSOLE" not in proc.stderr.upper().replace("CONSOLE_", "")
+
+
+def _certify_file(path, policy, radii, labels, preds):
+    recs = [{"index": i, "label": y, "prediction": p, "radius": r, "p_lower": 0.9, "count": 90, "samples": 100,
+             "seconds": 0.5, "method": "rs", "correct": p == y}
+            for i, (r, y, p) in enumerate(zip(radii, labels, preds, strict=True))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "qpolicy.certify", "version": 1, "method": "rs", "split": "test",
+                                "policy": policy.to_dict() if policy else None, "complete": True,
+                                "settings": {"config": {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001,
+                                                        "batch": 100, "seed": 0}},
+                                "records": recs}))
+
+
+def test_report_shows_certified_accuracy_curves(tmp_path):
+    uniform = Policy(layers={n: LayerBits(weight_bits=4, act_bits=4) for n in "abcd"}, model="tiny",
+                     provenance={"method": "uniform", "spec": "w4a4"})
+    _certify_file(tmp_path / "fp" / "certify.json", None, [0.6, 0.3, 0.0, 0.9], [0, 1, 2, 3], [0, 1, -1, 2])
+    _certify_file(tmp_path / "q" / "certify.json", uniform, [0.5, 0.1, 0.0, 0.0], [0, 1, 2, 3], [0, 1, -1, -1])
+    info = render_report(tmp_path, tmp_path / "r.html")
+    md = (tmp_path / "r.md").read_text()
+    assert info["certificates"] == 2 and "Certified robustness (randomized smoothing)" in info["figures"]
+    # float: correct radii 0.6 and 0.3 of 4 images -> ACR 0.225; at r=0.25 50%, at r=0.5 25%
+    assert "| float [rs] (fp/certify.json) | 0.25 | 4 | 0.225 | 50.0 | 50.0 | 25.0 | 0.0 | 0.0 |" in md
+    assert "| uniform w4a4 [rs] (q/certify.json) | 0.25 | 4 | 0.150 | 50.0 | 25.0 | 25.0 |" in md
+    bad = json.loads((tmp_path / "q" / "certify.json").read_text())
+    bad["records"][0]["radius"] = -1
+    (tmp_path / "q" / "certify.json").write_text(json.dumps(bad))
+    with pytest.raises(PolicyError, match="q/certify.json: malformed qpolicy.certify"):
+        render_report(tmp_path, tmp_path / "r.html")

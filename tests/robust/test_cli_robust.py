@@ -3,9 +3,9 @@ import json
 import pytest
 
 from qpolicy import data
-from qpolicy.cli import main
 from qpolicy.policy import LayerBits, Policy
 from qpolicy.testing import write_cifar_npz
+from tests.test_cli import run
 
 BASE = ["--model", "resnet20", "--random-init"]
 SMALL = ["--images", "2", "--n0", "10", "--n", "100", "--batch", "100"]
@@ -18,12 +18,6 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("QPOLICY_TRAINED", str(tmp_path / "trained"))
     data._CACHE.clear()
     return tmp_path
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -53,6 +53,8 @@ class FinetuneConfig:
         nesterov: Use Nesterov momentum.
         checkpoint_every: Also checkpoint every this many steps inside an epoch (0: only at epoch ends).
         seed: Seeds the global torch RNG (dropout, etc.) at the start of the run.
+        noise_sigma: Train under Gaussian noise of this standard deviation (pixel units), as the noise-trained
+            base of a smoothed classifier was (:mod:`qpolicy.robust.noise`); None: clean images.
     """
 
     epochs: int = 1
@@ -62,8 +64,13 @@ class FinetuneConfig:
     nesterov: bool = True
     checkpoint_every: int = 100
     seed: int = 0
+    noise_sigma: float | None = None
 
     def __post_init__(self) -> None:
+        if self.noise_sigma is not None:
+            from ..robust.noise import check_sigma
+
+            check_sigma(self.noise_sigma, "noise_sigma")
         require_ints(self, ("epochs",), minimum=1)
         require_ints(self, ("checkpoint_every", "seed"), minimum=0)
         require_numbers(self, ("lr", "momentum", "weight_decay"), positive=False)
@@ -106,6 +113,8 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
     Returns:
         A FinetuneResult; the model is left in eval mode on its original device.
     """
+    from ..robust.noise import gaussian_noise
+
     config = config or FinetuneConfig()
     if resume and out_dir is None:
         raise ConfigError("resume needs out_dir")
@@ -113,6 +122,7 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
         epochs=config.epochs, lr=config.lr,
         optimizer=torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
                                   nesterov=config.nesterov and config.momentum > 0),
+        transforms=(gaussian_noise(config.noise_sigma),) if config.noise_sigma is not None else (),
         checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT, what="fine-tuning",
         settings=config.to_dict(), may_change=_RESUME_MAY_CHANGE, extra=extra or {}, desc="epoch")
     return train(model, data, spec, out_dir=out_dir, resume=resume, device=device)

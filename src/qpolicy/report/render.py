@@ -94,6 +94,40 @@ def summary_rows(run: RunContents) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def certify_label(cert: dict[str, Any], source: str) -> str:
+    pol = cert["policy"]
+    what = "float" if pol is None else _label(pol, source).split(" (")[0]
+    return f"{what} [{cert['method']}] ({source})"
+
+
+CERTIFY_HEADERS = ["certify run", "sigma", "images", "ACR", "r=0 %", "r=0.25 %", "r=0.5 %", "r=0.75 %", "r=1 %",
+                   "samples", "seconds"]
+
+
+def _certify_section(run: RunContents, plt) -> tuple[tuple[str, str, str, str], list[list[str]]]:
+    """Certified accuracy (correct with radius at least r) against r for every certify result, and its numbers."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    rows = []
+    for src, c in run.certificates:
+        n = len(c["radii"]) or 1
+        ok = sorted(r for r, good in zip(c["radii"], c["correct"], strict=True) if good)
+        top = max([*ok, 0.0])
+        grid = [top * i / 200 for i in range(201)] or [0.0]
+        curve = [100.0 * sum(r >= g for r in ok) / n for g in grid]
+        label = certify_label(c, src)
+        ax.plot(grid, curve, label=label, linewidth=1.5)
+        acr = sum(ok) / n
+        at = {r: 100.0 * sum(x >= r for x in ok) / n for r in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        rows.append([label, f"{c['sigma']:g}", f"{len(c['radii'])}{'' if c['complete'] else ' (partial)'}",
+                     f"{acr:.3f}", *(f"{v:.1f}" for v in at.values()), f"{c['samples']:,}", f"{c['seconds']:.0f}"])
+    ax.set_xlabel("L2 radius (pixel units)")
+    ax.set_ylabel("certified accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    h, md = _table(CERTIFY_HEADERS, rows)
+    return ("Certified robustness (randomized smoothing)", _png(fig), h, md), rows
+
+
 def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path | None = None) -> dict[str, Any]:
     """Write ``out`` (HTML) and a markdown summary (default: ``out`` with ``.md``) from ``run_dir``'s results.
 
@@ -211,9 +245,16 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
         h, md = _table(["policy", "GBitOPs", "size KiB", "avg weight bits", "avg act bits"], rows)
         sections.append(("Cost per layer", _png(fig), h, md))
 
+    # 5. certified robustness: certified accuracy against radius, float and quantized
+    certify_rows: list[list[str]] = []
+    if run.certificates:
+        section, certify_rows = _certify_section(run, plt)
+        sections.append(section)
+
     title = f"qpolicy report: {run.root.name}"
     body = [f"<h1>{html.escape(title)}</h1><p>{len(run.tables)} sensitivity table(s), {len(run.policies)} "
-            f"policy file(s), {len(run.fronts)} Pareto front(s), {len(run.evaluations)} evaluation(s).</p>"]
+            f"policy file(s), {len(run.fronts)} Pareto front(s), {len(run.evaluations)} evaluation(s), "
+            f"{len(run.certificates)} certify result(s).</p>"]
     md_parts = [f"# {title}\n"]
     for name, png, h, md in sections:
         body.append(f"<h2>{html.escape(name)}</h2>")
@@ -231,5 +272,6 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
         f.write("\n".join(md_parts))
     return {"html": str(out), "markdown": str(md_path), "figures": [s[0] for s in sections if s[1]],
             "summary": {"headers": headers, "rows": summary}, "onnx": onnx,
+            "certify": {"headers": CERTIFY_HEADERS, "rows": certify_rows},
             "tables": len(run.tables), "policies": len(run.policies), "fronts": len(run.fronts),
-            "evaluations": len(run.evaluations), "skipped": run.skipped}
+            "evaluations": len(run.evaluations), "certificates": len(run.certificates), "skipped": run.skipped}

@@ -34,7 +34,7 @@ from typing import Any
 from torch import nn
 
 from .._io import atomic_torch_save, write_json
-from .._validate import require_ints, require_numbers
+from .._validate import require_ints, require_probability
 from ..budget import Budget
 from ..costs import policy_cost
 from ..errors import CheckpointError, ConfigError
@@ -93,9 +93,7 @@ class ARQConfig:
                      minimum=1)
         require_ints(self, ("test_images", "seed"), minimum=0)
         require_ints(self, ("test_n",), minimum=100)
-        require_numbers(self, ("alpha",), positive=True)
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"alpha must be strictly between 0 and 1, got {self.alpha!r}")
+        require_probability(self, ("alpha",))
         if isinstance(self.reward_weight, bool) or not isinstance(self.reward_weight, (int, float)) or \
                 not 0 <= self.reward_weight <= 1:
             raise ConfigError(f"reward_weight must be in [0, 1], got {self.reward_weight!r}")

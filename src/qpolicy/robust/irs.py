@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .._validate import require_ints
+from .._validate import require_ints, require_probability
 from ..errors import ConfigError
 from .smoothing import (
     ABSTAIN,
@@ -56,8 +56,7 @@ class IRSConfig:
 
     def __post_init__(self) -> None:
         require_ints(self, ("n_p",), minimum=1)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            raise ConfigError(f"alpha must be a probability strictly between 0 and 1, got {self.alpha!r}")
+        require_probability(self, ("alpha",))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .._io import read_json, write_json
-from .._validate import require_ints
+from .._validate import require_ints, require_probability
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import resolve_device
@@ -105,8 +105,7 @@ class SmoothConfig:
         if self.n0 > self.n:
             raise ConfigError(f"n0 (samples selecting the class, {self.n0}) must not exceed n (samples bounding "
                               f"its probability, {self.n}); Cohen et al. use n0=100, n=100000")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            raise ConfigError(f"alpha must be a probability strictly between 0 and 1 (e.g. 0.001), got {self.alpha!r}")
+        require_probability(self, ("alpha",))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
