@@ -69,24 +69,16 @@ def _top1(v: Any, what: str = "top1") -> float:
 
 
 def _certify(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """A certify result (``qpolicy certify``): its policy (None: float), settings and per-image radii, checked."""
+    """A certify result (``qpolicy certify``), checked as ``certify --incremental`` checks it: its policy (None:
+    float), sigma, and per-image radii and correctness."""
+    from ..robust.smoothing import check_certify
+
+    check_certify(data, source)
     pol = Policy.from_dict(data["policy"], source=source) if data.get("policy") is not None else None
-    cfg = data["settings"]["config"]
-    sigma = _number(cfg["sigma"], "settings.config.sigma")
     records = data["records"]
-    if not isinstance(records, list):
-        raise ValueError("'records' must be a list")
-    radii, correct = [], []
-    for r in records:
-        radius = _number(r["radius"], "records[].radius")
-        if radius < 0:
-            raise ValueError("a radius must not be negative")
-        if not all(isinstance(r[k], int) and not isinstance(r[k], bool) for k in ("prediction", "label")):
-            raise ValueError("records[].prediction and label must be integers")
-        radii.append(radius)
-        correct.append(r["prediction"] == r["label"])
-    return {"policy": pol, "sigma": sigma, "n": int(_number(cfg["n"], "settings.config.n")),
-            "method": str(data.get("method", "rs")), "radii": radii, "correct": correct,
+    return {"policy": pol, "sigma": float(data["settings"]["config"]["sigma"]),
+            "n": int(data["settings"]["config"]["n"]), "method": str(data.get("method", "rs")),
+            "radii": [float(r["radius"]) for r in records], "correct": [r["prediction"] == r["label"] for r in records],
             "complete": bool(data.get("complete")), "split": str(data.get("split", "test")),
             "samples": sum(int(_number(r.get("samples", 0), "records[].samples")) for r in records),
             "seconds": sum(_number(r.get("seconds", 0.0), "records[].seconds") for r in records)}
