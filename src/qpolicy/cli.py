@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--kurtosis-lambda", type=float, default=0.0, help="KURE: weight of the kurtosis regularizer "
+                   "(the paper: 1.0; default 0: off)")
+    p.add_argument("--kurtosis-target", type=float, default=1.8, help="KURE: target kurtosis (1.8: uniform)")
+    p.add_argument("--kurtosis-bn-folded", action="store_true", help="KURE: regularize BatchNorm-folded weights")
 
     p = sub.add_parser("train-noise", help="fine-tune a model under Gaussian noise: the base of a smoothed classifier")
     _add_model(p)
@@ -402,16 +406,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .layers import quantizable_layers
+    from .train.kurtosis import layer_kurtosis
 
     model = _load_model(args)
     layers = quantizable_layers(model)
-    obj = {"model": args.model, "layers": [li.to_dict() for li in layers],
+    kurt = layer_kurtosis(model, [li.name for li in layers])
+    obj = {"model": args.model, "layers": [{**li.to_dict(), "kurtosis": kurt[li.name]} for li in layers],
            "total": {"params": sum(li.params for li in layers), "macs": sum(li.macs for li in layers)}}
-    lines = [f"{'#':>3} {'name':<28} {'kind':<9} {'params':>9} {'MACs':>11} {'input':<14} output"]
+    lines = [f"{'#':>3} {'name':<28} {'kind':<9} {'params':>9} {'MACs':>11} {'input':<14} {'output':<14} kurtosis"]
     for i, li in enumerate(layers):
         fmt = lambda s: "x".join(map(str, s)) if s else "-"  # noqa: E731
         lines.append(f"{i:>3} {li.name:<28} {li.kind:<9} {li.params:>9,} {li.macs:>11,} {fmt(li.in_shape):<14} "
-                     f"{fmt(li.out_shape)}")
+                     f"{fmt(li.out_shape):<14} {kurt[li.name]:.2f}")
     lines.append(f"{len(layers)} quantizable layers, {obj['total']['params']:,} weights, "
                  f"{obj['total']['macs'] / 1e6:.2f} M MACs per sample")
     _emit(args, obj, "\n".join(lines))
@@ -453,7 +459,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     _check_policy_args(args)
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                            checkpoint_every=args.checkpoint_every, seed=args.seed)
+                            checkpoint_every=args.checkpoint_every, seed=args.seed,
+                            kurtosis_lambda=args.kurtosis_lambda, kurtosis_target=args.kurtosis_target,
+                            kurtosis_bn_folded=args.kurtosis_bn_folded)
     model = _load_model(args)
     policy = _policy(args, model)
     test, cal = _loaders(args, calib=True)
