@@ -66,6 +66,8 @@ def _add_policy(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     p.add_argument("--calib-batches", type=int, default=8, help="batches of 128 train images for activation ranges")
     p.add_argument("--bn-batches", type=int, default=32, help="batches of 128 train images for BatchNorm statistics")
     p.add_argument("--no-bn-reestimate", action="store_true", help="skip re-estimating BatchNorm statistics")
+    p.add_argument("--act-quantizer", default="lsq", help="activation quantizer: lsq (a calibrated step, default) or "
+                   "batchquant (a range that follows the batch; not exportable)")
     p.add_argument("--save-policy", metavar="FILE", help="also write the policy used to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and of training")
 
@@ -335,7 +337,7 @@ def _calib_config(args: argparse.Namespace):
 
     w, _, a = args.calib.partition("/")
     return CalibConfig(weight_method=w, act_method=a or w, batches=args.calib_batches, bn_batches=args.bn_batches,
-                       seed=args.seed, bn_reestimate=not args.no_bn_reestimate)
+                       seed=args.seed, bn_reestimate=not args.no_bn_reestimate, act_quantizer=args.act_quantizer)
 
 
 def _check_policy_args(args: argparse.Namespace) -> None:
