@@ -41,7 +41,7 @@ from ..quant.fake_quant import ActQuantizer, CalibConfig
 from ..train import CHECKPOINT_NAME, Hook, TrainOutcome, TrainSpec, load_checkpoint, train
 from .mixed import Supernet, build_supernet
 
-__all__ = ["QFAConfig", "QFAResult", "sandwich", "train_qfa", "load_qfa", "subnet_model"]
+__all__ = ["QFAConfig", "QFAResult", "sandwich", "train_qfa", "load_qfa", "subnet_model", "policy_of"]
 
 log = logging.getLogger(__name__)
 _FORMAT = "qpolicy.checkpoint.qfa"
@@ -269,6 +269,7 @@ def subnet_model(net: Supernet, policy: Policy, calib: Iterable[Any], config: QF
     return plain
 
 
-def policy_of(assignment: Mapping[str, tuple[int, int]], **provenance: Any) -> Policy:
+def policy_of(assignment: Mapping[str, tuple[int, int]], *, model: str | None = None, **provenance: Any) -> Policy:
+    """The policy of a ``{layer: (weight bits, act bits)}`` assignment."""
     return Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assignment.items()},
-                  provenance=provenance)
+                  model=model, provenance=provenance)
