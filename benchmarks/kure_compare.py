@@ -114,10 +114,10 @@ def main() -> None:
     notes = (f"ResNet-20 fine-tuned {args.epochs} epoch(s) (SGD, lr {args.lr}, cosine, seed 0) on the 45,000 training "
              f"images, plain and with KURE (lambda {args.lam}, target 1.8): float test top-1 plain "
              f"{f['plain']['float_top1']:.2f}%, KURE {f['KURE']['float_top1']:.2f}% "
-             f"({f['plain']['seconds']:.0f} s / {f['KURE']['seconds']:.0f} s). PTQ on the full test set; first and last "
-             f"layer at 8 bits. Step-size errors scale every weight quantizer's step of the W4A4 PTQ model. Random "
-             f"mixed policies: {args.randoms} seeded random policies at the BitOPs of W4A4 (ours calibration), top-1 on "
-             f"{args.random_images} test images.")
+             f"({f['plain']['seconds']:.0f} s / {f['KURE']['seconds']:.0f} s). PTQ on the test set; first and "
+             f"last layer at 8 bits. Step-size errors scale every weight quantizer's step of the W4A4 PTQ model. Random "
+             f"mixed policies: {args.randoms} seeded random policies at the BitOPs of W4A4 (ours calibration), "
+             f"top-1 on {args.random_images} test images.")
     table_md = (f"## PTQ top-1 (%)\n\n{ptq_table}\n\n## W4A4 under step-size errors (top-1 %)\n\n{pert_table}\n\n"
                 f"## {args.randoms} random mixed policies at the BitOPs of W4A4 (top-1 %)\n\n{spread_table}\n\n"
                 f"## Kurtosis per layer\n\n{kurt_table}")
