@@ -115,7 +115,8 @@ def main() -> None:
              f"images, plain and with KURE (lambda {args.lam}, target 1.8): float test top-1 plain "
              f"{f['plain']['float_top1']:.2f}%, KURE {f['KURE']['float_top1']:.2f}% "
              f"({f['plain']['seconds']:.0f} s / {f['KURE']['seconds']:.0f} s). PTQ on the test set; first and "
-             f"last layer at 8 bits. Step-size errors scale every weight quantizer's step of the W4A4 PTQ model. Random "
+             f"last layer at 8 bits. Step-size errors scale every weight quantizer's step of the W4A4 PTQ model. "
+             f"Random "
              f"mixed policies: {args.randoms} seeded random policies at the BitOPs of W4A4 (ours calibration), "
              f"top-1 on {args.random_images} test images.")
     table_md = (f"## PTQ top-1 (%)\n\n{ptq_table}\n\n## W4A4 under step-size errors (top-1 %)\n\n{pert_table}\n\n"

@@ -156,7 +156,8 @@ def main() -> None:
              f"1 epoch on {args.train_images} training images (sandwich: largest, smallest, 2 random per step; "
              f"distillation from the float model), BatchQuant activations vs LSQ activations (a step size per "
              f"candidate, calibrated once, then learned). Top-1 on {args.test_images} test images. QAT: 1 epoch on "
-             f"{args.qat_images} training images from the PTQ model. Predictor: MLP on {args.samples} subnets measured on 1,000 validation images, "
+             f"{args.qat_images} training images from the PTQ model. Predictor: MLP on {args.samples} subnets "
+             f"measured on 1,000 validation images, "
              f"Kendall tau {tau if tau is None else f'{tau:.3f}'} on {len(enc) - n_fit} held out "
              f"({measure_seconds:.0f} s of measurement). Fronts: NSGA-II (64 x 60) on the predictor, 4 finalists "
              "re-measured on validation, against the fisher + ILP policy (PTQ of the plain model) at each budget.")
