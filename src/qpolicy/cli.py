@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("inspect", help="table of quantizable layers: name, kind, params, MACs, shapes")
+    p = sub.add_parser("inspect", help="table of quantizable layers: name, kind, params, MACs, shapes, kurtosis")
     _add_common(p, data=False)
+    p.add_argument("-o", "--out", help="also write the table as JSON (`qpolicy report` plots the weight kurtosis)")
 
     p = sub.add_parser("evaluate", help="top-1 and costs of the float model or a policy (PTQ)")
     _add_common(p)
@@ -459,6 +460,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                      f"{fmt(li.out_shape):<14} {kurt[li.name]:.2f}")
     lines.append(f"{len(layers)} quantizable layers, {obj['total']['params']:,} weights, "
                  f"{obj['total']['macs'] / 1e6:.2f} M MACs per sample")
+    if args.out:
+        from ._io import write_json
+
+        write_json(args.out, {"format": "qpolicy.layers", "version": 1, **obj})
     _emit(args, obj, "\n".join(lines))
     return 0
 

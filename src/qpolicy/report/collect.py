@@ -24,6 +24,7 @@ class RunContents:
     fronts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     evaluations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # policy, top1, cost
     certificates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # randomized-smoothing runs
+    kurtosis: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # layer -> weight kurtosis
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -113,6 +114,9 @@ def collect(root: str | Path) -> RunContents:
                 if not isinstance(data.get("metric", ""), str):
                     raise ValueError("'metric' must be a string")
                 out.fronts.append((rel, data))
+            elif fmt == "qpolicy.layers":
+                out.kurtosis.append((rel, {str(li["name"]): _number(li["kurtosis"], "layers[].kurtosis")
+                                           for li in data["layers"]}))
             elif fmt == "qpolicy.certify":
                 out.certificates.append((rel, _certify(data, rel)))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "top1" in data:
@@ -129,7 +133,7 @@ def collect(root: str | Path) -> RunContents:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{rel}: malformed {fmt or 'result'} file ({type(e).__name__}: {e})") from None
-    if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates):
+    if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates or out.kurtosis):
         raise PolicyError(f"{root} holds no qpolicy result file (sensitivity tables, policies, Pareto fronts, "
-                          "evaluations, certify results)")
+                          "evaluations, certify results, layer tables)")
     return out
