@@ -88,12 +88,7 @@ class BatchQuantizer(ActQuantizer):
         z = (-(lo / s)).round().clamp(0, q_max)
         return s, z
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
-            self._observe(x)
-            return x
-        if not self.enabled:
-            return x
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             lo, hi = batch_range(x)
             with torch.no_grad():

@@ -207,6 +207,10 @@ class ActQuantizer(_Quantizer):
             return x
         if not self.enabled:
             return x
+        return self._quantize(x)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized ``x`` (a subclass, such as BatchQuant, changes this and the calibration)."""
         grad_scale = 1.0 / math.sqrt(max(1, x[0].numel()) * self.q_max)
         return fake_quantize(x, self.scale, self.bits, self.signed, grad_scale=grad_scale)
 
