@@ -45,8 +45,8 @@ def main() -> None:
     out: dict = {"settings": vars(args)}
 
     nets = {}
-    for aq in ("batchquant", "lsq"):
-        cfg = QFAConfig(act_quantizer=aq, checkpoint_every=50)
+    for aq in ("batchquant", "lsq"):  # BatchQuant vs plain min-max-calibrated (then learned) activation steps
+        cfg = QFAConfig(act_quantizer=aq, checkpoint_every=50, calib_method="mse" if aq == "batchquant" else "minmax")
         run = RUN / aq
         t = time.perf_counter()
         res = train_qfa(model, train, calib=calib, config=cfg, out_dir=run,
@@ -82,7 +82,7 @@ def main() -> None:
     rnd = [r for k, r in per_policy.items() if k.startswith("random")]
     summ = [[k, f"{statistics.median(r[k] for r in rnd):.2f}", f"{min(r[k] for r in rnd):.2f}",
              f"{max(r[k] for r in rnd):.2f}"] for k in ("supernet_batchquant", "supernet_lsq", "ptq")]
-    policy_table = md_table(["policy", "BitOPs / W8A8", "QFA supernet (BatchQuant)", "QFA supernet (LSQ acts)",
+    policy_table = md_table(["policy", "BitOPs / W8A8", "QFA supernet (BatchQuant)", "QFA supernet (min-max acts)",
                              "PTQ of the plain model", "QAT 1 epoch"], rows)
     summary_table = md_table(["method", f"median of {len(rnd)} random", "min", "max"], summ)
 
@@ -148,14 +148,19 @@ def main() -> None:
     front_table = md_table(["BitOPs budget", "QFA BitOPs", "QFA supernet top-1", "QFA search s (NSGA + finalists)",
                             "fisher+ILP BitOPs", "fisher+ILP PTQ top-1"], front_rows)
     tr = {aq: out[f"train_{aq}"] for aq in nets}
-    curve = md_table(["act quantizer", *(f"epoch {h['epoch']} loss / largest top-1" for h in
-                                         tr["batchquant"]["history"]), "seconds"],
-                     [[aq, *(f"{h['loss']:.3f} / {h['top1']:.1f}" for h in v["history"]), f"{v['seconds']:.0f}"]
+    points = len(tr["batchquant"]["history"][-1]["sandwich_loss_curve"])
+    every = tr["batchquant"]["history"][-1]["curve_every"]
+    shown = sorted({0, points // 4, points // 2, 3 * points // 4, points - 1}) if points else []
+    curve = md_table(["act quantizer", *(f"loss, steps {i * every}-{(i + 1) * every}" for i in shown),
+                      "epoch loss / largest top-1", "seconds"],
+                     [[aq, *(f"{v['history'][-1]['sandwich_loss_curve'][i]:.3f}" for i in shown),
+                       f"{v['history'][-1]['loss']:.3f} / {v['history'][-1]['top1']:.1f}", f"{v['seconds']:.0f}"]
                       for aq, v in tr.items()])
     notes = (f"ResNet-20, candidate bits 2, 3, 4, 8 for weights and activations (first/last layer 8), supernet trained "
              f"1 epoch on {args.train_images} training images (sandwich: largest, smallest, 2 random per step; "
-             f"distillation from the float model), BatchQuant activations vs LSQ activations (a step size per "
-             f"candidate, calibrated once, then learned). Top-1 on {args.test_images} test images. QAT: 1 epoch on "
+             f"distillation from the float model), BatchQuant activations vs plain activation quantizers (a "
+             f"step size per candidate, min-max calibrated once, then learned by LSQ). Top-1 on {args.test_images} "
+             f"test images. QAT: 1 epoch on "
              f"{args.qat_images} training images from the PTQ model. Predictor: MLP on {args.samples} subnets "
              f"measured on 1,000 validation images, "
              f"Kendall tau {tau if tau is None else f'{tau:.3f}'} on {len(enc) - n_fit} held out "

@@ -64,6 +64,9 @@ class QFAConfig:
         act_quantizer: Activation quantizer of every candidate ("batchquant"; "lsq" to see what it buys).
         calib_batches, bn_batches: Calibration batches (128 images) for the initial ranges and for each evaluated
             subnet's BatchNorm and BatchQuant statistics.
+        calib_method: How the initial step sizes are set ("mse", "minmax", "percentile"); with BatchQuant it
+            only concerns weights.
+        curve_every: Steps per point of the training curve (the mean sandwich loss over those steps).
         checkpoint_every: Steps between checkpoints.
         seed: Seeds the run and the subnet sampling.
     """
@@ -80,6 +83,8 @@ class QFAConfig:
     act_quantizer: str = "batchquant"
     calib_batches: int = 8
     bn_batches: int = 16
+    calib_method: str = "mse"
+    curve_every: int = 10
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -92,15 +97,15 @@ class QFAConfig:
                 check_bits(b, side)
         if self.first_last is not None:
             check_bits(self.first_last, "first_last")
-        require_ints(self, ("epochs", "calib_batches", "bn_batches"), minimum=1)
+        require_ints(self, ("epochs", "calib_batches", "bn_batches", "curve_every"), minimum=1)
         require_ints(self, ("random_subnets", "checkpoint_every", "seed"), minimum=0)
         require_numbers(self, ("lr", "kd_temperature"), positive=True)
         require_numbers(self, ("momentum", "weight_decay"), positive=False)
-        CalibConfig(act_quantizer=self.act_quantizer)  # unknown quantizers: "did you mean"
+        self.calib_config()  # unknown quantizers or methods: a clear error
 
     def calib_config(self) -> CalibConfig:
-        return CalibConfig(batches=self.calib_batches, bn_batches=self.bn_batches, seed=self.seed,
-                           act_quantizer=self.act_quantizer)
+        return CalibConfig(weight_method=self.calib_method, act_method=self.calib_method, batches=self.calib_batches,
+                           bn_batches=self.bn_batches, seed=self.seed, act_quantizer=self.act_quantizer)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -157,6 +162,9 @@ class _Sandwich(Hook):
         self.rng = random.Random(config.seed)
         self.candidates = _candidates(net)
         self.current: list[Assignment] = []
+        self.last = 0.0
+        self.window: list[float] = []
+        self.curve: list[float] = []  # the mean sandwich loss of every ``curve_every`` steps
 
     def before_step(self, epoch: int, step: int, global_step: int, total_steps: int) -> None:
         self.current = sandwich(self.rng, self.candidates, self.config.random_subnets)
@@ -174,18 +182,31 @@ class _Sandwich(Hook):
             out = self.net(x)
             total = total + F.cross_entropy(out, y) + _kd(out, teacher, t)
         _set(self.net, self.current[0])
+        self.last = float(total.detach())
         return total
+
+    def after_step(self, epoch: int, step: int) -> bool:
+        self.window.append(self.last)
+        if len(self.window) == self.config.curve_every:
+            self.curve.append(sum(self.window) / len(self.window))
+            self.window = []
+        return False
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        return {"sandwich_loss_curve": list(self.curve), "curve_every": self.config.curve_every}
 
     def close(self) -> None:
         self.net.reset_masks()
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
-        return {"version": version, "internal": list(internal), "gauss": gauss}
+        return {"version": version, "internal": list(internal), "gauss": gauss, "window": list(self.window),
+                "curve": list(self.curve)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
             self.rng.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
+            self.window, self.curve = list(state.get("window", [])), list(state.get("curve", []))
 
 
 def _param_groups(net: Supernet, weight_decay: float) -> list[dict[str, Any]]:
