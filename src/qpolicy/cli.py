@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action="append", default=[], help="limits that hold at every point (repeatable)")
     _add_search_opts(p)
     p.add_argument("--evaluate", action="store_true", help="PTQ top-1 of every point on the test set")
+    p.add_argument("--workers", type=int, help="evaluate on a local Ray with this many CPUs (default: serial)")
+    p.add_argument("--ray-address", help="evaluate on an existing Ray cluster: auto or HOST:PORT")
     _add_model(p, required=False, help_text="model to evaluate (default: the table's zoo model)")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
@@ -867,7 +869,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     fixed = Budget.parse(args.budget) if args.budget else None
     choices = _search_choices(args)
     table = SensitivityTable.load(args.table)
+    from .runner import RunStats, check_address, check_workers
+
+    check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once
+    check_address(args.ray_address)
     front = pareto(table, key, values, fixed=fixed, seed=args.seed, **choices)
+    stats = RunStats()
     if args.evaluate:
         args.model = args.model or table.model
         if not args.model:
@@ -876,10 +883,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         cfg = CalibConfig()
         test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
         calib = data.calib_loader("cifar10", batches=cfg.batches_needed, seed=args.seed, data_dir=args.data_dir)
-        front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device)
+        partial = Path(str(args.out) + ".points.json") if args.out else None  # finished points: a rerun resumes
+        front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device,
+                               workers=args.workers, address=args.ray_address, results=partial, stats=stats)
     if args.out:
         front.save(args.out)
+        if args.evaluate and partial is not None:
+            partial.unlink(missing_ok=True)
     lines = [f"{table.metric} + {front.strategy}, sweep {key}: {len(front.points)} points"
+             + (f", evaluated on {stats.backend} in {stats.seconds:.1f} s (Ray start {stats.startup_seconds:.1f} s"
+                f", {stats.resumed} resumed)" if args.evaluate else "")
              + (f", infeasible at {', '.join(f'{v:g}' for v in front.infeasible)}" if front.infeasible else "")]
     for pt in front.points:
         c = pt["cost"]
