@@ -48,7 +48,7 @@ def main() -> None:
                 "fisher + ILP at W4A4 BitOPs": mixed_policy(model, args.sigma)}
     rows, out = [], {}
     for label, policy in policies.items():
-        slug = "_".join(w.lower() for w in label.split()[:2] if w != "+")
+        slug = label.split()[0] + "_" + label.split()[1].lower().replace("+", "")
         res = {}
         for method in ("full", "irs"):
             res[method] = certify_model(
