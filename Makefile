@@ -82,7 +82,7 @@ bench-robust: $(STAMP)
 	$(PY) benchmarks/irs_vs_full.py
 	$(PY) benchmarks/arq_compare.py
 
-# KURE and QFA (issue 12), reduced scale on 2 CPU cores (about 70 minutes)
+# KURE and QFA (issue 12), reduced scale on 2 CPU cores (about 60 minutes)
 bench-qfa: $(STAMP)
 	$(PY) benchmarks/kure_compare.py
 	$(PY) benchmarks/qfa_compare.py
