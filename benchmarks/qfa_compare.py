@@ -1,7 +1,7 @@
 """QFA: one bit-width supernet of ResNet-20 for every policy, against PTQ and QAT of the plain model per policy,
 with and without BatchQuant; its accuracy predictor; its NSGA-II front against the fisher + ILP front.
 
-    python benchmarks/qfa_compare.py [--train-images 12000] [--randoms 12] [--qat 1] [--samples 30]
+    python benchmarks/qfa_compare.py [--train-images 8000] [--randoms 10] [--qat 1] [--samples 24]
 
 Reduced scale on 2 CPU cores, stated in the result: the supernet trains one epoch on a subset of the training
 images (the paper: many epochs on ImageNet), random policies are fewer than 50 and top-1 is on a test subset.
@@ -29,12 +29,12 @@ RUN = Path(__file__).resolve().parent.parent / "runs" / "bench" / "qfa"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-images", type=int, default=12000)
-    ap.add_argument("--randoms", type=int, default=12)
+    ap.add_argument("--train-images", type=int, default=8000)
+    ap.add_argument("--randoms", type=int, default=10)
     ap.add_argument("--qat", type=int, default=1, help="random policies also fine-tuned 1 epoch (besides extremes)")
-    ap.add_argument("--qat-images", type=int, default=5000)
+    ap.add_argument("--qat-images", type=int, default=4000)
     ap.add_argument("--test-images", type=int, default=2000)
-    ap.add_argument("--samples", type=int, default=30, help="subnets measured for the predictor")
+    ap.add_argument("--samples", type=int, default=24, help="subnets measured for the predictor")
     ap.add_argument("--budgets", default="0.08,0.12,0.16,0.2,0.26")
     args = ap.parse_args()
     model = qp.models.load("resnet20")
