@@ -17,7 +17,7 @@ endif
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq bench-export \
-	bench-robust lint clean
+	bench-robust bench-qfa lint clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,11 @@ bench-robust: $(STAMP)
 	$(PY) benchmarks/certify_sanity.py --resume
 	$(PY) benchmarks/irs_vs_full.py
 	$(PY) benchmarks/arq_compare.py
+
+# KURE and QFA (issue 12), reduced scale on 2 CPU cores (about 60 minutes)
+bench-qfa: $(STAMP)
+	$(PY) benchmarks/kure_compare.py
+	$(PY) benchmarks/qfa_compare.py
 
 bench-export: $(STAMP)
 	$(PY) benchmarks/export_onnx.py

@@ -270,5 +270,51 @@ def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
         problems += _run(["report", str(run), "-o", str(tmp_path / "r.html"), "--quiet"], tmp_path / "r.html",
                          must_fail, name, capsys)
         count += 1
+    # certify: smoothing settings (checked before any model or data), and stored certify results, read by
+    # `certify --incremental` and by `report`
+    cert_out = tmp_path / "cert"
+    for flag, values in (("--sigma", ("0", "-1", "nan", "inf", "1e400")), ("--n0", ("0", "-3")), ("--n", ("0",)),
+                         ("--alpha", ("0", "1", "1.5", "nan", "-0.1")), ("--batch", ("0",)), ("--n-p", ("0",))):
+        for v in values:
+            argv = ["certify", "--model", "resnet20", "--random-init", "--allow-plain-base", flag, v, "-o",
+                    str(cert_out), "--quiet"]
+            if flag == "--n-p":
+                argv += ["--incremental", str(tmp_path / "nowhere")]
+            problems += _run(argv, None, True, f"certify {flag} {v}", capsys)
+            problems += [] if not cert_out.exists() else [f"certify {flag} {v}: output folder left behind"]
+            count += 1
+    problems += _run(["certify", "--model", "resnet20", "--random-init", "--allow-plain-base", "--n0", "200",
+                      "--n", "100", "-o", str(cert_out)], None, True, "certify n0 > n", capsys)
+    ref = {"format": "qpolicy.certify", "version": 1, "split": "test", "method": "rs", "policy": None,
+           "complete": True, "settings": {"config": {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001, "batch": 100,
+                                                     "seed": 0}, "indices": [0], "record": 4, "method": "rs"},
+           "records": [{"index": 0, "label": 3, "prediction": 3, "radius": 0.4, "p_lower": 0.95, "count": 99,
+                        "samples": 110, "seconds": 1.0, "method": "rs", "sample_preds": "AwMDAw=="}]}
+    ref_cases = []
+    for raw in ('"x"', "null", "-5", "2.5", "NaN", "1e400", "[]", "true", HUGE):
+        for path in (["records", 0, "index"], ["records", 0, "prediction"], ["records", 0, "label"],
+                     ["records", 0, "radius"], ["records", 0, "p_lower"], ["settings", "config", "sigma"],
+                     ["settings", "config", "n"], ["settings", "record"], ["records", 0, "sample_preds"]):
+            valid = raw == "2.5" and path[-1] in ("radius", "sigma")  # a radius or a sigma of 2.5 is fine
+            ref_cases.append((f"certify ref {'.'.join(map(str, path[-2:]))} {raw[:10]}", _set_raw(ref, path, raw),
+                              valid))
+    ref_cases.append(("certify ref extra setting", _set_raw(ref, ["settings", "config", "sigmaa"], "0.25"), False))
+    ref_cases.append(("certify ref short samples", _set_raw(ref, ["records", 0, "sample_preds"], '"AwM="'), False))
+    ref_cases.append(("certify ref records object", _set_raw(ref, ["records"], "{}"), False))
+    ref_cases.append(("certify ref nested", "[" * 5000 + "]" * 5000, False))
+    ref_file = tmp_path / "ref" / "certify.json"
+    ref_file.parent.mkdir()
+    for name, text, valid in ref_cases:
+        ref_file.write_text(text, encoding="utf-8", errors="surrogatepass")
+        problems += _run(["certify", "--model", "resnet20", "--random-init", "--allow-plain-base", "--uniform", "w4a4",
+                          "--incremental", str(ref_file.parent), "--n-p", "4", "-o", str(cert_out), "--quiet"],
+                         None, True, name, capsys)
+        problems += [] if not cert_out.exists() else [f"{name}: output folder left behind"]
+        count += 1
+        (run / "eval.json").unlink(missing_ok=True)
+        (run / "certify.json").write_text(text, encoding="utf-8", errors="surrogatepass")
+        problems += _run(["report", str(run), "-o", str(tmp_path / "r.html"), "--quiet"], tmp_path / "r.html",
+                         not valid, name + " [report]", capsys)
+        count += 1
     assert not problems, f"{len(problems)} of {count} cases misbehaved:\n" + "\n".join(problems[:40])
     assert count >= 2000, count

@@ -66,6 +66,8 @@ def _add_policy(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     p.add_argument("--calib-batches", type=int, default=8, help="batches of 128 train images for activation ranges")
     p.add_argument("--bn-batches", type=int, default=32, help="batches of 128 train images for BatchNorm statistics")
     p.add_argument("--no-bn-reestimate", action="store_true", help="skip re-estimating BatchNorm statistics")
+    p.add_argument("--act-quantizer", default="lsq", help="activation quantizer: lsq (a calibrated step, default) or "
+                   "batchquant (a range that follows the batch; not exportable)")
     p.add_argument("--save-policy", metavar="FILE", help="also write the policy used to this JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and of training")
 
@@ -79,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("inspect", help="table of quantizable layers: name, kind, params, MACs, shapes")
+    p = sub.add_parser("inspect", help="table of quantizable layers: name, kind, params, MACs, shapes, kurtosis")
     _add_common(p, data=False)
+    p.add_argument("-o", "--out", help="also write the table as JSON (`qpolicy report` plots the weight kurtosis)")
 
     p = sub.add_parser("evaluate", help="top-1 and costs of the float model or a policy (PTQ)")
     _add_common(p)
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--kurtosis-lambda", type=float, default=0.0, help="KURE: weight of the kurtosis regularizer "
+                   "(the paper: 1.0; default 0: off)")
+    p.add_argument("--kurtosis-target", type=float, default=1.8, help="KURE: target kurtosis (1.8: uniform)")
+    p.add_argument("--kurtosis-bn-folded", action="store_true", help="KURE: regularize BatchNorm-folded weights")
 
     p = sub.add_parser("train-noise", help="fine-tune a model under Gaussian noise: the base of a smoothed classifier")
     _add_model(p)
@@ -169,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-evaluations", type=int, help="evaluations spent refining (0: none; default 8)")
     _add_differentiable(p)
     _add_arq(p)
+    g = p.add_argument_group("QFA (--strategy qfa, with --model and --supernet): search a trained supernet")
+    g.add_argument("--supernet", help="run folder of `qpolicy supernet train`")
+    g.add_argument("--samples", type=int, default=60, help="subnets measured to fit the accuracy predictor")
+    g.add_argument("--qfa-val-images", type=int, default=1000, help="validation images measuring a subnet")
+    g.add_argument("--generations", type=int, default=60, help="NSGA-II generations")
+    g.add_argument("--population", type=int, default=64, help="NSGA-II population")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -180,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action="append", default=[], help="limits that hold at every point (repeatable)")
     _add_search_opts(p)
     p.add_argument("--evaluate", action="store_true", help="PTQ top-1 of every point on the test set")
+    p.add_argument("--workers", type=int, help="evaluate on a local Ray with this many CPUs (default: serial)")
+    p.add_argument("--ray-address", help="evaluate on an existing Ray cluster: auto or HOST:PORT")
     _add_model(p, required=False, help_text="model to evaluate (default: the table's zoo model)")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
@@ -207,6 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "that onnxruntime runs with int8 kernels; requantizes where the simulation keeps float, so "
                         "--verify allows 0.5 points")
     p.add_argument("--verify", action="store_true", help="run it in onnxruntime on the test set beside PyTorch")
+
+    p = sub.add_parser("supernet", help="a quantized-for-all (QFA) bit-width supernet: train once, use any policy")
+    ss = p.add_subparsers(dest="supernet_command", required=True, metavar="ACTION")
+    t = ss.add_parser("train", help="train a QFA supernet (sandwich rule, distillation, BatchQuant)")
+    _add_model(t)
+    t.add_argument("-o", "--out", required=True, help="run folder: checkpoint.pt, result.json")
+    t.add_argument("--weight-bits", default="2,3,4,8", help="candidate weight bits (default 2,3,4,8)")
+    t.add_argument("--act-bits", default="2,3,4,8", help="candidate activation bits (default 2,3,4,8)")
+    t.add_argument("--first-last", default="8", help="fix first and last layer at these bits, or 'search'")
+    t.add_argument("--act-quantizer", default="batchquant", help="batchquant (default) or lsq")
+    t.add_argument("--random-subnets", type=int, default=2, help="random subnets per step besides the extremes")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--train-batch-size", type=int, default=128)
+    t.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
+    t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--seed", type=int, default=0)
+    _add_run_opts(t)
+    e = ss.add_parser("eval", help="top-1 of any policy on a trained supernet, without retraining")
+    e.add_argument("run", help="the supernet's run folder")
+    _add_model(e)
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--uniform", metavar="SPEC", help="uniform policy, e.g. w4a4")
+    g.add_argument("--policy", metavar="FILE", help="policy JSON file")
+    e.add_argument("--first-last", default="8", help="bits of the first and last layer for --uniform")
+    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--limit", type=int, help="a seeded random subset of this many images")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("-o", "--out", help="write the evaluation JSON (what `qpolicy report` reads)")
+    _add_run_opts(e)
 
     p = sub.add_parser("list", help="registered metrics or strategies")
     p.add_argument("what", choices=["metrics", "strategies", "models"])
@@ -331,7 +377,7 @@ def _calib_config(args: argparse.Namespace):
 
     w, _, a = args.calib.partition("/")
     return CalibConfig(weight_method=w, act_method=a or w, batches=args.calib_batches, bn_batches=args.bn_batches,
-                       seed=args.seed, bn_reestimate=not args.no_bn_reestimate)
+                       seed=args.seed, bn_reestimate=not args.no_bn_reestimate, act_quantizer=args.act_quantizer)
 
 
 def _check_policy_args(args: argparse.Namespace) -> None:
@@ -402,18 +448,24 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .layers import quantizable_layers
+    from .train.kurtosis import layer_kurtosis
 
     model = _load_model(args)
     layers = quantizable_layers(model)
-    obj = {"model": args.model, "layers": [li.to_dict() for li in layers],
+    kurt = layer_kurtosis(model, [li.name for li in layers])
+    obj = {"model": args.model, "layers": [{**li.to_dict(), "kurtosis": kurt[li.name]} for li in layers],
            "total": {"params": sum(li.params for li in layers), "macs": sum(li.macs for li in layers)}}
-    lines = [f"{'#':>3} {'name':<28} {'kind':<9} {'params':>9} {'MACs':>11} {'input':<14} output"]
+    lines = [f"{'#':>3} {'name':<28} {'kind':<9} {'params':>9} {'MACs':>11} {'input':<14} {'output':<14} kurtosis"]
     for i, li in enumerate(layers):
         fmt = lambda s: "x".join(map(str, s)) if s else "-"  # noqa: E731
         lines.append(f"{i:>3} {li.name:<28} {li.kind:<9} {li.params:>9,} {li.macs:>11,} {fmt(li.in_shape):<14} "
-                     f"{fmt(li.out_shape)}")
+                     f"{fmt(li.out_shape):<14} {kurt[li.name]:.2f}")
     lines.append(f"{len(layers)} quantizable layers, {obj['total']['params']:,} weights, "
                  f"{obj['total']['macs'] / 1e6:.2f} M MACs per sample")
+    if args.out:
+        from ._io import write_json
+
+        write_json(args.out, {"format": "qpolicy.layers", "version": 1, **obj})
     _emit(args, obj, "\n".join(lines))
     return 0
 
@@ -453,7 +505,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     _check_policy_args(args)
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                            checkpoint_every=args.checkpoint_every, seed=args.seed)
+                            checkpoint_every=args.checkpoint_every, seed=args.seed,
+                            kurtosis_lambda=args.kurtosis_lambda, kurtosis_target=args.kurtosis_target,
+                            kurtosis_bn_folded=args.kurtosis_bn_folded)
     model = _load_model(args)
     policy = _policy(args, model)
     test, cal = _loaders(args, calib=True)
@@ -735,7 +789,36 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
     return 0
 
 
-RUNNERS = {"arq": cmd_search_arq, "validated": cmd_search_validated,
+def cmd_search_qfa(args: argparse.Namespace, budget) -> int:
+    from . import data
+    from .errors import ConfigError
+    from .supernet.qfa_search import QFASearchConfig, search_qfa
+
+    if args.table or not args.model or not args.supernet:
+        raise ConfigError("--strategy qfa searches a trained supernet: give --model and --supernet RUN_FOLDER "
+                          "(from `qpolicy supernet train`)")
+    config = QFASearchConfig(samples=args.samples, val_images=args.qfa_val_images, generations=args.generations,
+                             population=args.population, seed=args.seed)
+    model = _load_model(args)
+    val = data.loader("cifar10", "val", batch_size=250, limit=config.val_images, data_dir=args.data_dir)
+    calib = data.calib_loader("cifar10", batches=16, seed=args.seed, data_dir=args.data_dir)
+    front_out = str(Path(args.out).with_suffix("")) + "_front.json" if args.out else None
+    res = search_qfa(model, budget, supernet=args.supernet, calib=calib, val=val, config=config, device=args.device,
+                     model_name=args.model if ":" not in args.model else None, front_out=front_out)
+    if args.out:
+        res.policy.save(args.out)
+    q = res.policy.provenance["qfa"]
+    tau = f"{q['predictor_kendall_tau']:.3f}" if q["predictor_kendall_tau"] is not None else "n/a"
+    text = (f"qfa under {budget}: {q['measured_subnets']} subnets measured, predictor Kendall tau {tau} on "
+            f"{q['held_out']} held out, NSGA-II front of {len(res.extra['front'])}, {res.seconds:.0f} s\n"
+            f"validation top-1 {q['val_top1']:.2f}% (predicted {q['predicted_val_top1']:.2f}%)\n{res.cost.summary()}"
+            f"\n{' '.join(b.short() for b in res.policy.layers.values())}"
+            + (f"\nwrote {args.out}, {front_out}" if args.out else ""))
+    _emit(args, {k: v for k, v in res.to_dict().items() if k != "measured"}, text)
+    return 0
+
+
+RUNNERS = {"qfa": cmd_search_qfa, "arq": cmd_search_arq, "validated": cmd_search_validated,
            "supernet": lambda args, budget: cmd_search_differentiable(args, budget)}
 
 
@@ -786,7 +869,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     fixed = Budget.parse(args.budget) if args.budget else None
     choices = _search_choices(args)
     table = SensitivityTable.load(args.table)
+    from .runner import RunStats, check_address, check_workers
+
+    check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once
+    check_address(args.ray_address)
     front = pareto(table, key, values, fixed=fixed, seed=args.seed, **choices)
+    stats = RunStats()
     if args.evaluate:
         args.model = args.model or table.model
         if not args.model:
@@ -795,10 +883,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         cfg = CalibConfig()
         test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
         calib = data.calib_loader("cifar10", batches=cfg.batches_needed, seed=args.seed, data_dir=args.data_dir)
-        front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device)
+        partial = Path(str(args.out) + ".points.json") if args.out else None  # finished points: a rerun resumes
+        front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device,
+                               workers=args.workers, address=args.ray_address, results=partial, stats=stats)
     if args.out:
         front.save(args.out)
+        if args.evaluate and partial is not None:
+            partial.unlink(missing_ok=True)
     lines = [f"{table.metric} + {front.strategy}, sweep {key}: {len(front.points)} points"
+             + (f", evaluated on {stats.backend} in {stats.seconds:.1f} s (Ray start {stats.startup_seconds:.1f} s"
+                f", {stats.resumed} resumed)" if args.evaluate else "")
              + (f", infeasible at {', '.join(f'{v:g}' for v in front.infeasible)}" if front.infeasible else "")]
     for pt in front.points:
         c = pt["cost"]
@@ -881,6 +975,70 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supernet(args: argparse.Namespace) -> int:
+    from . import data
+    from .supernet.shared import QFAConfig, load_qfa, subnet_model, train_qfa
+
+    if args.supernet_command == "train":
+        first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or
+                                                                 (None,))[0]
+        config = QFAConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or (),
+                           act_bits=_int_list(args.act_bits, "--act-bits") or (), first_last=first_last,
+                           epochs=args.epochs, lr=args.lr, random_subnets=args.random_subnets,
+                           act_quantizer=args.act_quantizer, checkpoint_every=args.checkpoint_every, seed=args.seed)
+        model = _load_model(args)
+        train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit,
+                            seed=args.seed, data_dir=args.data_dir)
+        calib = data.calib_loader("cifar10", batches=max(config.calib_batches, config.bn_batches), seed=args.seed,
+                                  data_dir=args.data_dir)
+        res = train_qfa(model, train, calib=calib, config=config, out_dir=args.out, resume=args.resume,
+                        device=args.device, model_name=args.model if ":" not in args.model else None)
+        from ._io import write_json
+
+        obj = {"format": "qpolicy.qfa", "version": 1, "model": args.model, "config": config.to_dict(),
+               "train": res.train.to_dict()}
+        write_json(Path(args.out) / "result.json", obj)
+        t = res.train
+        text = (f"QFA supernet of {args.model}: {t.epochs} epoch(s) in {t.seconds:.0f} s, weight bits "
+                f"{list(config.weight_bits)}, act bits {list(config.act_bits)} ({config.act_quantizer}); last epoch "
+                f"loss {t.history[-1]['loss']:.3f}, largest-subnet train top-1 {t.history[-1]['top1']:.2f}%\n"
+                f"wrote {Path(args.out) / 'checkpoint.pt'}, {Path(args.out) / 'result.json'}")
+        _emit(args, obj, text)
+        return 0
+    from .evaluate import evaluate
+    from .policy import Policy, uniform_policy
+
+    model = _load_model(args)
+    if args.uniform:
+        from .policy import _first_last_bits, parse_uniform_spec
+
+        _first_last_bits(args.first_last, parse_uniform_spec(args.uniform))
+    net, config = load_qfa(model, args.run)
+    policy = Policy.load(args.policy) if args.policy else uniform_policy(model, args.uniform,
+                                                                         first_last=args.first_last,
+                                                                         model_name=args.model)
+    policy.validate(model)
+    calib = data.calib_loader("cifar10", batches=max(config.calib_batches, config.bn_batches), data_dir=args.data_dir)
+    plain = subnet_model(net, policy, calib, config)
+    split = data.loader("cifar10", args.split, batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
+    res = evaluate(plain, split, device=args.device)
+    from .costs import policy_cost
+    from .layers import quantizable_layers
+
+    cost = policy_cost(quantizable_layers(model), policy)
+    obj = {"format": "qpolicy.evaluation", "version": 1, "model": args.model, "supernet": str(args.run),
+           "split": args.split, "top1": res.top1, "loss": res.loss, "correct": res.correct, "total": res.total,
+           "cost": cost.to_dict(per_layer=False),
+           "policy": policy.with_provenance(supernet=str(args.run)).to_dict()}
+    if args.out:
+        from ._io import write_json
+
+        write_json(args.out, obj)
+    _emit(args, obj, f"{args.model} | {_policy_label(policy)} on the QFA supernet {args.run} (no retraining)\n"
+                     f"{args.split} top-1 {res.top1:.2f}% ({res.correct}/{res.total})\n{cost.summary()}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import models
     from .search import STRATEGIES
@@ -893,7 +1051,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
-            "certify": cmd_certify,
+            "certify": cmd_certify, "supernet": cmd_supernet,
             "train-noise": cmd_train_noise,
             "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "export": cmd_export,
             "report": cmd_report,

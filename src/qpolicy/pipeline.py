@@ -117,16 +117,39 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
     return run, qmodel
 
 
+def _evaluate_point(shared: dict[str, Any], item: dict[str, Any]) -> dict[str, float]:
+    """One front point's PTQ top-1 (a ``run_many`` task)."""
+    res = evaluate_policy(shared["model"], Policy.from_dict(item["policy"]), test=shared["test"],
+                          calib=shared["calib"], calib_config=shared["calib_config"], device=shared["device"])
+    return {"top1": res.accuracy.top1, "eval_seconds": res.accuracy.seconds}
+
+
+def _policy_key(item: dict[str, Any]) -> str:
+    """A point's key in a results file: its policy's bits (a rerun with another sweep reuses nothing stale)."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(item["policy"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def evaluate_front(model: nn.Module, front: Any, *, test: Iterable[Any], calib: Iterable[Any] | None,
-                   calib_config: CalibConfig | None = None, device: str | None = None) -> Any:
-    """PTQ top-1 of every point of a Pareto front (adds ``top1`` to each point); returns a new front."""
+                   calib_config: CalibConfig | None = None, device: str | None = None, workers: int | None = None,
+                   address: str | None = None, results: str | Path | None = None, stats: Any = None) -> Any:
+    """PTQ top-1 of every point of a Pareto front (adds ``top1`` to each point); returns a new front.
+
+    The points are evaluated by :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an
+    ``address``; ``results`` keeps finished points so that a killed run resumes without recomputing them.
+    """
+    import itertools
     from dataclasses import replace
 
-    from .progress import progress
+    from .runner import run_many
 
-    points = []
-    for pt in progress(front.points, desc="pareto", total=len(front.points)):
-        policy = Policy.from_dict(pt["policy"])
-        res = evaluate_policy(model, policy, test=test, calib=calib, calib_config=calib_config, device=device)
-        points.append({**pt, "top1": res.accuracy.top1, "eval_seconds": res.accuracy.seconds})
-    return replace(front, points=tuple(points))
+    cfg = calib_config or CalibConfig()
+    batches = list(itertools.islice(calib, cfg.batches_needed)) if calib is not None else None  # shipped once
+    shared = {"model": model, "test": test, "calib": batches, "calib_config": cfg, "device": device}
+    items = [{"index": k, "policy": pt["policy"]} for k, pt in enumerate(front.points)]
+    out = run_many(_evaluate_point, items, shared=shared, workers=workers, address=address, results=results,
+                   key=_policy_key, desc="pareto", stats=stats)
+    points = tuple({**pt, **r} for pt, r in zip(front.points, out, strict=True))
+    return replace(front, points=points)

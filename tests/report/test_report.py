@@ -129,3 +129,18 @@ def test_report_shows_certified_accuracy_curves(tmp_path):
     (tmp_path / "q" / "certify.json").write_text(json.dumps(bad))
     with pytest.raises(PolicyError, match="q/certify.json: malformed qpolicy.certify"):
         render_report(tmp_path, tmp_path / "r.html")
+
+
+def test_report_plots_weight_kurtosis_from_inspect(tmp_path, capsys):
+    from qpolicy.cli import main
+
+    assert main(["inspect", "--model", "qpolicy.testing:TinyConvNet", "-o", str(tmp_path / "layers.json"),
+                 "--quiet"]) == 0
+    info = render_report(tmp_path, tmp_path / "r.html")
+    md = (tmp_path / "r.md").read_text()
+    assert "Weight kurtosis per layer" in info["figures"] and "| conv1 |" in md
+    bad = json.loads((tmp_path / "layers.json").read_text())
+    bad["layers"][0]["kurtosis"] = "high"
+    (tmp_path / "layers.json").write_text(json.dumps(bad))
+    with pytest.raises(PolicyError, match="layers.json: malformed qpolicy.layers"):
+        render_report(tmp_path, tmp_path / "r.html")

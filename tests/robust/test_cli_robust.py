@@ -69,3 +69,9 @@ def test_train_noise_then_certify_float_quantized_and_incremental(capsys, home, 
     code, out, err = run(capsys, "certify", *BASE, "--uniform", "w4a4", "--incremental", str(ref), "--n-p", "80",
                          "-o", str(tmp_path / "irs2"), "--quiet")
     assert code == 2 and "--record 80" in err
+
+
+def test_finetune_rejects_a_negative_kurtosis_lambda(capsys, home, tmp_path):
+    out = tmp_path / "ft"
+    code, _, err = run(capsys, "finetune", *BASE, "--uniform", "w4a4", "--out", str(out), "--kurtosis-lambda", "-1")
+    assert code == 2 and "kurtosis_lambda must be a finite number >= 0" in err and not out.exists()

@@ -60,6 +60,9 @@ def _check_integer_ready(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
     if floats:
         raise ConfigError("int8 kernels need every layer quantized; float: " + ", ".join(floats[:5])
                           + (" ..." if len(floats) > 5 else ""))
+    kinds = sorted({m.act_quant.kind for _, m in layers if m.act_quant is not None} - {"lsq"})
+    if kinds:
+        raise ConfigError(f"int8 kernels need fixed-step activation quantizers; this model has {', '.join(kinds)}")
     bad = [f"{n} (W{m.weight_quant.bits}A{m.act_quant.bits})" for n, m in layers if m.act_quant.bits != 8]
     if bad:
         raise ConfigError("int8 kernels need every quantized layer's input at 8 bits (A8; weights may have 2..8 "

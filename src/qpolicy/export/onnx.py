@@ -98,6 +98,13 @@ class _ExportActQuantizer(ActQuantizer):
 
 def _exportable(qmodel: nn.Module) -> nn.Module:
     """A CPU eval copy whose quantizers run :class:`_QDQ` (same values, exportable)."""
+    other = sorted({type(mod).kind for mod in qmodel.modules() if isinstance(mod, (WeightQuantizer, ActQuantizer))
+                    and type(mod) not in (WeightQuantizer, ActQuantizer)})
+    if other:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"ONNX export writes fixed-step quantizers (QuantizeLinear/DequantizeLinear); this model has "
+                          f"{', '.join(other)} activation quantizers: quantize it with the default act_quantizer 'lsq'")
     m = copy.deepcopy(qmodel).cpu().eval()
     for mod in list(m.modules()):
         if type(mod) in (WeightQuantizer, ActQuantizer):

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..quant.fake_quant import _Quantizer
 from ..train import (
     CHECKPOINT_NAME,
+    Hook,
     TrainOutcome,
     TrainSpec,
     check_resume,
@@ -55,6 +56,9 @@ class FinetuneConfig:
         seed: Seeds the global torch RNG (dropout, etc.) at the start of the run.
         noise_sigma: Train under Gaussian noise of this standard deviation (pixel units), as the noise-trained
             base of a smoothed classifier was (:mod:`qpolicy.robust.noise`); None: clean images.
+        kurtosis_lambda: Weight of the KURE kurtosis regularizer (:mod:`qpolicy.train.kurtosis`); 0: off.
+        kurtosis_target: Its target kurtosis (1.8: uniform).
+        kurtosis_bn_folded: Regularize BatchNorm-folded weights.
     """
 
     epochs: int = 1
@@ -65,8 +69,13 @@ class FinetuneConfig:
     checkpoint_every: int = 100
     seed: int = 0
     noise_sigma: float | None = None
+    kurtosis_lambda: float = 0.0
+    kurtosis_target: float = 1.8
+    kurtosis_bn_folded: bool = False
 
     def __post_init__(self) -> None:
+        require_numbers(self, ("kurtosis_lambda",), positive=False, message="a finite number >= 0 (KURE: 1.0)")
+        require_numbers(self, ("kurtosis_target",), positive=True)
         if self.noise_sigma is not None:
             from ..robust.noise import check_sigma
 
@@ -77,8 +86,27 @@ class FinetuneConfig:
         if self.lr == 0:
             raise ConfigError("lr must be positive")
 
+    def kurtosis(self):
+        """The KURE settings (:class:`qpolicy.train.kurtosis.KurtosisConfig`)."""
+        from ..train.kurtosis import KurtosisConfig
+
+        return KurtosisConfig(lam=self.kurtosis_lambda, target=self.kurtosis_target, bn_folded=self.kurtosis_bn_folded)
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class _KurtosisLog(Hook):
+    """Adds the regularized layers' mean and largest kurtosis to each epoch's history record."""
+
+    name = "kurtosis"
+
+    def __init__(self, model: nn.Module, term: Any):
+        self.model, self.term = model, term
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        vals = list(self.term.values(self.model).values())
+        return {"kurtosis_mean": sum(vals) / len(vals), "kurtosis_max": max(vals)}
 
 
 FinetuneResult = TrainOutcome  # what a fine-tuning call did (the engine's record of the run)
@@ -114,15 +142,18 @@ def finetune(model: nn.Module, data: Iterable[Any], *, config: FinetuneConfig | 
         A FinetuneResult; the model is left in eval mode on its original device.
     """
     from ..robust.noise import gaussian_noise
+    from ..train.kurtosis import KurtosisTerm
 
     config = config or FinetuneConfig()
     if resume and out_dir is None:
         raise ConfigError("resume needs out_dir")
+    kure = KurtosisTerm(model, config.kurtosis()) if config.kurtosis_lambda > 0 else None
     spec = TrainSpec(
         epochs=config.epochs, lr=config.lr,
         optimizer=torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
                                   nesterov=config.nesterov and config.momentum > 0),
         transforms=(gaussian_noise(config.noise_sigma),) if config.noise_sigma is not None else (),
+        loss_terms=(kure,) if kure else (), hooks=(_KurtosisLog(model, kure),) if kure else (),
         checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT, what="fine-tuning",
         settings=config.to_dict(), may_change=_RESUME_MAY_CHANGE, extra=extra or {}, desc="epoch")
     return train(model, data, spec, out_dir=out_dir, resume=resume, device=device)

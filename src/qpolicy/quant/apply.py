@@ -141,13 +141,15 @@ def apply_policy(
         The quantized copy, in the same train/eval mode as ``model``.
     """
     policy.validate(model)
+    config = config or CalibConfig()
     qmodel = copy.deepcopy(model)
     for name, bits in policy.layers.items():
         if bits.is_float:
             continue
         mod = qmodel.get_submodule(name)
         cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
-        qmod = cls.from_float(mod, weight_bits=bits.weight_bits, act_bits=bits.act_bits, learnable=learnable)
+        qmod = cls.from_float(mod, weight_bits=bits.weight_bits, act_bits=bits.act_bits, learnable=learnable,
+                              act_quantizer=config.act_quantizer)
         parent_name, _, attr = name.rpartition(".")
         setattr(qmodel.get_submodule(parent_name) if parent_name else qmodel, attr, qmod)
     return calibrate_(qmodel, calib, config)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CalibrationError, CheckpointError, ConfigError
+from ..registry import Registry
 from .primitives import (
     check_bits,
     fake_quantize,
@@ -33,6 +34,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QUANT_LAYER_TYPES",
+    "ACT_QUANTIZERS",
 ]
 
 CALIB_METHODS = ("minmax", "percentile", "mse")
@@ -52,6 +54,8 @@ class CalibConfig:
         samples_per_batch: Activation values kept per layer and batch (a seeded uniform subsample) for the
             percentile and MSE searches; the running min/max always see every value.
         seed: Seed of that subsample.
+        act_quantizer: The activation quantizer (``ACT_QUANTIZERS``): "lsq" (a step size set by ``act_method``,
+            learnable in QAT) or "batchquant" (a range that follows the batch: :mod:`qpolicy.quant.batchquant`).
         bn_reestimate: Re-estimate BatchNorm running statistics of the weight-quantized model on the calibration
             batches before the activation ranges are measured. Quantizing weights shifts every layer's output
             statistics; the float model's BN statistics no longer fit them, and re-estimating them recovers much
@@ -68,8 +72,10 @@ class CalibConfig:
     samples_per_batch: int = 2**17
     seed: int = 0
     bn_reestimate: bool = True
+    act_quantizer: str = "lsq"
 
     def __post_init__(self) -> None:
+        ACT_QUANTIZERS.get(self.act_quantizer)  # unknown names: "did you mean"
         for field in ("weight_method", "act_method"):
             value = getattr(self, field)
             if value not in CALIB_METHODS:
@@ -93,6 +99,8 @@ class CalibConfig:
 class _Quantizer(nn.Module):
     """Common state: bit-width, signedness, and a step size kept as a parameter (trainable for LSQ)."""
 
+    kind = "lsq"  # the quantizer family, saved with the state: a checkpoint loads only into the same family
+
     def __init__(self, bits: int, num_scales: int, signed: bool, learnable: bool):
         super().__init__()
         self.bits = check_bits(bits)
@@ -105,12 +113,15 @@ class _Quantizer(nn.Module):
 
     # bits and signedness travel in the state dict, so a checkpoint cannot be loaded into a different policy.
     def get_extra_state(self) -> dict[str, Any]:
-        return {"bits": self.bits, "signed": self.signed}
+        return {"bits": self.bits, "signed": self.signed, "kind": self.kind}
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or state.get("bits") != self.bits:
             got = state.get("bits") if isinstance(state, dict) else state
             raise CheckpointError(f"quantizer state is for {got}-bit, this layer is {self.bits}-bit")
+        if state.get("kind", "lsq") != self.kind:
+            raise CheckpointError(f"quantizer state is for a {state.get('kind')} quantizer, this layer has "
+                                  f"{self.kind}")
         self.signed = bool(state.get("signed", self.signed))
 
     def extra_repr(self) -> str:
@@ -196,6 +207,10 @@ class ActQuantizer(_Quantizer):
             return x
         if not self.enabled:
             return x
+        return self._quantize(x)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized ``x`` (a subclass, such as BatchQuant, changes this and the calibration)."""
         grad_scale = 1.0 / math.sqrt(max(1, x[0].numel()) * self.q_max)
         return fake_quantize(x, self.scale, self.bits, self.signed, grad_scale=grad_scale)
 
@@ -211,13 +226,14 @@ class _QuantLayer:
         self.register_module("weight_quant", None)  # type: ignore[attr-defined]
         self.register_module("act_quant", None)  # type: ignore[attr-defined]
 
-    def _adopt(self, src: nn.Module, weight_bits: int | None, act_bits: int | None, learnable: bool):
+    def _adopt(self, src: nn.Module, weight_bits: int | None, act_bits: int | None, learnable: bool,
+               act_quantizer: str = "lsq"):
         """Take ``src``'s parameters (the caller passes a copy it owns) and add the quantizers."""
         self.weight, self.bias = src.weight, src.bias
         if weight_bits is not None:
             self.weight_quant = WeightQuantizer(weight_bits, src.weight.shape[0], learnable=learnable)
         if act_bits is not None:
-            self.act_quant = ActQuantizer(act_bits, learnable=learnable)
+            self.act_quant = ACT_QUANTIZERS.get(act_quantizer)(act_bits, learnable=learnable)
         self.to(src.weight.device)  # type: ignore[attr-defined]
         self.train(src.training)  # type: ignore[attr-defined]
         return self
@@ -239,13 +255,14 @@ class QuantConv2d(_QuantLayer, nn.Conv2d):
 
     @classmethod
     def from_float(
-        cls, conv: nn.Conv2d, *, weight_bits: int | None, act_bits: int | None, learnable: bool = True
+        cls, conv: nn.Conv2d, *, weight_bits: int | None, act_bits: int | None, learnable: bool = True,
+        act_quantizer: str = "lsq",
     ) -> QuantConv2d:
         """A quantized layer sharing ``conv``'s parameters (the caller passes a copy it owns)."""
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                 dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                 padding_mode=conv.padding_mode, device="meta")
-        return q._adopt(conv, weight_bits, act_bits, learnable)
+        return q._adopt(conv, weight_bits, act_bits, learnable, act_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._quantized(x)
@@ -261,11 +278,12 @@ class QuantLinear(_QuantLayer, nn.Linear):
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, *, weight_bits: int | None, act_bits: int | None, learnable: bool = True
+        cls, linear: nn.Linear, *, weight_bits: int | None, act_bits: int | None, learnable: bool = True,
+        act_quantizer: str = "lsq",
     ) -> QuantLinear:
         """A quantized layer sharing ``linear``'s parameters (the caller passes a copy it owns)."""
         q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        return q._adopt(linear, weight_bits, act_bits, learnable)
+        return q._adopt(linear, weight_bits, act_bits, learnable, act_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._quantized(x)
@@ -273,3 +291,8 @@ class QuantLinear(_QuantLayer, nn.Linear):
 
 
 QUANT_LAYER_TYPES = (QuantConv2d, QuantLinear)
+
+# activation quantizers by name (CalibConfig.act_quantizer); BatchQuant registers itself on first lookup
+ACT_QUANTIZERS: Registry[type[ActQuantizer]] = Registry("activation quantizer",
+                                                        builtins=("qpolicy.quant.batchquant",))
+ACT_QUANTIZERS.add("lsq", ActQuantizer)

@@ -24,6 +24,7 @@ class RunContents:
     fronts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     evaluations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # policy, top1, cost
     certificates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # randomized-smoothing runs
+    kurtosis: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # layer -> weight kurtosis
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -69,24 +70,16 @@ def _top1(v: Any, what: str = "top1") -> float:
 
 
 def _certify(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """A certify result (``qpolicy certify``): its policy (None: float), settings and per-image radii, checked."""
+    """A certify result (``qpolicy certify``), checked as ``certify --incremental`` checks it: its policy (None:
+    float), sigma, and per-image radii and correctness."""
+    from ..robust.smoothing import check_certify
+
+    check_certify(data, source)
     pol = Policy.from_dict(data["policy"], source=source) if data.get("policy") is not None else None
-    cfg = data["settings"]["config"]
-    sigma = _number(cfg["sigma"], "settings.config.sigma")
     records = data["records"]
-    if not isinstance(records, list):
-        raise ValueError("'records' must be a list")
-    radii, correct = [], []
-    for r in records:
-        radius = _number(r["radius"], "records[].radius")
-        if radius < 0:
-            raise ValueError("a radius must not be negative")
-        if not all(isinstance(r[k], int) and not isinstance(r[k], bool) for k in ("prediction", "label")):
-            raise ValueError("records[].prediction and label must be integers")
-        radii.append(radius)
-        correct.append(r["prediction"] == r["label"])
-    return {"policy": pol, "sigma": sigma, "n": int(_number(cfg["n"], "settings.config.n")),
-            "method": str(data.get("method", "rs")), "radii": radii, "correct": correct,
+    return {"policy": pol, "sigma": float(data["settings"]["config"]["sigma"]),
+            "n": int(data["settings"]["config"]["n"]), "method": str(data.get("method", "rs")),
+            "radii": [float(r["radius"]) for r in records], "correct": [r["prediction"] == r["label"] for r in records],
             "complete": bool(data.get("complete")), "split": str(data.get("split", "test")),
             "samples": sum(int(_number(r.get("samples", 0), "records[].samples")) for r in records),
             "seconds": sum(_number(r.get("seconds", 0.0), "records[].seconds") for r in records)}
@@ -121,6 +114,9 @@ def collect(root: str | Path) -> RunContents:
                 if not isinstance(data.get("metric", ""), str):
                     raise ValueError("'metric' must be a string")
                 out.fronts.append((rel, data))
+            elif fmt == "qpolicy.layers":
+                out.kurtosis.append((rel, {str(li["name"]): _number(li["kurtosis"], "layers[].kurtosis")
+                                           for li in data["layers"]}))
             elif fmt == "qpolicy.certify":
                 out.certificates.append((rel, _certify(data, rel)))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "top1" in data:
@@ -137,7 +133,7 @@ def collect(root: str | Path) -> RunContents:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{rel}: malformed {fmt or 'result'} file ({type(e).__name__}: {e})") from None
-    if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates):
+    if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates or out.kurtosis):
         raise PolicyError(f"{root} holds no qpolicy result file (sensitivity tables, policies, Pareto fronts, "
-                          "evaluations, certify results)")
+                          "evaluations, certify results, layer tables)")
     return out

@@ -251,6 +251,22 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
         section, certify_rows = _certify_section(run, plt)
         sections.append(section)
 
+    # 6. weight kurtosis per layer (`qpolicy inspect -o`): KURE drives it towards 1.8 (uniform)
+    if run.kurtosis:
+        names = list(run.kurtosis[0][1])
+        fig, ax = plt.subplots(figsize=(11, 3.5))
+        for src, kurt in run.kurtosis:
+            ax.plot(range(len(names)), [kurt.get(n, float("nan")) for n in names], "o-", label=src, alpha=0.85)
+        ax.axhline(1.8, color="gray", linestyle=":", label="uniform (1.8)")
+        ax.axhline(3.0, color="gray", linestyle="--", label="normal (3)")
+        ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+        ax.set_ylabel("weight kurtosis")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        h, md = _table(["layer", *(src for src, _ in run.kurtosis)],
+                       [[n, *(f"{k.get(n, float('nan')):.2f}" for _, k in run.kurtosis)] for n in names])
+        sections.append(("Weight kurtosis per layer", _png(fig), h, md))
+
     title = f"qpolicy report: {run.root.name}"
     body = [f"<h1>{html.escape(title)}</h1><p>{len(run.tables)} sensitivity table(s), {len(run.policies)} "
             f"policy file(s), {len(run.fronts)} Pareto front(s), {len(run.evaluations)} evaluation(s), "

@@ -40,7 +40,7 @@ from ..evaluate import resolve_device
 from ..progress import progress
 from .noise import check_sigma
 
-__all__ = ["ABSTAIN", "BLOCK", "SmoothConfig", "Smooth", "Certificate", "lower_confidence_bound",
+__all__ = ["ABSTAIN", "BLOCK", "check_certify", "SmoothConfig", "Smooth", "Certificate", "lower_confidence_bound",
            "upper_confidence_bound", "radius_from", "summarize", "certify_dataset", "RADII", "CERTIFY_NAME",
            "load_certify", "encode_preds", "decode_preds"]
 
@@ -255,10 +255,44 @@ def load_certify(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / CERTIFY_NAME
-    obj = read_json(path, what="certify result")
+    return check_certify(read_json(path, what="certify result"), str(path))
+
+
+def check_certify(obj: Any, source: str) -> dict[str, Any]:
+    """``obj`` if it is a well-formed certify result (settings, and every certificate's fields), else a
+    ConfigError naming ``source`` and the field."""
+    path = source
     if not isinstance(obj, dict) or obj.get("format") != _FORMAT or not isinstance(obj.get("records"), list):
         raise ConfigError(f"{path} is not a qpolicy certify result")
+    try:
+        settings = obj["settings"]
+        SmoothConfig(**settings["config"])
+        record = settings.get("record", 0)
+        if isinstance(record, bool) or not isinstance(record, int) or record < 0:
+            raise ValueError("settings.record must be a non-negative integer")
+        for r in obj["records"]:
+            _check_record(r, record)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: malformed certify result ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{path}: malformed certify result ({type(e).__name__}: {str(e)[:200]})") from None
     return obj
+
+
+def _check_record(r: dict[str, Any], record: int) -> None:
+    """One certificate of a stored result: integer index/label/prediction, finite radius >= 0, p_lower in [0, 1],
+    and ``record`` sample classes when the run recorded them."""
+    import math
+
+    for k in ("index", "label", "prediction"):
+        if isinstance(r[k], bool) or not isinstance(r[k], int) or r[k] < ABSTAIN:
+            raise ValueError(f"records[].{k} must be an integer, got {str(r[k])[:40]!r}")
+    for k, hi in (("radius", math.inf), ("p_lower", 1.0)):
+        v = r[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= hi:
+            raise ValueError(f"records[].{k} must be a number in [0, {hi}], got {str(v)[:40]!r}")
+    if record and r["prediction"] != ABSTAIN and len(decode_preds(r["sample_preds"])) < record:
+        raise ValueError("records[].sample_preds holds fewer samples than settings.record")
 
 
 def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int],

@@ -113,7 +113,7 @@ class ModelStrategy:
     """A model-in-the-loop strategy: it needs the model and data, not only a sensitivity table (the validated
     default search, the differentiable supernet searches). Registered beside the table strategies by the name of
     its function (``"package.module:function"``, imported when used, so this package stays torch-free); ``runner``
-    says which kind of run it is ("validated", "supernet" or "arq"), which is what the CLI dispatches on."""
+    says which kind of run it is ("validated", "supernet", "arq" or "qfa"), which is what the CLI dispatches on."""
 
     target: str
     runner: str
@@ -137,6 +137,7 @@ STRATEGIES.add("validated", ModelStrategy("qpolicy.select:search_validated", "va
 STRATEGIES.add("dmpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
 STRATEGIES.add("smpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
 STRATEGIES.add("arq", ModelStrategy("qpolicy.rl.arq:search_arq", "arq"))
+STRATEGIES.add("qfa", ModelStrategy("qpolicy.supernet.qfa_search:search_qfa", "qfa"))
 
 
 def _check_feasible(problem: Problem) -> None:

@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..layers import LayerInfo, quantizable_layers
 from ..policy import LayerBits, Policy
 from ..quant.apply import batch_inputs, calibrate_bn_and_acts_
-from ..quant.fake_quant import ActQuantizer, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
+from ..quant.fake_quant import ACT_QUANTIZERS, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
 
 __all__ = ["MixedQuantLayer", "Supernet", "build_supernet"]
 
@@ -49,16 +49,19 @@ class MixedQuantLayer(nn.Module):
     Args:
         layer: The float layer (the supernet owns a copy); its weight and bias are the shared parameters.
         weight_bits, act_bits: Candidate widths (a single width fixes that side).
+        act_quantizer: The activation quantizer of every candidate ("lsq", "batchquant": ``ACT_QUANTIZERS``).
     """
 
-    def __init__(self, layer: nn.Module, weight_bits: Sequence[int], act_bits: Sequence[int]):
+    def __init__(self, layer: nn.Module, weight_bits: Sequence[int], act_bits: Sequence[int],
+                 act_quantizer: str = "lsq"):
         super().__init__()
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise ConfigError(f"a mixed-precision layer wraps Conv2d or Linear, got {type(layer).__name__}")
         self.layer = layer
         self.bits = {"weight": tuple(weight_bits), "act": tuple(act_bits)}
         self.weight_quants = nn.ModuleList(WeightQuantizer(b, layer.weight.shape[0]) for b in weight_bits)
-        self.act_quants = nn.ModuleList(ActQuantizer(b) for b in act_bits)
+        self.act_quantizer = act_quantizer
+        self.act_quants = nn.ModuleList(ACT_QUANTIZERS.get(act_quantizer)(b) for b in act_bits)
         self.alpha_weight = nn.Parameter(torch.zeros(len(weight_bits)))
         self.alpha_act = nn.Parameter(torch.zeros(len(act_bits)))
         # removed candidates (Shapley players, one-hot subnets): plain Python, never trained or saved
@@ -116,7 +119,8 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerInfo], candidates: Mapping[str, tuple[tuple[int, ...],
-                                                                                                    tuple[int, ...]]]):
+                                                                                                    tuple[int, ...]]],
+                 act_quantizer: str = "lsq"):
         super().__init__()
         self.model = model
         self.layers = tuple(layers)
@@ -125,7 +129,7 @@ class Supernet(nn.Module):
             wb, ab = candidates[name]
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr,
-                    MixedQuantLayer(model.get_submodule(name), wb, ab))
+                    MixedQuantLayer(model.get_submodule(name), wb, ab, act_quantizer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -241,12 +245,12 @@ class Supernet(nn.Module):
             if lb.weight_bits not in m.bits["weight"] or lb.act_bits not in m.bits["act"]:
                 raise ConfigError(f"layer {name!r}: {lb.short()} is not among the supernet's candidates")
             cls = QuantConv2d if isinstance(m.layer, nn.Conv2d) else QuantLinear
-            q = cls.from_float(m.layer, weight_bits=lb.weight_bits, act_bits=lb.act_bits)
+            q = cls.from_float(m.layer, weight_bits=lb.weight_bits, act_bits=lb.act_bits,
+                               act_quantizer=m.act_quantizer)
             wq = m.weight_quants[m.bits["weight"].index(lb.weight_bits)]
             aq = m.act_quants[m.bits["act"].index(lb.act_bits)]
-            q.weight_quant.scale.copy_(wq.scale)
-            q.act_quant.scale.copy_(aq.scale)
-            q.act_quant.signed = aq.signed
+            q.weight_quant.load_state_dict(wq.state_dict())  # step sizes (and running ranges), bits, signedness
+            q.act_quant.load_state_dict(aq.state_dict())
             parent, _, attr = name.rpartition(".")
             setattr(plain.get_submodule(parent) if parent else plain, attr, q)
         return plain.eval()
@@ -279,6 +283,7 @@ def build_supernet(model: nn.Module, *, weight_bits: Sequence[int] = (2, 3, 4, 6
         weight_bits, act_bits: Candidate widths of every searched layer.
         first_last: Fix the first and last layer (execution order) at this width on both sides; None searches them.
         calib: Batches for the initial step sizes and BatchNorm statistics (:func:`qpolicy.data.calib_loader`).
+        calib_config: Calibration rules; its ``act_quantizer`` is every activation candidate's quantizer.
         input_shape: For models without an ``input_shape`` attribute.
     """
     from ..bits import check_bits
@@ -296,7 +301,7 @@ def build_supernet(model: nn.Module, *, weight_bits: Sequence[int] = (2, 3, 4, 6
     copy_ = copy.deepcopy(model)
     for p in copy_.parameters():
         p.requires_grad_(True)
-    net = Supernet(copy_, layers, candidates)
+    net = Supernet(copy_, layers, candidates, (calib_config or CalibConfig()).act_quantizer)
     net.train(model.training)
     if calib is not None:
         net.calibrate_(calib, calib_config)

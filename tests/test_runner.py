@@ -1,0 +1,99 @@
+import json
+import os
+import time
+
+import pytest
+
+from qpolicy.cli import main
+from qpolicy.errors import ConfigError
+from qpolicy.runner import RunManyError, RunStats, check_address, run_many
+
+
+def square(shared, item):
+    if item == 3:
+        raise ValueError("three is not allowed")
+    return shared["k"] * item * item
+
+
+def test_serial_results_errors_and_resume(tmp_path):
+    assert run_many(square, [1, 2, 4], shared={"k": 2}) == [2, 8, 32]
+    res = tmp_path / "r.json"
+    with pytest.raises(RunManyError, match=r"1 of 4 items failed: item 3: ValueError: three is not allowed") as e:
+        run_many(square, [1, 2, 3, 4], shared={"k": 1}, results=res)
+    assert e.value.results == [1, 4, None, 16]
+    stats = RunStats()
+    assert run_many(square, [1, 2, 4, 5], shared={"k": 1}, results=res, stats=stats) == [1, 4, 16, 25]
+    assert (stats.resumed, stats.computed) == (3, 1)  # only 5 was computed
+    with pytest.raises(ConfigError, match="workers must be a positive integer"):
+        run_many(square, [1], workers=0)
+
+
+def test_unreachable_address_fails_fast_and_clearly():
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+        check_address("127.0.0.1:1")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        check_address("nowhere")
+    assert time.perf_counter() - t < 5
+
+
+def test_cli_rejects_bad_workers_and_addresses(tmp_path, capsys):
+    from tests.test_fuzz import _table
+
+    t = tmp_path / "t.json"
+    t.write_text(json.dumps(_table()))
+    for extra, msg in ((["--workers", "0"], "workers must be a positive integer"),
+                       (["--ray-address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1")):
+        code = main(["pareto", str(t), "--bitops", "0.2,0.4", "--evaluate", *extra, "-o", str(tmp_path / "f.json")])
+        err = capsys.readouterr().err
+        assert code == 2 and msg in err and err.count("\n") == 1 and not (tmp_path / "f.json").exists()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local 2-CPU Ray, started once per test run."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_gives_the_serial_results_and_resumes(local_ray, tmp_path):
+    assert local_ray.cluster_resources().get("CPU") == 2
+    items = [1, 2, 3, 4, 5]
+    with pytest.raises(RunManyError) as serial:
+        run_many(square, items, shared={"k": 3})
+    stats = RunStats()
+    res = tmp_path / "r.json"
+    with pytest.raises(RunManyError, match="item 3: ValueError: three is not allowed") as on_ray:
+        run_many(square, items, shared={"k": 3}, workers=2, results=res, stats=stats)
+    assert on_ray.value.results == serial.value.results and stats.backend == "ray" and stats.computed == 4
+    stats = RunStats()
+    assert run_many(square, [1, 2, 4, 5, 6], shared={"k": 3}, workers=2, results=res, stats=stats) == \
+        [3, 12, 48, 75, 108]
+    assert (stats.resumed, stats.computed) == (4, 1)
+
+
+def test_pareto_front_on_ray_equals_serial(local_ray, tmp_path):
+    from qpolicy import data
+    from qpolicy.pipeline import evaluate_front
+    from qpolicy.quant import CalibConfig
+    from qpolicy.search import pareto
+    from qpolicy.sensitivity import analyze
+    from qpolicy.testing import TinyConvNet, random_loader
+
+    model = TinyConvNet()
+    calib = random_loader(32, batch_size=16)
+    test = random_loader(48, batch_size=16, seed=1)
+    table = analyze(model, calib, metric="qerror", bits=(2, 4, 8))
+    front = pareto(table, "bitops", [0.2, 0.35, 0.5, 0.8])
+    cfg = CalibConfig(batches=1, bn_batches=1)
+    serial = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device="cpu")
+    stats = RunStats()
+    on_ray = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device="cpu", workers=2,
+                            results=tmp_path / "points.json", stats=stats)
+    assert stats.backend == "ray"
+    assert [p["policy"] for p in serial.points] == [p["policy"] for p in on_ray.points]
+    assert [p["top1"] for p in serial.points] == [p["top1"] for p in on_ray.points]
+    assert data is not None
