@@ -81,6 +81,12 @@ class NoiseTrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def pixel_noise_scale(sigma: float, std: Sequence[float] = CIFAR10_STD) -> torch.Tensor:
+    """Per-channel factor (1, C, 1, 1) that turns N(0, 1) into pixel-unit noise of ``sigma`` on normalized images."""
+    sigma = check_sigma(sigma)
+    return torch.tensor([sigma / s for s in std], dtype=torch.float32).view(1, -1, 1, 1)
+
+
 def gaussian_noise(sigma: float, std: Sequence[float] = CIFAR10_STD
                    ) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
     """A batch transform of the engine: add N(0, sigma^2) pixel-unit noise to normalized images (``e / std``).
@@ -88,8 +94,7 @@ def gaussian_noise(sigma: float, std: Sequence[float] = CIFAR10_STD
     It draws from the global torch RNG, which the engine seeds and checkpoints, so a resumed run adds the same
     noise as an uninterrupted one.
     """
-    sigma = check_sigma(sigma)
-    scale = torch.tensor([sigma / s for s in std], dtype=torch.float32).view(1, -1, 1, 1)
+    scale = pixel_noise_scale(sigma, std)
 
     def transform(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x + torch.randn_like(x) * scale.to(x.device), y
@@ -165,7 +170,7 @@ class NoisyBatches:
 
     def __init__(self, data: Iterable[Any], sigma: float, *, seed: int = 0, std: Sequence[float] = CIFAR10_STD):
         self.data, self.sigma, self.seed = data, check_sigma(sigma), seed
-        self.scale = torch.tensor([self.sigma / s for s in std], dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = pixel_noise_scale(self.sigma, std)
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]

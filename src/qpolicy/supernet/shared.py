@@ -210,18 +210,14 @@ class _Sandwich(Hook):
 
 
 def _param_groups(net: Supernet, weight_decay: float) -> list[dict[str, Any]]:
-    from ..quant.fake_quant import _Quantizer
+    """QAT's parameter groups (:func:`qpolicy.qat.finetune.param_groups`) without the mixing weights: QFA samples
+    its subnets and has no architecture parameters to train."""
+    from ..qat.finetune import param_groups
 
-    arch = {id(p) for p in net.arch_parameters()} | {id(m.alpha_weight) for _, m in net.mixed_layers()} | \
-        {id(m.alpha_act) for _, m in net.mixed_layers()}
-    quant = {id(p) for m in net.modules() if isinstance(m, _Quantizer) for p in m.parameters()}
-    decay, rest = [], []
-    for p in net.parameters():
-        if id(p) in arch:
-            p.requires_grad_(False)  # QFA has no architecture parameters: subnets are sampled
-            continue
-        (decay if p.dim() > 1 and id(p) not in quant else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    for _, m in net.mixed_layers():
+        m.alpha_weight.requires_grad_(False)
+        m.alpha_act.requires_grad_(False)
+    return param_groups(net, weight_decay)
 
 
 def train_qfa(model: nn.Module, train_data: Iterable[Any], *, calib: Iterable[Any], config: QFAConfig | None = None,
