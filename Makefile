@@ -17,7 +17,7 @@ endif
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq bench-export \
-	bench-robust bench-qfa lint clean
+	bench-robust bench-qfa bench-attacks resnet8 resnet8-defenses lint clean
 
 setup: $(STAMP)
 
@@ -83,6 +83,25 @@ bench-robust: $(STAMP)
 	$(PY) benchmarks/arq_compare.py
 
 # KURE and QFA (issue 12), reduced scale on 2 CPU cores (about 60 minutes)
+# The MLPerf Tiny ResNet-8 has no public weights: train it once (12 epochs, about 15 min on 2 cores), cached in
+# $$QPOLICY_TRAINED (default ~/.cache/qpolicy/trained). Then the train-based defenses and PixelDefend's PixelCNN
+# (fine-tuning on 10,000 training images, 2 epochs each).
+R8_DEF := --train-limit 10000 --epochs 2
+resnet8: $(STAMP)
+	$(QP) train --model resnet8 --epochs 12 --resume 2>/dev/null || $(QP) train --model resnet8 --epochs 12
+
+resnet8-defenses: resnet8
+	for d in pgd_at distillation ensemble_at sinkhorn_at; do \
+	  $(QP) train --model resnet8 --defense $$d $(R8_DEF) --resume 2>/dev/null || \
+	  $(QP) train --model resnet8 --defense $$d $(R8_DEF) || exit 1; done
+	$(QP) train --model resnet8 --defense pixeldefend $(R8_DEF) --lr 0.05 --resume 2>/dev/null || \
+	  $(QP) train --model resnet8 --defense pixeldefend $(R8_DEF) --lr 0.05
+
+# David and Goliath: attacks x QNNs x defenses (resumable run folders in runs/bench/).
+bench-attacks: resnet8-defenses
+	$(PY) benchmarks/attack_suite.py --config benchmarks/configs/robustness_resnet8.json --name robustness_resnet8
+	$(PY) benchmarks/attack_suite.py --config benchmarks/configs/robustness_resnet20.json --name robustness_resnet20
+
 bench-qfa: $(STAMP)
 	$(PY) benchmarks/kure_compare.py
 	$(PY) benchmarks/qfa_compare.py

@@ -121,6 +121,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_run_opts(p)
 
+    p = sub.add_parser("train", help="train a float model: a zoo model without public weights (resnet8), or a "
+                       "train-based adversarial defense of a model (checkpointed, resumable, cached)")
+    _add_model(p)
+    p.add_argument("--defense", help="a train-based defense (see `qpolicy list defenses`); default: plain training "
+                   "from random weights")
+    p.add_argument("--defense-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a defense setting, e.g. eps=0.008 (repeatable; see `qpolicy list defenses`)")
+    p.add_argument("--epochs", type=int, help="default 30 from scratch, 3 for a defense (fine-tuning)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 from scratch, 0.01 for a defense)")
+    p.add_argument("--train-batch-size", type=int, default=128)
+    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
+    p.add_argument("--trained-dir", help="cache of trained models (default $QPOLICY_TRAINED or ~/.cache/qpolicy/"
+                   "trained); the run goes to TRAINED_DIR/MODEL[-DEFENSE]")
+    p.add_argument("--out", help="run folder instead of the cache (checkpoint.pt, weights.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    _add_run_opts(p)
+
+    p = sub.add_parser("attack", help="adversarial attack (ART) on a model or a policy's QNN: robust accuracy and "
+                       "distortion per eps (resumable)")
+    _add_model(p)
+    _add_policy(p)
+    p.add_argument("-o", "--out", required=True, help="run folder: attack.json (rewritten after every chunk)")
+    p.add_argument("--attack", required=True, help="see `qpolicy list attacks`")
+    p.add_argument("--eps", help="comma-separated budgets in pixel units (images in [0, 1]), e.g. 0.002,0.004; "
+                   "omit for minimal-perturbation attacks")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the attack's paper parameters (repeatable; see `qpolicy list attacks`)")
+    p.add_argument("--images", type=int, default=100, help="images, evenly spaced over the split (default 100)")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--transfer", action="store_true", help="craft on the float model, classify with the policy's QNN")
+    p.add_argument("--defense", help="a pre-processing defense in front of the classifier (squeeze, pixeldefend)")
+    p.add_argument("--chunk", type=int, default=50, help="images per checkpoint")
+    p.add_argument("--trained-dir", help="cache of trained models (resnet8, defenses)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    _add_run_opts(p)
+
+    p = sub.add_parser("robustness", help="the attack suite: models x defenses x QNNs x attacks x eps from a JSON "
+                       "config, with the findings table (resumable; serial or on Ray)")
+    p.add_argument("config", help="robustness config JSON (keys: models, qnns, attacks, params, transfer, defenses, "
+                   "defense_attacks, images, clean_images, seed)")
+    p.add_argument("-o", "--out", required=True, help="run folder: robustness.json, items.json (resume)")
+    p.add_argument("--workers", type=int, help="run items on a local Ray with this many CPUs (default: serial)")
+    p.add_argument("--ray-address", help="join an existing Ray cluster: auto or HOST:PORT")
+    p.add_argument("--trained-dir", help="cache of trained models (resnet8, defenses)")
+    p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
+
     p = sub.add_parser("certify", help="certified L2 robustness (randomized smoothing) of a model or a policy")
     _add_model(p)
     _add_policy(p)
@@ -254,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", help="write the evaluation JSON (what `qpolicy report` reads)")
     _add_run_opts(e)
 
-    p = sub.add_parser("list", help="registered metrics or strategies")
-    p.add_argument("what", choices=["metrics", "strategies", "models"])
+    p = sub.add_parser("list", help="registered metrics, strategies, models, attacks or defenses")
+    p.add_argument("what", choices=["metrics", "strategies", "models", "attacks", "defenses"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return parser
@@ -364,7 +414,8 @@ def _load_model(args: argparse.Namespace):
     if ":" in args.model:
         model = models.from_reference(args.model)
     elif args.model in models.REGISTRY:
-        model = models.load(args.model, pretrained=not args.random_init, weights_dir=args.weights_dir)
+        model = models.load(args.model, pretrained=not args.random_init, weights_dir=args.weights_dir,
+                            trained_dir=getattr(args, "trained_dir", None))
     else:
         raise UnknownNameError("model", args.model, models.names())
     if shape is not None:
@@ -550,6 +601,146 @@ def cmd_train_noise(args: argparse.Namespace) -> int:
             f"{res.seconds:.0f} s; last epoch train top-1 under noise {res.history[-1]['top1']:.2f}%\n"
             f"clean validation top-1 (1,000 images) {val.top1:.2f}%\nwrote {out / 'weights.pt'}")
     _emit(args, obj, text)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import data, models
+    from .errors import ConfigError
+    from .evaluate import evaluate
+    from .train.trained import FloatTrainConfig, train_float, trained_model_dir
+
+    defense = None
+    if args.defense:
+        from .robust.defenses import DEFENSES, parse_options
+
+        defense = DEFENSES.get(args.defense)
+        options = defense.make_config(parse_options(args.defense_option))
+    elif args.defense_option:
+        raise ConfigError("--defense-option needs --defense")
+    config = FloatTrainConfig(epochs=args.epochs or (3 if defense else 30), lr=args.lr or (0.01 if defense else 0.1),
+                              checkpoint_every=args.checkpoint_every, seed=args.seed)
+    if ":" in args.model and not args.out:
+        raise ConfigError("a model outside the zoo has no cache name: give --out RUN_FOLDER")
+    variant = defense.name if defense else None
+    if defense is not None and defense.train is None:
+        raise ConfigError(f"defense {defense.name!r} has nothing to train (it is a pre-processing step): use it in "
+                          "`qpolicy attack --defense` or a robustness config")
+    out = Path(args.out) if args.out else (
+        trained_model_dir(defense.cache_name, None, args.trained_dir) if defense is not None and defense.cache_name
+        else trained_model_dir(args.model, variant, args.trained_dir))
+    if defense is None and not args.random_init and ":" not in args.model and not models.spec(args.model).trained_here:
+        raise ConfigError(f"{args.model} has pretrained weights; `qpolicy train` without --defense trains from random "
+                          "weights: add --random-init to do that anyway")
+    if defense is None:
+        args.random_init = True
+    model = _load_model(args)
+    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit, seed=args.seed,
+                        data_dir=args.data_dir)
+    if defense is not None:
+        res = defense.train(model, train, options, config=config, out_dir=out, resume=args.resume,
+                            device=args.device, model_name=args.model, trained_dir=args.trained_dir)
+    else:
+        res = train_float(model, train, config=config, out_dir=out, resume=args.resume, device=args.device,
+                          model_name=args.model)
+    what = f"{args.model} with defense {defense.name}" if defense else f"{args.model} from random weights"
+    obj = {"model": args.model, "defense": variant, "out": str(out), "weights": str(out / "weights.pt"),
+           "train": res.to_dict(), "val_top1": None}
+    resumed = f" (resumed from epoch {res.resumed_from['epoch']})" if res.resumed_from else ""
+    if defense is not None and defense.cache_name:  # trained an auxiliary model, not the classifier
+        _emit(args, obj, f"trained the {defense.cache_name} of defense {defense.name}: {res.epochs} epoch(s)"
+              f"{resumed}, {res.seconds:.0f} s, last epoch loss {res.history[-1]['loss']:.4f}\nwrote "
+              f"{out / 'weights.pt'}")
+        return 0
+    val = evaluate(model, data.loader("cifar10", "val", batch_size=500, data_dir=args.data_dir), device=args.device,
+                   desc="val")
+    obj["val_top1"] = val.top1
+    resumed = f" (resumed from epoch {res.resumed_from['epoch']})" if res.resumed_from else ""
+    text = (f"trained {what}: {res.epochs} epoch(s){resumed}, {res.seconds:.0f} s; last epoch train top-1 "
+            f"{res.history[-1]['top1']:.2f}%\nvalidation top-1 ({val.total:,} held-out training images) "
+            f"{val.top1:.2f}%\nwrote {out / 'weights.pt'}")
+    _emit(args, obj, text)
+    return 0
+
+
+def _eps_list(text: str | None) -> list[float | None]:
+    from .errors import ConfigError
+
+    if text is None:
+        return [None]
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise ConfigError(f"--eps must be comma-separated numbers (pixel units, images in [0, 1]), got "
+                              f"{text!r}") from None
+    return out
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .robust.adversarial import attack_model
+    from .robust.attacks import AttackConfig
+    from .robust.defenses import DEFENSES, parse_options
+
+    _check_policy_args(args)
+    eps = _eps_list(args.eps)
+    params = parse_options(args.param)
+    for e in eps:  # bad attack, eps or parameter: fail before loading anything
+        AttackConfig(attack=args.attack, eps=e, params=params, seed=args.seed)
+    pre = None
+    if args.defense:
+        spec = DEFENSES.get(args.defense)
+        if spec.kind != "preprocess":
+            from .errors import ConfigError
+
+            raise ConfigError(f"--defense {spec.name} is train-based: attack its trained model with --model and "
+                              f"the weights from `qpolicy train --defense {spec.name}` (robustness configs do this)")
+    model = _load_model(args)
+    if args.defense:
+        pre = spec.build(model, spec.make_config(), trained_dir=args.trained_dir)
+    policy = _policy(args, model)
+    cal = None
+    if policy is not None:
+        from . import data
+
+        cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
+                                data_dir=args.data_dir)
+    res = attack_model(model, policy, attack=args.attack, eps=eps, params=params, out_dir=args.out,
+                       images=args.images, split=args.split, transfer=args.transfer, preprocess=pre,
+                       defense=args.defense, chunk=args.chunk, resume=args.resume, calib=cal,
+                       calib_config=_calib_config(args) if policy is not None else None, seed=args.seed,
+                       device=args.device, model_name=args.model, data_dir=args.data_dir)
+    lines = [f"{args.model} | {_policy_label(policy)} | {args.attack}"
+             + (" (transfer from float)" if args.transfer else "") + (f" | defense {args.defense}" if args.defense
+                                                                      else "")]
+    for key, run in res["runs"].items():
+        s = run["summary"]
+        med = s["median_distortion"]
+        lines.append(f"eps {key}: clean {s['clean_accuracy']:.1f}%, robust {s['robust_accuracy']:.1f}%, success "
+                     f"{s['success_rate']:.1f}% ({s['images']} images); median L2 "
+                     + (f"{med['l2']:.4f}, Linf {med['linf']:.4f}" if med["l2"] is not None else "-")
+                     + f"; {run['seconds']:.0f} s")
+    lines.append(f"wrote {Path(args.out) / 'attack.json'}")
+    _emit(args, {k: v for k, v in res.items()}, "\n".join(lines))
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from .robust.adversarial import load_robustness_config, run_robustness
+    from .runner import RunStats, check_address, check_workers
+
+    check_workers(args.workers)
+    check_address(args.ray_address)
+    config = load_robustness_config(args.config)
+    stats = RunStats()
+    doc = run_robustness(config, out_dir=args.out, workers=args.workers, address=args.ray_address,
+                         trained_dir=args.trained_dir, data_dir=args.data_dir, stats=stats)
+    lines = [f"{len(doc['results'])} results ({stats.resumed} resumed) in {stats.seconds:.0f} s"]
+    for f in doc["findings"]:
+        lines.append(f"- {f['finding']}: {f['verdict'].upper()}")
+    lines.append(f"wrote {Path(args.out) / 'robustness.json'}")
+    _emit(args, {k: v for k, v in doc.items() if k != "results"}, "\n".join(lines))
     return 0
 
 
@@ -1044,6 +1235,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .search import STRATEGIES
     from .sensitivity import METRICS
 
+    if args.what in ("attacks", "defenses"):
+        from .robust.attacks import ATTACKS
+        from .robust.defenses import DEFENSES
+
+        reg = ATTACKS if args.what == "attacks" else DEFENSES
+        rows = {n: reg.get(n) for n in reg.names()}
+        obj = {args.what: {n: {"description": s.description, **({"params": dict(s.defaults), "black_box": s.black_box,
+                                                                   "uses_eps": s.uses_eps} if args.what == "attacks"
+                                                                 else {"kind": s.kind, "options": s.make_config()
+                                                                       .to_dict()})} for n, s in rows.items()}}
+        _emit(args, obj, "\n".join(f"{n:12s} {s.description}" for n, s in rows.items()))
+        return 0
     names = {"metrics": METRICS.names(), "strategies": STRATEGIES.names(),
              "models": models.names()}[args.what]
     _emit(args, {args.what: names}, "\n".join(names))
@@ -1052,7 +1255,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evaluate, "finetune": cmd_finetune,
             "certify": cmd_certify, "supernet": cmd_supernet,
-            "train-noise": cmd_train_noise,
+            "train-noise": cmd_train_noise, "train": cmd_train, "attack": cmd_attack,
+            "robustness": cmd_robustness,
             "analyze": cmd_analyze, "search": cmd_search, "pareto": cmd_pareto, "export": cmd_export,
             "report": cmd_report,
             "list": cmd_list}

@@ -38,7 +38,7 @@ __all__ = ["FORMAT", "VERSION", "LayerBits", "Policy", "parse_uniform_spec", "un
 
 FORMAT = "qpolicy.policy"
 VERSION = 1
-_SPEC = re.compile(r"^w(?P<w>[2-8]|f)(?:a(?P<a>[2-8]|f))?$", re.IGNORECASE)
+_SPEC = re.compile(r"^w(?P<w>[2-8]|f)(?:a(?P<a>[2-8]|16|f))?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +50,7 @@ class LayerBits:
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits", allow_float=True)
-        check_bits(self.act_bits, "act_bits", allow_float=True)
+        check_bits(self.act_bits, "act_bits", allow_float=True, act=True)
 
     @property
     def is_float(self) -> bool:
@@ -249,7 +249,7 @@ def parse_uniform_spec(spec: str) -> LayerBits:
     if not m:
         raise ConfigError(
             f"bad uniform spec {spec!r}: expected w<bits>a<bits> with bits in {MIN_BITS}..{MAX_BITS} or 'f' "
-            "for float, e.g. w4a8, w8a8, w3af"
+            "for float (activations may also be 16), e.g. w4a8, w8a8, w3af, w8a16"
         )
 
     def conv(s: str | None) -> int | None:

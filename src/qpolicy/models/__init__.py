@@ -22,6 +22,7 @@ from ..errors import ConfigError, WeightsError, first_line
 from ..paths import download, models_dir, sha256_file
 from ..registry import Registry
 from .mobilenetv2 import mobilenetv2
+from .resnet8 import resnet8
 from .resnet_cifar import cifar_resnet
 
 __all__ = ["ModelSpec", "REGISTRY", "register", "names", "spec", "load", "load_weights", "resolve_weights",
@@ -44,6 +45,8 @@ class ModelSpec:
         url: Canonical download URL of the weights.
         reference_top1: Published float top-1 (%) of the pretrained weights on the test set.
         description: One line for ``qpolicy models``.
+        trained_here: No public weights: ``qpolicy train --model NAME`` trains them into the trained-model cache,
+            where :func:`load` finds them.
     """
 
     name: str
@@ -54,6 +57,7 @@ class ModelSpec:
     url: str | None = None
     reference_top1: float | None = None
     description: str = ""
+    trained_here: bool = False
 
 
 REGISTRY: Registry[ModelSpec] = Registry("model")
@@ -85,6 +89,14 @@ for _depth, (_file, _top1) in _RESNET_WEIGHTS.items():
         reference_top1=_top1,
         description=f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), akamaster weights",
     ))
+register(ModelSpec(
+    name="resnet8",
+    factory=resnet8,
+    input_shape=(3, 32, 32),
+    dataset="cifar10",
+    trained_here=True,
+    description="MLPerf Tiny ResNet-8 for CIFAR-10 (78k parameters); weights trained here by `qpolicy train`",
+))
 register(ModelSpec(
     name="mobilenetv2_cifar",
     factory=lambda: mobilenetv2(10, image_size=32),
@@ -150,14 +162,23 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike | None = None,
-         download_missing: bool = True) -> nn.Module:
-    """Build a zoo model, with its pretrained weights when ``pretrained`` and it has some.
+         download_missing: bool = True, trained_dir: str | os.PathLike | None = None) -> nn.Module:
+    """Build a zoo model, with its pretrained weights when ``pretrained`` and it has some (for a model trained
+    here, from the trained-model cache ``trained_dir``; WeightsError naming the command that trains it if absent).
 
     The model is returned in eval mode and carries ``input_shape`` and ``zoo_name`` attributes.
     """
     s = spec(name)
     model = s.factory()
-    if pretrained and s.weights:
+    if pretrained and s.trained_here:
+        from ..train.trained import load_trained, trained_model_dir
+
+        folder = trained_model_dir(name, trained=trained_dir)
+        if not (folder / "weights.pt").is_file():
+            raise WeightsError(f"no trained {name} in {folder}: it has no public weights; train it once with "
+                               f"`qpolicy train --model {name}` (or `make {name}`), or use --random-init")
+        load_trained(model, folder)
+    elif pretrained and s.weights:
         load_weights(model, resolve_weights(s, weights_dir, download_missing=download_missing))
     elif pretrained:
         log.info("model %s has no pretrained weights; using random initialization", name)

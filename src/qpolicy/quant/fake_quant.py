@@ -103,7 +103,7 @@ class _Quantizer(nn.Module):
 
     def __init__(self, bits: int, num_scales: int, signed: bool, learnable: bool):
         super().__init__()
-        self.bits = check_bits(bits)
+        self.bits = check_bits(bits, act=True)
         self.signed = bool(signed)
         self.scale = nn.Parameter(torch.ones(num_scales), requires_grad=learnable)
 

@@ -39,7 +39,7 @@ _EPS = 1e-12
 
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
     """Integer range ``(q_min, q_max)`` of a ``bits``-bit quantizer (see the module docstring)."""
-    check_bits(bits)
+    check_bits(bits, act=True)
     if signed:
         n = 2 ** (bits - 1) - 1
         return -n, n

@@ -25,6 +25,9 @@ class RunContents:
     evaluations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # policy, top1, cost
     certificates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # randomized-smoothing runs
     kurtosis: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # layer -> weight kurtosis
+    # adversarial attacks: curves (label, attack, [(eps, robust accuracy %)]) and the suite's findings
+    attack_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    findings: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +88,35 @@ def _certify(data: dict[str, Any], source: str) -> dict[str, Any]:
             "seconds": sum(_number(r.get("seconds", 0.0), "records[].seconds") for r in records)}
 
 
+def _eps(v: Any) -> float | None:
+    return None if v is None else _number(v, "eps")
+
+
+def _attack_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``qpolicy attack`` result -> one curve: robust accuracy per eps."""
+    st = data["settings"]
+    pol = data["settings"].get("policy")
+    qnn = "float" if pol is None else str((pol.get("provenance") or {}).get("spec") or "policy")
+    pts = sorted((_eps(r["eps"]) or 0.0, _top1(r["summary"]["robust_accuracy"], "robust_accuracy"))
+                 for r in data["runs"].values() if "summary" in r)
+    label = f"{st.get('model')} {qnn}" + (" transfer" if st.get("transfer") else "") + (
+        f" + {st['defense']}" if st.get("defense") else "")
+    return [{"label": label, "attack": str(st["attack"]), "points": pts}]
+
+
+def _suite_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``qpolicy robustness`` result -> curves per (model, defense, QNN, attack, setting) with eps."""
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in data["results"]:
+        if r.get("kind") != "attack" or r.get("eps") is None:
+            continue
+        key = (r["model"], r["defense"], r["qnn"], r["attack"], r["mode"])
+        groups.setdefault(key, []).append((_eps(r["eps"]), _top1(r["result"]["summary"]["robust_accuracy"],
+                                                                 "robust_accuracy")))
+    return [{"label": f"{m}{'' if d == 'none' else ' + ' + d} {q}{' transfer' if mode == 'transfer' else ''}",
+             "attack": a, "points": sorted(pts)} for (m, d, q, a, mode), pts in groups.items() if len(pts) > 1]
+
+
 def collect(root: str | Path) -> RunContents:
     """Every result file under ``root`` (recursively). A JSON file that is corrupt, or that claims a qpolicy
     format and does not parse as one, is an error naming it; other JSON files are skipped (listed)."""
@@ -119,6 +151,13 @@ def collect(root: str | Path) -> RunContents:
                                            for li in data["layers"]}))
             elif fmt == "qpolicy.certify":
                 out.certificates.append((rel, _certify(data, rel)))
+            elif fmt == "qpolicy.attack":
+                out.attack_curves.extend((rel, c) for c in _attack_curves(data))
+            elif fmt == "qpolicy.robustness":
+                out.attack_curves.extend((rel, c) for c in _suite_curves(data))
+                if not isinstance(data.get("findings"), list):
+                    raise ValueError("'findings' must be a list")
+                out.findings.append((rel, data["findings"]))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "top1" in data:
                 out.evaluations.append((rel, {"policy": Policy.from_dict(data["policy"], source=rel),
                                               "top1": _top1(data["top1"]), "cost": _cost(data.get("cost"))}))
@@ -133,7 +172,8 @@ def collect(root: str | Path) -> RunContents:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{rel}: malformed {fmt or 'result'} file ({type(e).__name__}: {e})") from None
-    if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates or out.kurtosis):
+    if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates or out.kurtosis
+            or out.attack_curves or out.findings):
         raise PolicyError(f"{root} holds no qpolicy result file (sensitivity tables, policies, Pareto fronts, "
                           "evaluations, certify results, layer tables)")
     return out

@@ -267,6 +267,31 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
                        [[n, *(f"{k.get(n, float('nan')):.2f}" for _, k in run.kurtosis)] for n in names])
         sections.append(("Weight kurtosis per layer", _png(fig), h, md))
 
+    # 7. adversarial robustness: robust accuracy against eps, float vs each QNN; the suite's findings
+    if run.attack_curves:
+        attacks = sorted({c["attack"] for _, c in run.attack_curves})
+        fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 4), squeeze=False)
+        rows = []
+        for ax, attack in zip(axes[0], attacks, strict=True):
+            for src, c in run.attack_curves:
+                if c["attack"] != attack:
+                    continue
+                xs, ys = zip(*c["points"], strict=True) if c["points"] else ((), ())
+                ax.plot(xs, ys, "--" if "transfer" in c["label"] else "-", marker="o", label=c["label"],
+                        linewidth=1.3)
+                rows.append([attack, c["label"], ", ".join(f"{e:g}: {a:.0f}%" for e, a in c["points"]), src])
+            ax.set_title(attack)
+            ax.set_xlabel("eps (pixel units)")
+            ax.set_ylabel("robust accuracy %")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        h, md = _table(["attack", "model / QNN", "robust accuracy per eps", "file"], rows)
+        sections.append(("Adversarial robustness: robust accuracy against eps", _png(fig), h, md))
+    for src, fs in run.findings:
+        h, md = _table(["finding", "verdict", "cases"], [[f["finding"], f["verdict"], len(f.get("rows", []))]
+                                                        for f in fs])
+        sections.append((f"Findings of the attack suite ({src})", None, h, md))
+
     title = f"qpolicy report: {run.root.name}"
     body = [f"<h1>{html.escape(title)}</h1><p>{len(run.tables)} sensitivity table(s), {len(run.policies)} "
             f"policy file(s), {len(run.fronts)} Pareto front(s), {len(run.evaluations)} evaluation(s), "

@@ -11,6 +11,7 @@ from .engine import (
     load_checkpoint,
     train,
 )
+from .trained import FloatTrainConfig, load_trained, train_float, trained_model_dir
 
 __all__ = ["CHECKPOINT_NAME", "Hook", "TrainOutcome", "TrainSpec", "check_resume", "check_same_config", "cosine_lr",
-           "load_checkpoint", "train"]
+           "load_checkpoint", "train", "FloatTrainConfig", "train_float", "trained_model_dir", "load_trained"]

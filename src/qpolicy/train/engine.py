@@ -103,6 +103,8 @@ class TrainSpec:
         settings: Plain data that must match to resume (the recipe's config); ``may_change`` lists keys exempt.
         extra: Plain data stored in every checkpoint (returned by :func:`load_checkpoint`).
         desc: Progress bar label.
+        task_loss_weight: Weight of the cross-entropy on the labels (0: the loss terms alone, e.g. the soft labels
+            of defensive distillation).
     """
 
     epochs: int
@@ -119,6 +121,7 @@ class TrainSpec:
     may_change: frozenset[str] = frozenset({"checkpoint_every"})
     extra: dict[str, Any] = field(default_factory=dict)
     desc: str = "epoch"
+    task_loss_weight: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,7 +269,7 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                 for t in spec.transforms:
                     x, y = t(x, y, global_step)
                 logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight else logits.sum() * 0
                 for term in spec.loss_terms:
                     loss = loss + term(model, x, y, logits)
                 opt.zero_grad(set_to_none=True)
