@@ -94,8 +94,8 @@ resnet8-defenses: resnet8
 	for d in pgd_at distillation ensemble_at sinkhorn_at; do \
 	  $(QP) train --model resnet8 --defense $$d $(R8_DEF) --resume 2>/dev/null || \
 	  $(QP) train --model resnet8 --defense $$d $(R8_DEF) || exit 1; done
-	$(QP) train --model resnet8 --defense pixeldefend $(R8_DEF) --lr 0.05 --resume 2>/dev/null || \
-	  $(QP) train --model resnet8 --defense pixeldefend $(R8_DEF) --lr 0.05
+	$(QP) train --model resnet8 --defense pixeldefend $(R8_DEF) --optimizer adam --lr 0.002 --resume 2>/dev/null || \
+	  $(QP) train --model resnet8 --defense pixeldefend $(R8_DEF) --optimizer adam --lr 0.002
 
 # David and Goliath: attacks x QNNs x defenses (resumable run folders in runs/bench/).
 bench-attacks: resnet8-defenses

@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a defense setting, e.g. eps=0.008 (repeatable; see `qpolicy list defenses`)")
     p.add_argument("--epochs", type=int, help="default 30 from scratch, 3 for a defense (fine-tuning)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 from scratch, 0.01 for a defense)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="SGD with Nesterov momentum "
+                   "(default) or AdamW")
     p.add_argument("--train-batch-size", type=int, default=128)
     p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
@@ -619,7 +621,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.defense_option:
         raise ConfigError("--defense-option needs --defense")
     config = FloatTrainConfig(epochs=args.epochs or (3 if defense else 30), lr=args.lr or (0.01 if defense else 0.1),
-                              checkpoint_every=args.checkpoint_every, seed=args.seed)
+                              checkpoint_every=args.checkpoint_every, seed=args.seed, optimizer=args.optimizer)
     if ":" in args.model and not args.out:
         raise ConfigError("a model outside the zoo has no cache name: give --out RUN_FOLDER")
     variant = defense.name if defense else None

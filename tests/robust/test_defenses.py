@@ -173,3 +173,13 @@ def test_train_based_defenses_run_on_the_engine_and_resume(tmp_path, name):
     assert loaded.trained_kind == name
     for a, b in zip(full.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_pixelcnn_row_logits_equal_the_full_ones():
+    torch.manual_seed(0)
+    net = PixelCNN(channels=8, blocks=2).eval()
+    x = torch.rand(2, 3, 6, 6)
+    with torch.no_grad():
+        full = net(x)
+        for row in (0, 3, 5):
+            assert torch.allclose(net(x, row=row)[:, :, :, 0], full[:, :, :, row], atol=1e-5)

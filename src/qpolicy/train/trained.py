@@ -46,6 +46,7 @@ class FloatTrainConfig:
         weight_decay: On conv/linear weights only.
         checkpoint_every: Steps between mid-epoch checkpoints (0: epoch ends only).
         seed: Seeds the run.
+        optimizer: "sgd" (Nesterov momentum) or "adam" (``momentum`` is then its beta1).
     """
 
     epochs: int = 30
@@ -54,8 +55,11 @@ class FloatTrainConfig:
     weight_decay: float = 5e-4
     checkpoint_every: int = 100
     seed: int = 0
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         require_ints(self, ("epochs",), minimum=1)
         require_ints(self, ("checkpoint_every", "seed"), minimum=0)
         require_numbers(self, ("lr",), positive=True)
@@ -98,10 +102,11 @@ def train_float(model: nn.Module, data: Iterable[Any], *, config: FloatTrainConf
 
     config = config or FloatTrainConfig()
     recipe = {"kind": kind, **dict(settings or {})}
+    groups = param_groups(model, config.weight_decay)
+    opt = (torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+           if config.optimizer == "sgd" else torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999)))
     spec = TrainSpec(
-        epochs=config.epochs, lr=config.lr,
-        optimizer=torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
-                                  nesterov=config.momentum > 0),
+        epochs=config.epochs, lr=config.lr, optimizer=opt,
         transforms=tuple(transforms), loss_terms=tuple(loss_terms), task_loss_weight=task_loss_weight,
         checkpoint_every=config.checkpoint_every, seed=config.seed, fmt="qpolicy.checkpoint.trained",
         what="training", settings={**config.to_dict(), "recipe": recipe}, extra={"model": model_name},

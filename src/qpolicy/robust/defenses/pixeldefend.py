@@ -60,10 +60,16 @@ class PixelCNN(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), MaskedConv2d("B", channels, channels, 1), nn.ReLU(),
                                   MaskedConv2d("B", channels, 3 * LEVELS, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, row: int | None = None) -> torch.Tensor:
+        """All logits, or with ``row`` only those of that row (computed on the rows up to it: the masks make a row
+        depend on nothing below it)."""
+        if row is not None:
+            x = x[:, :, :row + 1]
         h = self.stem(x * 2 - 1)
         for b in self.blocks:
             h = h + b(F.relu(h))
+        if row is not None:
+            h = h[:, :, row:row + 1]
         out = self.head(h)
         n, _, hh, ww = out.shape
         return out.view(n, 3, LEVELS, hh, ww).transpose(1, 2)
@@ -108,7 +114,7 @@ def purify(pixelcnn: nn.Module, images: torch.Tensor, eps_defend: float, *, show
     pixelcnn.eval()
     for i in (progress(range(h), desc="purify rows") if show else range(h)):
         for j in range(w):
-            logits = pixelcnn(x / (LEVELS - 1))[:, :, :, i, j]  # N x 256 x 3
+            logits = pixelcnn(x / (LEVELS - 1), row=i)[:, :, :, 0, j]  # N x 256 x 3
             orig = x0[:, :, i, j].unsqueeze(1)  # N x 1 x 3
             allowed = (levels - orig).abs() <= r
             x[:, :, i, j] = logits.masked_fill(~allowed, float("-inf")).argmax(1).to(x.dtype)
@@ -116,16 +122,28 @@ def purify(pixelcnn: nn.Module, images: torch.Tensor, eps_defend: float, *, show
 
 
 class PixelDefend(nn.Module):
-    """Pixel-space pre-processing: purification by a PixelCNN (no gradient: an adaptive attacker would need BPDA)."""
+    """Pixel-space pre-processing: purification by a PixelCNN (no gradient: an adaptive attacker would need BPDA).
 
-    def __init__(self, pixelcnn: nn.Module, eps_defend: float):
+    Purification is a deterministic function of the image and costs one PixelCNN pass per pixel, so results are
+    memoized by the input's bytes (the same adversarial images classified by several QNNs are purified once)."""
+
+    def __init__(self, pixelcnn: nn.Module, eps_defend: float, memo: int = 64):
         super().__init__()
         self.pixelcnn = pixelcnn
         self.eps_defend = eps_defend
+        self._memo: dict[str, torch.Tensor] = {}
+        self._memo_size = memo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = next(self.pixelcnn.parameters())
-        return purify(self.pixelcnn, x.to(p.device), self.eps_defend).to(x.dtype)
+        import hashlib
+
+        key = hashlib.sha1(x.detach().float().cpu().numpy().tobytes()).hexdigest() + str(tuple(x.shape))
+        if key not in self._memo:
+            p = next(self.pixelcnn.parameters())
+            if len(self._memo) >= self._memo_size:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = purify(self.pixelcnn, x.detach().to(p.device), self.eps_defend).cpu()
+        return self._memo[key].to(device=x.device, dtype=x.dtype)
 
 
 def _targets(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
