@@ -557,6 +557,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .qat.finetune import FinetuneConfig
 
     _check_policy_args(args)
+    _join_torchrun(args)
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                             checkpoint_every=args.checkpoint_every, seed=args.seed,
                             kurtosis_lambda=args.kurtosis_lambda, kurtosis_target=args.kurtosis_target,
@@ -576,6 +577,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             f"wrote {Path(args.out) / 'result.json'}, {Path(args.out) / 'policy.json'}, {f.checkpoint}")
     _emit(args, run.to_dict(), text)
     return 0
+
+
+def _join_torchrun(args: argparse.Namespace) -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1) join the process group: the training engine then runs data-parallel
+    (qpolicy.train.distributed); processes other than rank 0 print nothing."""
+    from . import progress
+    from .train.distributed import init_from_env, is_main
+
+    if init_from_env(args.device) and not is_main():
+        args.quiet = True
+        progress.set_enabled(False)
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def cmd_train_noise(args: argparse.Namespace) -> int:
@@ -612,6 +625,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .train.trained import FloatTrainConfig, train_float, trained_model_dir
 
+    _join_torchrun(args)
     defense = None
     if args.defense:
         from .robust.defenses import DEFENSES, parse_options
@@ -1173,6 +1187,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     from .supernet.shared import QFAConfig, load_qfa, subnet_model, train_qfa
 
     if args.supernet_command == "train":
+        _join_torchrun(args)
         first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or
                                                                  (None,))[0]
         config = QFAConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or (),

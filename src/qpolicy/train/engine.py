@@ -40,6 +40,7 @@ from .._io import atomic_torch_save
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluate import resolve_device
 from ..progress import progress
+from .distributed import all_reduce_grads, all_reduce_sum, global_batchnorm, shard, world
 
 __all__ = ["Hook", "TrainSpec", "TrainOutcome", "train", "load_checkpoint", "check_resume", "check_same_config",
            "CHECKPOINT_NAME", "cosine_lr"]
@@ -207,6 +208,7 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
     The model is moved to ``device`` for the run and left in eval mode on its original device.
     """
     extra, settings = _plain(spec.extra, "extra"), _plain(spec.settings, "settings")
+    rank, world_size = world()  # several processes under torchrun: data-parallel (qpolicy.train.distributed)
     dev = resolve_device(device)
     steps_per_epoch = len(data) if hasattr(data, "__len__") else None
     if not steps_per_epoch:
@@ -238,7 +240,7 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
         log.info("resuming from epoch %d step %d of %s", epoch, step, ckpt_path)
 
     def save(e: int, s: int) -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or rank != 0:
             return
         atomic_torch_save({"format": spec.fmt, "version": 1, "model": model.state_dict(),
                            "optimizer": opt.state_dict(), "epoch": e, "step": s, "history": history,
@@ -247,6 +249,9 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
 
     t_start = time.perf_counter()
     full_epochs_seconds: list[float] = []
+    params = [p for g in opt.param_groups for p in g["params"]]
+    bn_scope = global_batchnorm(model)
+    bn_scope.__enter__()
     try:
         while epoch < spec.epochs:
             model.train()
@@ -257,8 +262,10 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
             seen = 0
             for h in spec.hooks:
                 h.start_epoch(epoch, step)
-            batches = progress(_batches(data, epoch, step), desc=f"{spec.desc} {epoch + 1}/{spec.epochs}",
-                               total=steps_per_epoch - step)
+            batches = _batches(data, epoch, step)
+            if rank == 0:
+                batches = progress(batches, desc=f"{spec.desc} {epoch + 1}/{spec.epochs}",
+                                   total=steps_per_epoch - step)
             for x, y in batches:
                 global_step = epoch * steps_per_epoch + step
                 for g in opt.param_groups:
@@ -266,6 +273,7 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                 for h in spec.hooks:
                     h.before_step(epoch, step, global_step, total_steps)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                x, y, share = shard(x, y)  # this process's part of the global batch (all of it alone)
                 for t in spec.transforms:
                     x, y = t(x, y, global_step)
                 logits = model(x)
@@ -273,7 +281,8 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                 for term in spec.loss_terms:
                     loss = loss + term(model, x, y, logits)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share if world_size > 1 else loss).backward()
+                all_reduce_grads(params)
                 opt.step()
                 loss_sum += loss.detach() * y.numel()
                 correct += (logits.argmax(1) == y).sum()
@@ -284,6 +293,10 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                                                                and step % spec.checkpoint_every == 0)):
                     save(epoch, step)
             seconds = time.perf_counter() - t_epoch
+            if world_size > 1:
+                totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                     torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
+                loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2])
             if first_step == 0:
                 full_epochs_seconds.append(seconds)
             record = {"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1),
@@ -297,6 +310,7 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
             epoch, step = epoch + 1, 0
             save(epoch, 0)
     finally:
+        bn_scope.__exit__(None, None, None)
         for h in spec.hooks:
             h.close()
         model.eval().to(home)

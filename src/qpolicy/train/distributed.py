@@ -1,0 +1,145 @@
+"""Data-parallel training on the one engine: N processes launched by ``torchrun`` (gloo on CPU, nccl on GPU) train
+the same model as one process with the same global batch.
+
+Every process reads the same seeded batches (``qpolicy.data.ArrayLoader`` depends only on (seed, epoch)) and keeps
+its contiguous share of each one (:func:`shard`); the loss of a share is weighted by its size, and the gradients are
+summed over the processes and divided by their number (:func:`all_reduce_grads`), which is the gradient of the
+global batch's mean loss. BatchNorm layers in training mode use the statistics of the **global** batch
+(:class:`GlobalBatchNorm2d`: sums all-reduced with autograd, since ``torch.nn.SyncBatchNorm`` refuses CPU tensors),
+so QAT and supernet training match a single process within float tolerance. Only rank 0 writes checkpoints,
+results and progress bars; every rank resumes from the same checkpoint.
+
+What does not match a single process exactly: batch transforms that draw random numbers (noise, adversarial
+examples) draw them per share; BatchQuant's batch ranges are per share.
+
+Launch::
+
+    torchrun --standalone --nproc_per_node 2 -m qpolicy.cli finetune --model resnet20 --uniform w4a4 -o runs/qat
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["world", "init_from_env", "GlobalBatchNorm2d", "global_batchnorm", "shard", "all_reduce_grads",
+           "all_reduce_sum", "is_main"]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialized process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env(device: str | torch.device | None = None) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment): nccl when the device
+    is CUDA, else gloo. Returns whether this process is one of several."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        from ..evaluate import resolve_device
+
+        dev = resolve_device(device)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training mode inside a process group, normalizes with the mean and variance of the
+    global batch (per-process sums all-reduced, differentiably) and updates its running statistics with them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank, size = world()
+        if not self.training or size == 1:
+            return super().forward(x)
+        import warnings
+
+        from torch.distributed.nn.functional import all_reduce  # differentiable (its successor is not yet)
+
+        c = x.shape[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            # two passes, as torch computes a batch's variance: the global mean, then the global squared deviation
+            n_local = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+            first = all_reduce(torch.cat([x.sum((0, 2, 3)), n_local]))
+            n = first[-1]
+            mean = first[:c] / n
+            var = all_reduce(((x - mean.view(1, -1, 1, 1)) ** 2).sum((0, 2, 3))) / n
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)) * m)
+        y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+@contextlib.contextmanager
+def global_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Within a process group, make every ``nn.BatchNorm2d`` of ``model`` a :class:`GlobalBatchNorm2d` (same state,
+    class swapped) for the duration; outside one, do nothing."""
+    if world()[1] == 1:
+        yield
+        return
+    swapped = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    for m in swapped:
+        m.__class__ = GlobalBatchNorm2d
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = nn.BatchNorm2d
+
+
+def shard(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This process's contiguous share of a global batch, and the weight of its mean loss (``n_r * W / n``) that
+    makes the averaged gradients those of the global mean."""
+    rank, size = world()
+    if size == 1:
+        return x, y, 1.0
+    n = len(y)
+    bounds = [n * r // size for r in range(size + 1)]
+    lo, hi = bounds[rank], bounds[rank + 1]
+    return x[lo:hi], y[lo:hi], (hi - lo) * size / n
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients over the processes (one flat all-reduce)."""
+    _, size = world()
+    if size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= size
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over the processes (``t`` itself with one)."""
+    if world()[1] == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t

@@ -1,0 +1,103 @@
+"""Data-parallel training (gloo, 2 processes) gives the model a single process trains with the same global batch."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from qpolicy.train import distributed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _data():
+    from qpolicy.data import ArrayDataset, ArrayLoader
+
+    g = torch.Generator().manual_seed(0)
+    ds = ArrayDataset(images=(torch.rand(60, 8, 8, 3, generator=g) * 255).to(torch.uint8),
+                      labels=torch.randint(0, 10, (60,), generator=g), classes=tuple("abcdefghij"), source="tiny")
+    return ArrayLoader(ds, batch_size=16, shuffle=True, augment=False, seed=0)  # 4 steps, the last of 12 images
+
+
+def _train(spec, epochs):
+    from qpolicy.policy import uniform_policy
+    from qpolicy.qat.finetune import FinetuneConfig, finetune
+    from qpolicy.quant import apply_policy
+
+    model = Net().eval()
+    if spec is not None:
+        policy = uniform_policy(model, spec, first_last=8, input_shape=(3, 8, 8))
+        model = apply_policy(model, policy, calib=[(b[0], b[1]) for b in _data()][:2])
+    finetune(model, _data(), config=FinetuneConfig(epochs=epochs, lr=0.05, checkpoint_every=0))
+    return model
+
+
+def _worker(rank: int, size: int, port: int, out: str, spec, epochs) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    try:
+        model = _train(spec, epochs)
+        if rank == 0:
+            torch.save(model.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+# Float training matches to rounding error. Under QAT, a float difference of that size can move a value across a
+# rounding boundary of a quantizer, and such flips grow with the steps: one epoch (4 steps) is checked tightly here;
+# benchmarks/ddp_equivalence.py reports the difference after 50 steps of ResNet-20.
+@pytest.mark.parametrize("spec, epochs, tol", [(None, 2, 1e-6), ("w4a4", 1, 1e-5)])
+def test_two_processes_train_what_one_does(tmp_path, spec, epochs, tol):
+    single = _train(spec, epochs).state_dict()
+    out = tmp_path / "ddp.pt"
+    mp.start_processes(_worker, args=(2, _free_port(), str(out), spec, epochs), nprocs=2, join=True,
+                       start_method="spawn")
+    ddp = torch.load(out, weights_only=False)
+    assert set(ddp) == set(single)
+    diffs = {k: (single[k].float() - ddp[k].float()).abs().max().item() for k in single
+             if torch.is_tensor(single[k]) and single[k].is_floating_point()}
+    assert max(diffs.values()) < tol, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    assert ddp["bn1.num_batches_tracked"] == single["bn1.num_batches_tracked"]
+
+
+def test_shard_weights_make_the_global_mean():
+    assert distributed.shard(torch.zeros(5, 1), torch.zeros(5))[2] == 1.0  # one process: everything
+    assert distributed.world() == (0, 1)
+
+
+@pytest.mark.parametrize("n, size", [(16, 2), (12, 2), (7, 3)])
+def test_shares_cover_the_batch(n, size, monkeypatch):
+    got = []
+    for r in range(size):
+        monkeypatch.setattr(distributed, "world", lambda r=r: (r, size))
+        x, y, w = distributed.shard(torch.arange(n).float().view(-1, 1), torch.arange(n))
+        got.append((y.tolist(), w))
+    assert sum((ys for ys, _ in got), []) == list(range(n))
+    assert sum(len(ys) / n for ys, _ in got) == pytest.approx(1.0)
+    assert all(w == pytest.approx(len(ys) * size / n) for ys, w in got)
