@@ -97,3 +97,21 @@ def test_pareto_front_on_ray_equals_serial(local_ray, tmp_path):
     assert [p["policy"] for p in serial.points] == [p["policy"] for p in on_ray.points]
     assert [p["top1"] for p in serial.points] == [p["top1"] for p in on_ray.points]
     assert data is not None
+
+
+def test_validated_search_on_ray_equals_serial(local_ray):
+    from qpolicy.budget import Budget
+    from qpolicy.select import SelectConfig, search_validated
+    from qpolicy.testing import TinyConvNet, random_loader
+
+    data = random_loader(64, batch_size=16)
+    cfg = SelectConfig(metrics=("qerror",), bits=(2, 4, 8), val_images=32, refine_evaluations=4, proposals=2,
+                       bn_batches=2, act_batches=1)
+    kw = dict(calib=data, val=data, metric_data=data, first_last=None, config=cfg, device="cpu")
+    serial = search_validated(TinyConvNet(), Budget(bitops=0.3), **kw)
+    on_ray = search_validated(TinyConvNet(), Budget(bitops=0.3), workers=2, **kw)
+    assert serial.policy.layers == on_ray.policy.layers
+    a, b = serial.extra["selection"], on_ray.extra["selection"]
+    assert [(c["source"], c["val_loss"]) for c in a["measured"]] == [(c["source"], c["val_loss"]) for c in
+                                                                       b["measured"]]
+    assert a["evaluations"] == b["evaluations"]

@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action="append", required=True,
                    help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 (repeatable)")
     _add_search_opts(p)
+    p.add_argument("--workers", type=int, help="default search: measure each round's candidates on a local Ray "
+                   "with this many CPUs (default: serial)")
+    p.add_argument("--ray-address", help="default search: measure them on an existing Ray cluster (auto or "
+                   "HOST:PORT)")
     p.add_argument("--weight-bits", help="candidate weight bits, e.g. 2,3,4,8 (default: the table's)")
     p.add_argument("-o", "--out", help="policy JSON to write (dmpq/smpq: the run folder)")
     g = p.add_argument_group("validated search (the default with --model: candidates measured on validation images)")
@@ -944,7 +948,8 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
                            config=config, act_bits=choices["act_bits"],
                            weight_bits=_int_list(args.weight_bits, "--weight-bits"),
                            first_last=choices["first_last"], tie=args.tie, device=args.device,
-                           model_name=args.model if ":" not in args.model else None)
+                           model_name=args.model if ":" not in args.model else None, workers=args.workers,
+                           address=args.ray_address)
     if args.out:
         res.policy.save(args.out)
     prov, sel = res.policy.provenance, res.extra["selection"]

@@ -19,12 +19,13 @@ Both backends compute the same thing: ``fn`` must depend only on ``shared`` and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from ._io import read_json, write_json
 from .errors import ConfigError, QPolicyError, first_line
 from .progress import progress
 
-__all__ = ["run_many", "RunManyError", "RunStats", "check_workers", "check_address"]
+__all__ = ["run_many", "RunManyError", "RunStats", "check_workers", "check_address", "ray_session"]
 
 log = logging.getLogger(__name__)
 _FORMAT = "qpolicy.run_many"
@@ -150,28 +151,65 @@ def run_many(fn: Callable[[Any, Any], Any], items: Sequence[Any], *, shared: Any
     return out
 
 
-def _run_ray(fn, items, todo, shared, workers, address, retries, desc, finish, failures, keys, stats) -> None:
+# Inside ray_session: objects already in the object store (id -> (object, ref)), so that a job calling run_many
+# many times (the default search's refinement rounds) puts its model and data once.
+_SESSION: dict[int, tuple[Any, Any]] | None = None
+
+
+@contextlib.contextmanager
+def ray_session(workers: int | None = None, address: str | None = None) -> Iterator[None]:
+    """Keep one Ray runtime (and each ``shared`` object put once) across the ``run_many`` calls inside; serial
+    settings (``workers`` None or 1, no ``address``) do nothing."""
+    global _SESSION
+    workers = check_workers(workers)
+    address = check_address(address)
+    if address is None and (workers or 1) <= 1 or _SESSION is not None:
+        yield
+        return
+    ray = _import_ray()
+    started = _init_ray(ray, workers, address) if not ray.is_initialized() else False
+    _SESSION = {}
+    try:
+        yield
+    finally:
+        _SESSION = None
+        if started:
+            ray.shutdown()
+
+
+def _import_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError as e:  # pragma: no cover - depends on the installation
         raise ConfigError(f"--workers > 1 and --ray-address need Ray (pip install 'qpolicy[ray]'): {e}") from None
+    return ray
+
+
+def _init_ray(ray, workers: int | None, address: str | None) -> bool:
+    try:
+        if address is not None:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"cannot start or join Ray ({'address ' + address if address else 'local'}): "
+                          f"{first_line(e)}") from None
+    return True
+
+
+def _run_ray(fn, items, todo, shared, workers, address, retries, desc, finish, failures, keys, stats) -> None:
+    ray = _import_ray()
     t = time.perf_counter()
-    started = False
-    if not ray.is_initialized():
-        try:
-            if address is not None:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"cannot start or join Ray ({'address ' + address if address else 'local'}): "
-                              f"{first_line(e)}") from None
-        started = True
+    started = _init_ray(ray, workers, address) if not ray.is_initialized() else False
     stats.startup_seconds = time.perf_counter() - t
     try:
-        shared_ref = ray.put(shared)
+        if _SESSION is not None and id(shared) in _SESSION:
+            shared_ref = _SESSION[id(shared)][1]
+        else:
+            shared_ref = ray.put(shared)
+            if _SESSION is not None:
+                _SESSION[id(shared)] = (shared, shared_ref)
         remote = ray.remote(max_retries=retries, num_cpus=1)(_call)
         pending = {remote.remote(fn, shared_ref, items[i]): i for i in todo}
         bar = progress(iter(range(len(todo))), desc=desc, total=len(todo))

@@ -262,19 +262,26 @@ class _Scorer:
             logits = qmodel(x.to(dev))
             losses.append(F.cross_entropy(logits, y.to(dev), reduction="none").double().cpu())
             correct.append(logits.argmax(1).cpu() == y)
-        self.evaluations += 1
         return torch.cat(losses), torch.cat(correct)
 
     def __call__(self, assign: Mapping[str, Choice]) -> tuple[float, float]:
         key = tuple(sorted(assign.items()))
         if key not in self.memo:
+            self.evaluations += 1
             loss, correct = self._measure(assign, self.val)
             self.memo[key] = (float(loss.mean()), 100.0 * float(correct.double().mean()))
         return self.memo[key]
 
     def confirm_(self, assign: Mapping[str, Choice]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image loss and correctness on the confirmation images (each policy is confirmed once)."""
+        self.evaluations += 1
         return self._measure(assign, self.confirm)
+
+
+def _score_item(score: _Scorer, item: Sequence[tuple[str, Choice]]) -> tuple[float, float]:
+    """One candidate's validation loss and top-1 (a run_many task: the scorer is the shared object)."""
+    loss, correct = score._measure(dict(item), score.val)
+    return float(loss.mean()), 100.0 * float(correct.double().mean())
 
 
 def _confirm(score: _Scorer, best: Candidate, uniform: list[Candidate], p_max: float
@@ -309,7 +316,8 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
                      metric_data: Iterable[Any], calib_config: CalibConfig | None = None,
                      config: SelectConfig | None = None, act_bits: Sequence[int] | int | None = None,
                      weight_bits: Sequence[int] | None = None, first_last: int | None = 8, tie: str = "act",
-                     device: str | None = None, model_name: str | None = None) -> SearchResult:
+                     device: str | None = None, model_name: str | None = None, workers: int | None = None,
+                     address: str | None = None) -> SearchResult:
     """The default search (module docs): the best measured policy within ``budget``; ``model`` is not changed.
 
     Args:
@@ -322,7 +330,22 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
             scoring uses its methods with ``config``'s batch counts, and the metrics its quantizer.
         config: :class:`SelectConfig`.
         act_bits, weight_bits, first_last, tie: As in :func:`qpolicy.search`.
+        workers, address: Measure the candidates of each round in parallel on Ray (:func:`qpolicy.run_many`;
+            the same result as serially).
     """
+    from .runner import ray_session
+
+    with ray_session(workers, address):
+        return _search_validated(model, budget, calib=calib, val=val, metric_data=metric_data,
+                                 calib_config=calib_config, config=config, act_bits=act_bits, weight_bits=weight_bits,
+                                 first_last=first_last, tie=tie, device=device, model_name=model_name,
+                                 workers=workers, address=address)
+
+
+def _search_validated(model, budget, *, calib, val, metric_data, calib_config, config, act_bits, weight_bits,
+                      first_last, tie, device, model_name, workers, address) -> SearchResult:
+    from .runner import run_many
+
     config = config or SelectConfig()
     calib_config = calib_config or CalibConfig()
     t0 = time.perf_counter()
@@ -366,7 +389,23 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
         log.info("%-22s val loss %.4f, top-1 %.2f%%", source, loss, top1)
         return c
 
-    for source, assign in progress(starts, desc="candidates"):
+    def prefetch(assigns: Sequence[dict[str, Choice]], desc: str) -> None:
+        """Measure the assignments not yet measured, serially or on Ray, into the scorer's memo."""
+        todo: dict[tuple, dict[str, Choice]] = {}
+        for a in assigns:
+            k = tuple(sorted(a.items()))
+            if k not in score.memo:
+                todo.setdefault(k, a)
+        if not todo:
+            return
+        values = run_many(_score_item, [sorted(a.items()) for a in todo.values()], shared=score, workers=workers,
+                          address=address, desc=desc, key=lambda it: repr(it))
+        for k, v in zip(todo, values, strict=True):
+            score.memo[k] = tuple(v)
+        score.evaluations += len(todo)
+
+    prefetch([a for _, a in starts], "candidates")
+    for source, assign in starts:
         measure(source, assign)
     best = min(measured, key=lambda c: c.val_loss)
     spent, rounds = 0, 0
@@ -379,7 +418,9 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
         moves.sort(key=predicted)
         rounds += 1
         improved = None
-        for m in moves[: min(config.proposals, config.refine_evaluations - spent)]:
+        batch = moves[: min(config.proposals, config.refine_evaluations - spent)]
+        prefetch(batch, f"refine round {rounds}")
+        for m in batch:
             c = measure(f"refine round {rounds}", m)
             spent += 1
             next(bar_iter, None)
