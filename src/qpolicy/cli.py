@@ -473,6 +473,8 @@ def _loaders(args: argparse.Namespace, *, calib: bool):
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    if getattr(args, "rank_silent", False):  # a torchrun process other than rank 0
+        return
     print(json.dumps(obj, indent=2) if args.json else text)
 
 
@@ -590,7 +592,7 @@ def _join_torchrun(args: argparse.Namespace) -> None:
     from .train.distributed import init_from_env, is_main
 
     if init_from_env(args.device) and not is_main():
-        args.quiet = True
+        args.quiet = args.rank_silent = True
         progress.set_enabled(False)
         logging.getLogger().setLevel(logging.WARNING)
 

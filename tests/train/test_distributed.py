@@ -101,3 +101,25 @@ def test_shares_cover_the_batch(n, size, monkeypatch):
     assert sum((ys for ys, _ in got), []) == list(range(n))
     assert sum(len(ys) / n for ys, _ in got) == pytest.approx(1.0)
     assert all(w == pytest.approx(len(ys) * size / n) for ys, w in got)
+
+
+def test_torchrun_cli_finetune_prints_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from qpolicy.testing import write_cifar_npz
+
+    write_cifar_npz(tmp_path / "datasets", train=96, test=32)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    env = {**os.environ, "QPOLICY_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "qat"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "qpolicy.cli", "finetune",
+                        "--model", "resnet20", "--random-init", "--uniform", "w4a4", "--epochs", "1",
+                        "--train-batch-size", "32", "--calib-batches", "1", "--bn-batches", "1", "--quiet",
+                        "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("top-1 before") == 1 and (out / "checkpoint.pt").is_file()
