@@ -583,7 +583,7 @@ def findings(results: Sequence[Mapping[str, Any]], config: RobustnessConfig | Ma
                     continue
                 lost = {e: base[e]["summary"]["clean_accuracy"] - base[e]["summary"]["robust_accuracy"] for e in eps}
                 small = next((e for e in eps if lost[e] >= 10), None)  # the smallest eps the attack bites at
-                if small is None or small == eps[-1]:
+                if small is None or small == eps[-1] or lost[eps[-1]] <= 0:
                     continue
                 rec = {e: (dfd[e]["summary"]["robust_accuracy"] - base[e]["summary"]["robust_accuracy"]) / lost[e]
                        for e in (small, eps[-1])}
