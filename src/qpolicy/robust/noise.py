@@ -28,7 +28,7 @@ from torch import nn
 from .._io import atomic_torch_save
 from .._validate import require_ints, require_numbers
 from ..data import CIFAR10_STD
-from ..errors import ConfigError, WeightsError, first_line
+from ..errors import ConfigError
 from ..paths import trained_dir
 from ..train import TrainOutcome, TrainSpec, train
 
@@ -141,21 +141,10 @@ def train_noise(model: nn.Module, data: Iterable[Any], *, config: NoiseTrainConf
 
 def load_noise_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load noise-trained weights (from :func:`train_noise`) into ``model``; sets ``model.noise_sigma``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise WeightsError(f"no noise-trained weights at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or corrupt
-        raise WeightsError(f"cannot read noise-trained weights {path}: {first_line(e)}") from None
-    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-        raise WeightsError(f"{path} is not a qpolicy noise-trained weights file")
-    try:
-        model.load_state_dict(obj["state_dict"])
-    except RuntimeError as e:
-        raise WeightsError(f"noise-trained weights {path} do not fit the model: {first_line(e)}") from None
+    from ..train.trained import load_weights_file
+
+    obj, path = load_weights_file(model, path, fmt=_FORMAT, what="noise-trained weights",
+                                  made_by="qpolicy train-noise")
     model.noise_sigma = float(obj["sigma"])
     model.noise_weights = str(path)
     return model.eval()

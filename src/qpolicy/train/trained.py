@@ -118,23 +118,32 @@ def train_float(model: nn.Module, data: Iterable[Any], *, config: FloatTrainConf
     return outcome
 
 
-def load_trained(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights written by :func:`train_float` into ``model`` (sets ``model.trained_kind``, ``trained_weights``)."""
+def load_weights_file(model: nn.Module, path: str | os.PathLike, *, fmt: str, what: str, made_by: str
+                      ) -> tuple[dict[str, Any], Path]:
+    """Load a qpolicy weights file of format ``fmt`` (a folder means its ``weights.pt``) into ``model``; returns
+    the file's contents and path. WeightsError (naming ``what`` and the command ``made_by``) when it is missing,
+    unreadable, of another format, or does not fit the model."""
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
     if not path.is_file():
-        raise WeightsError(f"no trained weights at {path}")
+        raise WeightsError(f"no {what} at {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or corrupt
-        raise WeightsError(f"cannot read trained weights {path}: {first_line(e)}") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a qpolicy trained-model file (made by `qpolicy train`)")
+        raise WeightsError(f"cannot read {what} {path}: {first_line(e)}") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise WeightsError(f"{path} is not a qpolicy {what} file (made by `{made_by}`)")
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
-        raise WeightsError(f"trained weights {path} do not fit the model: {first_line(e)}") from None
+        raise WeightsError(f"{what} {path} do not fit the model: {first_line(e)}") from None
+    return obj, path
+
+
+def load_trained(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights written by :func:`train_float` into ``model`` (sets ``model.trained_kind``, ``trained_weights``)."""
+    obj, path = load_weights_file(model, path, fmt=FORMAT, what="trained weights", made_by="qpolicy train")
     model.trained_kind = str(obj.get("kind"))
     model.trained_weights = str(path)
     return model.eval()
