@@ -31,3 +31,17 @@ def test_metrics_follow_bn_reestimate_setting():
         assert on.weight["conv1"][2] != off.weight["conv1"][2], name
         if name != "kl":  # kl sees the whole network: the same layer's error reaches the output differently
             assert on.weight["fc"][2] == off.weight["fc"][2], name
+
+
+def test_bn_after_pairs_every_resnet_conv_with_its_own_bn_every_time():
+    # Tensor ids are reused once a tensor is freed; a trace keyed by id alone paired convs with the wrong BatchNorm
+    # in some runs (and so made fisher scores, and the default search, differ from run to run).
+    from qpolicy.models import load
+
+    m = load("resnet20", pretrained=False)
+    layers = quantizable_layers(m)
+    mods = dict(m.named_modules())
+    want = {li.name: mods[li.name.replace(".conv", ".bn").replace("conv1", "bn1") if "." in li.name else "bn1"]
+            for li in layers if "conv" in li.name}
+    for _ in range(10):
+        assert bn_after(m, layers, torch.randn(2, 3, 32, 32)) == want

@@ -104,19 +104,21 @@ def layer_forward(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Ten
 def bn_after(model: nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor) -> dict[str, nn.Module]:
     """The BatchNorm each layer's output goes into directly (conv -> BN), found by one traced forward on ``x``.
     Layers whose output goes elsewhere first (or nowhere) are left out."""
-    made: dict[int, str] = {}
+    # Each output is kept (not just its id) until the trace ends: a freed tensor's id can be given to a later
+    # tensor, which would then be taken for that layer's output.
+    made: dict[int, tuple[str, torch.Tensor]] = {}
     out: dict[str, nn.Module] = {}
     handles = []
     for li in layers:
         def hook(m, inputs, y, name=li.name):
-            made.setdefault(id(y), name)
+            made.setdefault(id(y), (name, y))
         handles.append(model.get_submodule(li.name).register_forward_hook(hook))
     for bn in model.modules():
         if isinstance(bn, nn.modules.batchnorm._BatchNorm):
             def pre(m, inputs):
-                name = made.get(id(inputs[0]))
-                if name is not None:
-                    out.setdefault(name, m)
+                entry = made.get(id(inputs[0]))
+                if entry is not None and entry[1] is inputs[0]:
+                    out.setdefault(entry[0], m)
             handles.append(bn.register_forward_pre_hook(pre))
     try:
         from .._modes import eval_mode
