@@ -172,7 +172,9 @@ def main() -> None:
              f"activations every layer; W4A4 = first/last layer 8 bits; mixed = fisher + ILP at the BitOPs of that "
              f"W4A4. PTQ with calibration on training images. {len(results)} results; compute {seconds:.0f} s "
              f"(this call: {stats.computed} computed, {stats.resumed} resumed, {stats.seconds:.0f} s wall).")
-    write(args.name, {"config": cfg.to_dict(), "results": results, "findings": doc["findings"],
+    # per-image records stay in the run folder (robustness.json); the result file keeps the summaries
+    slim = [{**r, "result": {k: v for k, v in r["result"].items() if k != "records"}} for r in results]
+    write(args.name, {"config": cfg.to_dict(), "results": slim, "findings": doc["findings"],
                       "policies": doc["policies"], "where_attacks_bite": where,
                       "run": {"computed": stats.computed, "resumed": stats.resumed, "seconds": stats.seconds}},
           "\n\n".join(sections), notes)

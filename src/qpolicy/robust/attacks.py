@@ -206,13 +206,23 @@ def art_classifier(model: nn.Module, *, input_shape: tuple[int, ...] = (3, 32, 3
 
 @contextlib.contextmanager
 def _numpy_mat() -> Iterator[None]:
-    """ART's GeoDA calls ``np.mat``, removed in numpy 2: alias it to ``np.asmatrix`` while it runs."""
+    """ART's GeoDA calls ``np.mat``, removed in numpy 2: alias it to ``np.asmatrix`` while it runs. It also caches
+    its DCT basis (23 MB) as a file in the working directory: run it from a temporary cache folder instead."""
+    import os
+    import tempfile
+    from pathlib import Path
+
     had = hasattr(np, "mat")
     if not had:
         np.mat = np.asmatrix  # type: ignore[attr-defined]
+    cache = Path(tempfile.gettempdir()) / "qpolicy-art-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(cache)
     try:
         yield
     finally:
+        os.chdir(cwd)
         if not had:
             del np.mat  # type: ignore[attr-defined]
 
