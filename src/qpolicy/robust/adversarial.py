@@ -36,6 +36,7 @@ from .._io import read_json, write_json
 from ..errors import ConfigError, close_matches
 from ..progress import progress
 from .attacks import ATTACKS, AttackConfig, craft, distortions, predict, run_attack, summarize
+from .certify import split_size
 
 __all__ = ["QNNS", "qnn_policy", "attack_model", "load_attack", "RobustnessConfig", "load_robustness_config",
            "run_robustness", "findings", "layer_perturbation", "ATTACK_FORMAT", "ROBUSTNESS_FORMAT"]
@@ -119,7 +120,7 @@ def attack_model(model: nn.Module, policy: Any = None, *, attack: str, eps: Sequ
     path = out / "attack.json"
     if path.exists() and not resume:
         raise ConfigError(f"{path} exists: resume it (--resume) or choose another output folder")
-    size = _split_size(split, data_dir)
+    size = split_size(split, data_dir)
     x, y, file_idx = pixel_images(split, spaced_indices(size, images), data_dir=data_dir)
     settings = {"model": model_name, "policy": policy.to_dict() if policy is not None else None, "attack": attack,
                 "params": configs[0].resolved, "split": split, "images": images, "transfer": transfer,
@@ -275,7 +276,7 @@ class _Context:
         self.preds: dict[Any, np.ndarray] = {}
         from .certify import pixel_images, spaced_indices
 
-        self.x, self.y, self.idx = pixel_images("test", spaced_indices(_split_size("test", shared.get("data_dir")),
+        self.x, self.y, self.idx = pixel_images("test", spaced_indices(split_size("test", shared.get("data_dir")),
                                                                        shared["config"]["images"]),
                                                 data_dir=shared.get("data_dir"))
 
@@ -359,19 +360,11 @@ class _Context:
             from .defenses.squeeze import calibrate_threshold, detection_scores
 
             opts = DEFENSES.get("squeeze").make_config()
-            size = _split_size("val", self.shared.get("data_dir"))
+            size = split_size("val", self.shared.get("data_dir"))
             xv, _, _ = pixel_images("val", spaced_indices(size, min(opts.calib_images, size)),
                                     data_dir=self.shared.get("data_dir"))
             self.thresholds[key] = calibrate_threshold(detection_scores(model, xv, opts), opts.fpr)
         return self.thresholds[key]
-
-
-def _split_size(split: str, data_dir: Any) -> int:
-    from ..data import load_cifar10, validation_indices
-
-    if split == "test":
-        return len(load_cifar10("test", data_dir=data_dir))
-    return len(validation_indices(len(load_cifar10("train", data_dir=data_dir))))
 
 
 _CONTEXT: dict[str, _Context] = {}
@@ -410,7 +403,7 @@ def _evaluate_item(shared: Mapping[str, Any], item: Mapping[str, Any]) -> dict[s
         else:
             from .certify import pixel_images, spaced_indices
 
-            size = _split_size("test", shared.get("data_dir"))
+            size = split_size("test", shared.get("data_dir"))
             xs, ys, _ = pixel_images("test", spaced_indices(size, min(shared["config"]["clean_images"], size)),
                                      data_dir=shared.get("data_dir"))
         pred = predict(target, xs, preprocess=pre)

@@ -22,9 +22,16 @@ from ..errors import ConfigError
 from .irs import IncrementalCertifier, IRSConfig
 from .smoothing import Smooth, SmoothConfig, certify_dataset
 
-__all__ = ["certify_model", "pixel_images", "spaced_indices", "base_warning"]
+__all__ = ["certify_model", "pixel_images", "spaced_indices", "split_size", "base_warning"]
 
 log = logging.getLogger(__name__)
+
+
+def split_size(split: str, data_dir: str | os.PathLike | None = None) -> int:
+    """How many images ``split`` ("test" or "val", the held-out training images) has."""
+    if split == "test":
+        return len(load_cifar10("test", data_dir=data_dir))
+    return len(validation_indices(len(load_cifar10("train", data_dir=data_dir))))
 
 
 def spaced_indices(size: int, images: int) -> list[int]:
@@ -91,12 +98,10 @@ def certify_model(model: nn.Module, policy: Any = None, *, config: SmoothConfig,
     Returns:
         The written result: settings, per-image records and a summary (ACR, certified accuracy per radius).
     """
-    from ..data import load_cifar10 as _load
 
     if policy is not None:
         policy.validate(model)
-    size = len(_load("test", data_dir=data_dir)) if split == "test" else len(validation_indices(
-        len(_load("train", data_dir=data_dir))))
+    size = split_size(split, data_dir)
     positions = spaced_indices(size, images)
     if reference is not None:
         irs = irs or IRSConfig()
