@@ -3,8 +3,10 @@ and in two gloo processes (each its half of every batch, BatchNorm on global sta
 
 For float fine-tuning and W4A4 QAT (PTQ first, first/last layer 8 bits): the largest absolute difference of any
 parameter or buffer, the test top-1 of both, and the wall time (one process with 2 threads vs 2 processes with 1).
+The same difference after fewer steps (``--trajectory``) shows how it grows, and for QAT the share of integer weight
+codes (round(w / scale)) that differ between the two models: the rounding flips that make QAT diverge.
 
-    python benchmarks/ddp_equivalence.py
+    python benchmarks/ddp_equivalence.py [--trajectory 1,5,20]
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ def _model(spec: str | None):
     return qp.apply_policy(model, qp.uniform_policy(model, spec), calib=qp.data.calib_loader("cifar10"))
 
 
-def _run(spec: str | None) -> torch.nn.Module:
+def _run(spec: str | None, steps: int = STEPS) -> torch.nn.Module:
     from qpolicy.qat.finetune import FinetuneConfig, finetune
 
     model = _model(spec)
-    data = qp.data.loader("cifar10", "train", batch_size=BATCH, limit=STEPS * BATCH, seed=0)
+    data = qp.data.loader("cifar10", "train", batch_size=BATCH, limit=steps * BATCH, seed=0)
     finetune(model, data, config=FinetuneConfig(epochs=1, lr=0.01, checkpoint_every=0))
     return model
 
 
-def _worker(rank: int, size: int, port: int, spec: str | None, out: str) -> None:
+def _worker(rank: int, size: int, port: int, spec: str | None, out: str, steps: int = STEPS) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -49,7 +51,7 @@ def _worker(rank: int, size: int, port: int, spec: str | None, out: str) -> None
     progress.set_enabled(False)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
     try:
-        model = _run(spec)
+        model = _run(spec, steps)
         if rank == 0:
             torch.save(model.state_dict(), out)
     finally:
@@ -62,10 +64,52 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _ddp_state(spec: str | None, steps: int) -> tuple[dict, float]:
+    """The rank-0 state after ``steps`` steps on two gloo processes, and the wall time (start-up included)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = str(Path(d) / "ddp.pt")
+        t = time.perf_counter()
+        mp.start_processes(_worker, args=(2, _port(), spec, out, steps), nprocs=2, join=True, start_method="spawn")
+        return torch.load(out, weights_only=False), time.perf_counter() - t
+
+
+def _codes(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Each fake-quantized weight's integer code, round(w_q / scale), by layer."""
+    out = {}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            wq = getattr(m, "weight_quant", None)
+            if wq is not None:
+                s = wq.scale.view(-1, *([1] * (m.weight.dim() - 1)))
+                out[name] = torch.round(wq(m.weight) / s).to(torch.int64)
+    return out
+
+
+def _compare(single: torch.nn.Module, state: dict, spec: str | None) -> dict:
+    """Largest absolute and relative parameter differences, and differing weight codes (QAT)."""
+    trainable = {n for n, _ in single.named_parameters()}
+    ref = single.state_dict()
+    absd = max((ref[k].double() - state[k].double()).abs().max().item() for k in trainable)
+    rel = max(((ref[k].double() - state[k].double()).norm() / ref[k].double().norm().clamp_min(1e-12)).item()
+              for k in trainable)
+    out = {"max_abs_param_diff": absd, "max_rel_param_diff": rel}
+    if spec is not None:
+        other = _model(spec)
+        other.load_state_dict(state)
+        a, b = _codes(single), _codes(other)
+        flips = sum(int((a[n] != b[n]).sum()) for n in a)
+        total = sum(a[n].numel() for n in a)
+        out.update(code_flips=flips, weights=total, code_flip_fraction=flips / total)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--specs", default="float,w4a4")
+    ap.add_argument("--trajectory", default="1,5,20", help="also compare after these step counts ('' for none)")
     args = ap.parse_args()
+    steps_list = [int(k) for k in args.trajectory.split(",") if k.strip()]
+    traj_rows = []
     test = qp.data.loader("cifar10", "test", batch_size=500, limit=2000)
     rows, payload = [], {}
     for spec in args.specs.split(","):
@@ -74,12 +118,7 @@ def main() -> None:
         t = time.perf_counter()
         single = _run(s)
         t_single = time.perf_counter() - t
-        with tempfile.TemporaryDirectory() as d:
-            out = str(Path(d) / "ddp.pt")
-            t = time.perf_counter()
-            mp.start_processes(_worker, args=(2, _port(), s, out), nprocs=2, join=True, start_method="spawn")
-            t_ddp = time.perf_counter() - t
-            state = torch.load(out, weights_only=False)
+        state, t_ddp = _ddp_state(s, STEPS)
         ddp = _model(s)
         ddp.load_state_dict(state)
         ref = single.state_dict()
@@ -99,6 +138,16 @@ def main() -> None:
                          "max_rel_param_diff": rel_params, "max_rel_buffer_diff": rel_buffers,
                          "max_abs_diff_all": max(diffs.values()), "top1_single": top_single, "top1_ddp": top_ddp,
                          "seconds_single": t_single, "seconds_ddp": t_ddp}
+        trajectory = []
+        for k in [*steps_list, STEPS]:
+            torch.set_num_threads(2)
+            c = _compare(single, state, s) if k == STEPS else _compare(_run(s, k), _ddp_state(s, k)[0], s)
+            trajectory.append({"steps": k, **c})
+            traj_rows.append([spec, str(k), f"{c['max_abs_param_diff']:.1e}", f"{c['max_rel_param_diff']:.1e}",
+                              f"{c['code_flips']:,} of {c['weights']:,} ({100 * c['code_flip_fraction']:.3f}%)"
+                              if "code_flips" in c else "-"])
+            print(traj_rows[-1], flush=True)
+        payload[spec]["trajectory"] = trajectory
         rows.append([spec, f"{max(params.values()):.2e}", ", ".join(f"{k} {v:.1e}" for k, v in worst),
                      f"{rel_params:.1e}", f"{rel_buffers:.1e}", f"{top_single:.2f}", f"{top_ddp:.2f}",
                      f"{t_single:.0f}", f"{t_ddp:.0f}"])
@@ -107,11 +156,16 @@ def main() -> None:
                       "max relative difference, parameter tensors", "max relative difference, BatchNorm statistics "
                       "and other buffers", "test top-1 1 proc", "test top-1 2 procs", "s 1 proc (2 threads)",
                       "s 2 procs (1 thread each, incl. start-up)"], rows)
+    table += "\n\nHow the difference grows with the steps:\n\n" + md_table(
+        ["training", "steps", "max abs parameter difference", "max relative difference, parameter tensors",
+         "integer weight codes that differ"], traj_rows)
     notes = (f"ResNet-20 (pretrained), {STEPS} SGD steps with a global batch of {BATCH} (6,400 training images, "
              "seed 0, lr 0.01), one process vs two gloo processes on this machine; top-1 on 2,000 test images. "
              "Relative difference of a tensor: ||a - b|| / ||a||. "
              "W4A4: PTQ (first/last 8 bits) then QAT. Under QAT a float difference at rounding-error level can move "
-             "a value across a quantizer's rounding boundary, and such flips accumulate over the steps.")
+             "a value across a quantizer's rounding boundary, and such flips accumulate over the steps. The second "
+             "table repeats both runs for fewer steps (each from the same start): a weight code is round(w_q / scale) "
+             "with each model's own scale.")
     write("ddp_equivalence", {"steps": STEPS, "batch": BATCH, "results": payload}, table, notes)
 
 

@@ -7,6 +7,7 @@ on the test split: the default search chooses on validation, the other columns c
 stored in the JSON.
 
     python benchmarks/search_quality.py [--models resnet20,resnet32] [--randoms 3] [--metrics fisher,qerror,...]
+        [--workers N | --ray-address A]   # the policies of each row, and the default search, on Ray
     python benchmarks/search_quality.py --render benchmarks/results/NAME.json   # the markdown of a stored run
 """
 
@@ -19,7 +20,7 @@ import time
 from _common import md_table, write
 
 import qpolicy as qp
-from qpolicy.pipeline import evaluate_policy
+from qpolicy.pipeline import evaluate_policies
 from qpolicy.select import SelectConfig, search_validated
 from qpolicy.sensitivity import METRICS
 
@@ -37,7 +38,8 @@ BUDGETS = {  # label -> (uniform spec whose cost is the budget, budget key, fixe
 BITS = (2, 3, 4, 5, 6, 8)
 
 
-def run_model(name: str, metrics: list[str], randoms: int, log) -> tuple[list[dict], list[list[str]]]:
+def run_model(name: str, metrics: list[str], randoms: int, log, workers: int | None = None,
+              address: str | None = None) -> list[dict]:
     model = qp.models.load(name)
     layers = qp.quantizable_layers(model)
     test = qp.data.loader("cifar10", "test", batch_size=500)
@@ -55,25 +57,29 @@ def run_model(name: str, metrics: list[str], randoms: int, log) -> tuple[list[di
         c = qp.policy_cost(layers, uni)
         budget = qp.Budget(**{key: c.bitops_rel_w8a8 if key == "bitops" else c.size_rel_w8a8})
         for q, cfg in QUANTIZERS.items():
-            def top1(policy, cfg=cfg):
-                return evaluate_policy(model, policy, test=test, calib=calib, calib_config=cfg).accuracy.top1
-
             rec = {"model": name, "budget": label, "limits": budget.to_dict(), "quantizer": q, "act_bits": act_bits,
-                   "policies": {"uniform": uni.to_dict()}, "uniform": top1(uni)}
+                   "policies": {"uniform": uni.to_dict()}}
+            columns = {"uniform": uni}
             for m in metrics:
-                r = qp.search(tables[m, q], budget, act_bits=act_bits, first_last=8)
-                rec[m] = top1(r.policy)
-                rec["policies"][m] = r.policy.to_dict()
+                columns[m] = qp.search(tables[m, q], budget, act_bits=act_bits, first_last=8).policy
+                rec["policies"][m] = columns[m].to_dict()
             t = time.perf_counter()
             res = search_validated(model, budget, calib=calib, val=val, metric_data=train, calib_config=cfg,
-                                   act_bits=act_bits, first_last=8, model_name=name, config=SelectConfig())
+                                   act_bits=act_bits, first_last=8, model_name=name, config=SelectConfig(),
+                                   workers=workers, address=address)
             rec["default_seconds"] = time.perf_counter() - t
-            rec["default"] = top1(res.policy)
+            columns["default"] = res.policy
             rec["default_chosen"] = res.policy.provenance["chosen"]
             rec["default_evaluations"] = res.extra["selection"]["evaluations"]
             rec["policies"]["default"] = res.policy.to_dict()
-            rnd = [top1(qp.search(tables[metrics[0], q], budget, strategy="random", seed=s, act_bits=act_bits,
-                                  first_last=8).policy) for s in range(randoms)]
+            randoms_ = [qp.search(tables[metrics[0], q], budget, strategy="random", seed=s, act_bits=act_bits,
+                                  first_last=8).policy for s in range(randoms)]
+            # every policy of the row in one run_many (serial, or on Ray with --workers / --ray-address)
+            top1 = [r["top1"] for r in evaluate_policies(model, [*columns.values(), *randoms_], test=test,
+                                                         calib=calib, calib_config=cfg, workers=workers,
+                                                         address=address, desc=f"{label} {q}")]
+            rec.update(zip(columns, top1[:len(columns)], strict=True))
+            rnd = top1[len(columns):]
             rec["random"] = rnd
             rec["random_median"] = statistics.median(rnd) if rnd else None
             rec["margin"] = rec["default"] - rec["uniform"]
@@ -122,6 +128,8 @@ def main() -> None:
     ap.add_argument("--randoms", type=int, default=3)
     ap.add_argument("--name", default="search_quality")
     ap.add_argument("--render", metavar="JSON", help="only render a stored result of this script again")
+    ap.add_argument("--workers", type=int, help="evaluate on a local Ray with this many CPUs (default: serial)")
+    ap.add_argument("--ray-address", help="evaluate on an existing Ray cluster: auto or HOST:PORT")
     args = ap.parse_args()
     if args.render:
         import json
@@ -143,7 +151,7 @@ def main() -> None:
 
     records = []
     for name in args.models.split(","):
-        records += run_model(name.strip(), metrics, args.randoms, log)
+        records += run_model(name.strip(), metrics, args.randoms, log, args.workers, args.ray_address)
     table, notes = render(records, metrics, args.randoms)
     never_below = all(r["margin"] >= 0 for r in records)
     write(args.name, {"results": records, "never_below_uniform": never_below}, table, notes)

@@ -34,3 +34,18 @@ def shared_home(monkeypatch) -> Path:
         pytest.skip("real CIFAR-10 and pretrained weights not found (../shared or QPOLICY_HOME)")
     monkeypatch.setenv("QPOLICY_HOME", str(SHARED))
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local 2-CPU Ray, started once per test run (``run_many`` with workers joins it instead of starting one)."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the local Ray run last, so that its idle workers do not slow the rest of the suite."""
+    items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))

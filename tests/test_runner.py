@@ -1,5 +1,4 @@
 import json
-import os
 import time
 
 import pytest
@@ -47,16 +46,6 @@ def test_cli_rejects_bad_workers_and_addresses(tmp_path, capsys):
         code = main(["pareto", str(t), "--bitops", "0.2,0.4", "--evaluate", *extra, "-o", str(tmp_path / "f.json")])
         err = capsys.readouterr().err
         assert code == 2 and msg in err and err.count("\n") == 1 and not (tmp_path / "f.json").exists()
-
-
-@pytest.fixture(scope="session")
-def local_ray():
-    """A local 2-CPU Ray, started once per test run."""
-    ray = pytest.importorskip("ray")
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_gives_the_serial_results_and_resumes(local_ray, tmp_path):
@@ -115,3 +104,35 @@ def test_validated_search_on_ray_equals_serial(local_ray):
     assert [(c["source"], c["val_loss"]) for c in a["measured"]] == [(c["source"], c["val_loss"]) for c in
                                                                        b["measured"]]
     assert a["evaluations"] == b["evaluations"]
+
+
+def test_evaluate_policies_evaluates_each_distinct_policy_once(tmp_path):
+    from qpolicy import uniform_policy
+    from qpolicy.pipeline import evaluate_policies
+    from qpolicy.quant import CalibConfig
+    from qpolicy.testing import TinyConvNet, random_loader
+
+    model = TinyConvNet()
+    data = random_loader(32, batch_size=16)
+    a, b = uniform_policy(model, "w4a8"), uniform_policy(model, "w2a4")
+    stats = RunStats()
+    out = evaluate_policies(model, [a, b, a], test=data, calib=data, calib_config=CalibConfig(batches=1,
+                            bn_batches=1), device="cpu", results=tmp_path / "r.json", stats=stats)
+    assert stats.computed == 2 and out[0] == out[2] and [set(r) for r in out] == [{"top1", "eval_seconds"}] * 3
+
+
+def test_cli_workers_only_where_something_is_distributed(tmp_path, capsys):
+    from tests.test_fuzz import _table
+
+    t = tmp_path / "t.json"
+    t.write_text(json.dumps(_table()))
+    code = main(["search", str(t), "--budget", "bitops=0.4", "--workers", "2", "-o", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workers and --ray-address apply to the strategies that measure" in err
+    assert err.count("\n") == 1 and not (tmp_path / "p.json").exists()
+    for cmd in (["search", str(t), "--budget", "bitops=0.4", "--workers", "0"],
+                ["certify", "--model", "resnet20", "-o", str(tmp_path / "c"), "--workers", "0"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "workers must be a positive integer" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()

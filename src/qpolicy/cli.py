@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-plain-base", action="store_true", help="certify a base that was not noise-trained "
                    "(it abstains on most images)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
+    p.add_argument("--workers", type=int, help="certify the images on a local Ray with this many CPUs (default: "
+                   "serial; the same certificates)")
+    p.add_argument("--ray-address", help="certify them on an existing Ray cluster: auto or HOST:PORT")
     _add_run_opts(p)
 
     p = sub.add_parser("analyze", help="per-layer sensitivity table of a model under a metric")
@@ -216,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action="append", required=True,
                    help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 (repeatable)")
     _add_search_opts(p)
-    p.add_argument("--workers", type=int, help="default search: measure each round's candidates on a local Ray "
-                   "with this many CPUs (default: serial)")
-    p.add_argument("--ray-address", help="default search: measure them on an existing Ray cluster (auto or "
-                   "HOST:PORT)")
+    p.add_argument("--workers", type=int, help="model-in-the-loop strategies on a local Ray with this many CPUs "
+                   "(default: serial; the same policy): the default search's candidates, smpq's Shapley "
+                   "permutations, arq's certificates, qfa's subnet measurements")
+    p.add_argument("--ray-address", help="the same on an existing Ray cluster (auto or HOST:PORT)")
     p.add_argument("--weight-bits", help="candidate weight bits, e.g. 2,3,4,8 (default: the table's)")
     p.add_argument("-o", "--out", help="policy JSON to write (dmpq/smpq: the run folder)")
     g = p.add_argument_group("validated search (the default with --model: candidates measured on validation images)")
@@ -791,8 +794,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from .robust.certify import certify_model
     from .robust.irs import IRSConfig, check_reference
     from .robust.smoothing import SmoothConfig, load_certify
+    from .runner import check_address, check_workers
 
     _check_policy_args(args)
+    check_workers(args.workers)  # before any work
+    check_address(args.ray_address)
     reference, irs = None, None
     if args.incremental:
         irs = IRSConfig(n_p=args.n_p, alpha=args.alpha, fallback=not args.no_fallback)
@@ -813,7 +819,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     res = certify_model(model, policy, config=config, out_dir=args.out, split=split, images=images,
                         resume=args.resume, calib=cal, calib_config=_calib_config(args) if policy else None,
                         record=args.record, reference=reference, irs=irs, device=args.device,
-                        model_name=args.model)
+                        model_name=args.model, workers=args.workers, address=args.ray_address)
     s = res["summary"]
     ca = s["certified_accuracy"]
     text = (f"{args.model} | {_policy_label(policy)} | sigma {config.sigma:g}, n0 {config.n0}, n {config.n}, "
@@ -909,7 +915,8 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
     calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
     res = search_differentiable(model, budget, method=args.strategy, train=train, calib=calib, config=config,
                                 out_dir=args.out, resume=args.resume, device=args.device,
-                                model_name=args.model if ":" not in args.model else None)
+                                model_name=args.model if ":" not in args.model else None, workers=args.workers,
+                                address=args.ray_address)
     from .costs import policy_cost
 
     cost = policy_cost(res.supernet.layers, res.policy)
@@ -987,7 +994,8 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
     res = search_arq(model, budget, calib=calib, out_dir=args.out, sigma=args.sigma, config=config,
                      act_bits=choices["act_bits"], weight_bits=_int_list(args.weight_bits, "--weight-bits"),
                      first_last=choices["first_last"], tie=args.tie, resume=args.resume, device=args.device,
-                     model_name=args.model if ":" not in args.model else None)
+                     model_name=args.model if ":" not in args.model else None, workers=args.workers,
+                     address=args.ray_address)
     arq, test = res.policy.provenance["arq"], res.extra["test"]
     text = (f"arq under {budget}: {arq['episodes']} episodes in {res.seconds:.0f} s, best at episode "
             f"{arq['best_episode']} (reward {arq['best_reward']:.4f})\n"
@@ -1018,7 +1026,8 @@ def cmd_search_qfa(args: argparse.Namespace, budget) -> int:
     calib = data.calib_loader("cifar10", batches=16, seed=args.seed, data_dir=args.data_dir)
     front_out = str(Path(args.out).with_suffix("")) + "_front.json" if args.out else None
     res = search_qfa(model, budget, supernet=args.supernet, calib=calib, val=val, config=config, device=args.device,
-                     model_name=args.model if ":" not in args.model else None, front_out=front_out)
+                     model_name=args.model if ":" not in args.model else None, front_out=front_out,
+                     workers=args.workers, address=args.ray_address)
     if args.out:
         res.policy.save(args.out)
     q = res.policy.provenance["qfa"]
@@ -1039,6 +1048,7 @@ RUNNERS = {"qfa": cmd_search_qfa, "arq": cmd_search_arq, "validated": cmd_search
 def cmd_search(args: argparse.Namespace) -> int:
     from .budget import Budget
     from .errors import ConfigError
+    from .runner import check_address, check_workers
     from .search import STRATEGIES, search
     from .search.base import ModelStrategy
     from .sensitivity import SensitivityTable
@@ -1046,8 +1056,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = Budget.parse(args.budget)
     args.strategy = args.strategy or ("validated" if args.model and not args.table else "ilp")
     entry = STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
+    check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once
+    check_address(args.ray_address)
     if isinstance(entry, ModelStrategy):  # model-in-the-loop: dispatch on the kind of run, not on the name
         return RUNNERS[entry.runner](args, budget)
+    if (args.workers or 1) > 1 or args.ray_address:
+        raise ConfigError(f"--workers and --ray-address apply to the strategies that measure policies on the model "
+                          f"(validated, smpq, arq, qfa); {args.strategy} solves a table in this process")
     choices = _search_choices(args)
     if args.table and args.model:
         raise ConfigError("give a sensitivity table or --model, not both")

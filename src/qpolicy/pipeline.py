@@ -25,7 +25,8 @@ from .qat.finetune import FinetuneConfig, FinetuneResult, check_resume, finetune
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
 
-__all__ = ["PolicyEvaluation", "evaluate_policy", "QATRun", "finetune_policy", "float_policy", "evaluate_front"]
+__all__ = ["PolicyEvaluation", "evaluate_policy", "QATRun", "finetune_policy", "float_policy", "evaluate_front",
+           "evaluate_policies"]
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +119,45 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
 
 
 def _evaluate_point(shared: dict[str, Any], item: dict[str, Any]) -> dict[str, float]:
-    """One front point's PTQ top-1 (a ``run_many`` task)."""
+    """One policy's PTQ top-1 (a ``run_many`` task)."""
     res = evaluate_policy(shared["model"], Policy.from_dict(item["policy"]), test=shared["test"],
                           calib=shared["calib"], calib_config=shared["calib_config"], device=shared["device"])
     return {"top1": res.accuracy.top1, "eval_seconds": res.accuracy.seconds}
 
 
 def _policy_key(item: dict[str, Any]) -> str:
-    """A point's key in a results file: its policy's bits (a rerun with another sweep reuses nothing stale)."""
+    """A policy's key in a results file: its bits (a rerun with other policies reuses nothing stale)."""
     import hashlib
     import json
 
     return hashlib.sha1(json.dumps(item["policy"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate_policies(model: nn.Module, policies: Iterable[Policy], *, test: Iterable[Any],
+                      calib: Iterable[Any] | None, calib_config: CalibConfig | None = None,
+                      device: str | None = None, workers: int | None = None, address: str | None = None,
+                      results: str | Path | None = None, stats: Any = None,
+                      desc: str = "policies") -> list[dict[str, float]]:
+    """PTQ top-1 of many policies (``{"top1", "eval_seconds"}`` each, in order): a Pareto front, a random-policy
+    study, the columns of a benchmark.
+
+    The policies are evaluated by :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an
+    ``address`` (the model and the calibration batches are shipped once); ``results`` keeps finished policies so
+    that a killed run resumes without recomputing them. The same policy twice is evaluated once.
+    """
+    import itertools
+
+    from .runner import run_many
+
+    cfg = calib_config or CalibConfig()
+    batches = list(itertools.islice(calib, cfg.batches_needed)) if calib is not None else None  # shipped once
+    shared = {"model": model, "test": test, "calib": batches, "calib_config": cfg, "device": device}
+    items = [{"policy": p.to_dict()} for p in policies]
+    unique = list({_policy_key(it): it for it in items}.values())
+    out = run_many(_evaluate_point, unique, shared=shared, workers=workers, address=address, results=results,
+                   key=_policy_key, desc=desc, stats=stats)
+    by_key = {_policy_key(it): r for it, r in zip(unique, out, strict=True)}
+    return [by_key[_policy_key(it)] for it in items]
 
 
 def evaluate_front(model: nn.Module, front: Any, *, test: Iterable[Any], calib: Iterable[Any] | None,
@@ -137,19 +165,12 @@ def evaluate_front(model: nn.Module, front: Any, *, test: Iterable[Any], calib: 
                    address: str | None = None, results: str | Path | None = None, stats: Any = None) -> Any:
     """PTQ top-1 of every point of a Pareto front (adds ``top1`` to each point); returns a new front.
 
-    The points are evaluated by :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an
-    ``address``; ``results`` keeps finished points so that a killed run resumes without recomputing them.
+    The points go through :func:`evaluate_policies` (serially or on Ray; ``results`` makes a killed run resume).
     """
-    import itertools
     from dataclasses import replace
 
-    from .runner import run_many
-
-    cfg = calib_config or CalibConfig()
-    batches = list(itertools.islice(calib, cfg.batches_needed)) if calib is not None else None  # shipped once
-    shared = {"model": model, "test": test, "calib": batches, "calib_config": cfg, "device": device}
-    items = [{"index": k, "policy": pt["policy"]} for k, pt in enumerate(front.points)]
-    out = run_many(_evaluate_point, items, shared=shared, workers=workers, address=address, results=results,
-                   key=_policy_key, desc="pareto", stats=stats)
+    out = evaluate_policies(model, [Policy.from_dict(pt["policy"]) for pt in front.points], test=test, calib=calib,
+                            calib_config=calib_config, device=device, workers=workers, address=address,
+                            results=results, stats=stats, desc="pareto")
     points = tuple({**pt, **r} for pt, r in zip(front.points, out, strict=True))
     return replace(front, points=points)

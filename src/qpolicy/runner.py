@@ -12,7 +12,8 @@ item and returns the results in item order.
   each failed item with its error, one line each.
 * **Resume**: with ``results`` (a JSON file), each finished item's result is written there atomically as it
   arrives, keyed by ``key(item)``; a rerun (after a kill) computes only the items not in it. Results must then be
-  plain JSON data.
+  plain JSON data. Callers with their own result file (``certify.json``) pass ``on_result(position, value)``
+  instead, which runs in the calling process as each item finishes, and leave finished items out of ``items``.
 
 Both backends compute the same thing: ``fn`` must depend only on ``shared`` and the item (seed inside ``fn``).
 """
@@ -105,7 +106,7 @@ def _load_results(path: Path) -> dict[str, Any]:
 def run_many(fn: Callable[[Any, Any], Any], items: Sequence[Any], *, shared: Any = None, workers: int | None = None,
              address: str | None = None, results: str | os.PathLike | None = None,
              key: Callable[[Any], str] = _default_key, retries: int = 1, desc: str = "items",
-             stats: RunStats | None = None) -> list[Any]:
+             stats: RunStats | None = None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """``[fn(shared, item) for item in items]``, serially or on Ray (module docs).
 
     Raises:
@@ -130,6 +131,8 @@ def run_many(fn: Callable[[Any, Any], Any], items: Sequence[Any], *, shared: Any
         stats.computed += 1
         if path is not None:
             write_json(path, {"format": _FORMAT, "version": 1, "results": done})
+        if on_result is not None:
+            on_result(i, value)
 
     use_ray = address is not None or (workers or 1) > 1
     if todo and use_ray:

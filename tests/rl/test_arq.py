@@ -40,10 +40,10 @@ CFG = dict(val_images=3, reference_n=200, n_p=100, calib_batches=1, bn_batches=1
            ddpg=DDPGConfig(hidden1=16, hidden2=16, warmup=1, batch_size=8))
 
 
-def _run(out, episodes, resume=False):
+def _run(out, episodes, resume=False, workers=None, **kw):
     calib = data.calib_loader("cifar10", batches=1, batch_size=16)
     return search_arq(_model(), Budget(bitops=0.3), calib=calib, out_dir=out, config=ARQConfig(episodes=episodes,
-                      **CFG), resume=resume, device="cpu", model_name="resnet20")
+                      **{**CFG, **kw}), resume=resume, device="cpu", model_name="resnet20", workers=workers)
 
 
 def _strip(history):
@@ -66,3 +66,13 @@ def test_arq_meets_the_budget_records_provenance_and_resumes_exactly(home, tmp_p
     resumed = _run(tmp_path / "b", 4, resume=True)
     assert _strip(resumed.extra["history"]) == _strip(full.extra["history"])
     assert resumed.policy.layers == full.policy.layers
+
+
+def test_arq_on_ray_equals_serial(home, tmp_path, local_ray):
+    # the float reference, every episode's certificates and the test certificate go through run_many
+    serial = _run(tmp_path / "a", 2, test_images=2)
+    on_ray = _run(tmp_path / "b", 2, test_images=2, workers=2)
+    assert _strip(on_ray.extra["history"]) == _strip(serial.extra["history"])
+    assert on_ray.policy.layers == serial.policy.layers
+    assert {k: v for k, v in on_ray.extra["test"].items() if k != "seconds"} == \
+        {k: v for k, v in serial.extra["test"].items() if k != "seconds"}

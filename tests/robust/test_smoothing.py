@@ -139,3 +139,25 @@ def test_certify_dataset_resumes_to_the_uninterrupted_result(tmp_path):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in o["records"]]
 
     assert done["complete"] and strip(done) == strip(full)
+
+
+def test_certify_on_ray_equals_serial_and_resumes_out_of_order(local_ray, tmp_path):
+    s = _smooth(0.8)
+    imgs, labels, idx = torch.zeros(5, 1, 2, 2), torch.tensor([0, 0, 1, 0, 1]), [3, 9, 4, 7, 8]
+    cfg = SmoothConfig(sigma=0.5, n0=50, n=300, alpha=0.01)
+    full = certify_dataset(s, imgs, labels, idx, cfg, out_dir=tmp_path / "a", record=20)
+    on_ray = certify_dataset(s, imgs, labels, idx, cfg, out_dir=tmp_path / "b", record=20, workers=2)
+
+    def strip(o):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in o["records"]]
+
+    assert strip(on_ray) == strip(full) and on_ray["complete"]
+    # a Ray run killed after images 9 and 7 finished (out of order): the rerun keeps them and computes the rest
+    part = json.loads((tmp_path / "b" / "certify.json").read_text())
+    part["records"] = [{**r, "seconds": 123.0} for r in part["records"] if r["index"] in (9, 7)]
+    part["complete"] = False
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "certify.json").write_text(json.dumps(part))
+    done = certify_dataset(s, imgs, labels, idx, cfg, out_dir=tmp_path / "c", resume=True, record=20, workers=2)
+    assert strip(done) == strip(full) and [r["index"] for r in done["records"]] == idx
+    assert [r["seconds"] == 123.0 for r in done["records"]] == [False, True, False, True, False]

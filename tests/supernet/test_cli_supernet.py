@@ -67,3 +67,21 @@ def test_qfa_search_on_a_trained_supernet(capsys, home, tmp_path):
     assert front["format"] == "qpolicy.pareto" and any("top1" in pt for pt in front["points"])
     code, _, err = run(capsys, "report", str(tmp_path), "-o", str(tmp_path / "r.html"), "--quiet")
     assert code == 0, err
+
+
+def test_qfa_search_on_ray_gives_the_serial_policy(capsys, home, tmp_path, local_ray):
+    pytest.importorskip("pymoo")
+    out = tmp_path / "qfa"
+    code, _, err = run(capsys, "supernet", "train", *BASE, "-o", str(out), "--train-limit", "16",
+                       "--train-batch-size", "16", "--weight-bits", "2,4,8", "--act-bits", "4,8", "--quiet")
+    assert code == 0, err
+    pols = []
+    for extra in ([], ["--workers", "2"]):
+        pol = tmp_path / f"policy{len(pols)}.json"
+        code, text, err = run(capsys, "search", *BASE, "--strategy", "qfa", "--supernet", str(out), "--budget",
+                              "bitops=0.2", "--samples", "8", "--qfa-val-images", "8", "--generations", "3",
+                              "--population", "8", *extra, "-o", str(pol), "--json", "--quiet")
+        assert code == 0, err
+        pols.append(json.loads(text))
+    assert pols[0]["policy"]["layers"] == pols[1]["policy"]["layers"]
+    assert pols[0]["front"] == pols[1]["front"]

@@ -17,12 +17,12 @@ CFG = dict(weight_bits=(2, 4, 8), act_bits=(4, 8), epochs=1, batch_size=32, shap
            checkpoint_every=1)
 
 
-def _run(method, budget, tmp_path=None, **kw):
+def _run(method, budget, tmp_path=None, workers=None, **kw):
     cfg = DifferentiableConfig(**{**CFG, **kw})
     return search_differentiable(trained_tiny(), budget, method=method,
                                  train=random_loader(384, batch_size=32, augment=True),
                                  calib=random_loader(64, batch_size=32), config=cfg, out_dir=tmp_path, device="cpu",
-                                 model_name="tiny")
+                                 model_name="tiny", workers=workers)
 
 
 @pytest.mark.parametrize("method", ["dmpq", "smpq"])
@@ -128,3 +128,11 @@ def test_each_step_updates_only_its_own_parameters(monkeypatch):
     assert steps >= 5 and seen == [(True, False), (False, True)] * steps
     net = res.supernet
     assert net.temperature == 0.25 and all(p.requires_grad for p in net.parameters())
+
+
+def test_smpq_on_ray_gives_the_serial_policy(local_ray, tmp_path):
+    budget = Budget(bitops=0.75)
+    serial = _run("smpq", budget)
+    on_ray = _run("smpq", budget, workers=2)
+    assert on_ray.policy.layers == serial.policy.layers
+    assert [r["mean"] for r in on_ray.shapley] == [r["mean"] for r in serial.shapley]

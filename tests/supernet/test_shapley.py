@@ -93,3 +93,18 @@ def test_planted_useless_candidate_ranks_last():
     ranked = sorted(zip(players, est.mean, strict=True), key=lambda t: t[1])
     assert ranked[0][0] == ("pw", "weight", 8), ranked
     assert all(m.keep[s] == [True] * len(m.bits[s]) for _, m in net.mixed_layers() for s in m.keep)  # reset
+
+
+def test_permutations_on_ray_equal_serial_on_a_supernet(local_ray):
+    # each Ray task plays a pickled copy of the supernet game; the permutations are drawn in the caller
+    model = trained_tiny()
+    net = build_supernet(model, weight_bits=(2, 4, 8), act_bits=(4, 8), first_last=8,
+                         calib=random_loader(64, batch_size=32), calib_config=CalibConfig())
+    net.eval()
+    images = list(random_loader(128, batch_size=64, seed=5))
+    players = net.players()
+    serial = monte_carlo_shapley(players, _SubnetGame(net, images), samples=6, seed=3, truncation=0.3)
+    on_ray = monte_carlo_shapley(players, _SubnetGame(net, images), samples=6, seed=3, truncation=0.3, workers=2)
+    assert on_ray.contributions == serial.contributions and on_ray.mean == serial.mean
+    assert (on_ray.evaluations, on_ray.truncated) == (serial.evaluations, serial.truncated)
+    assert all(m.keep[s] == [True] * len(m.bits[s]) for _, m in net.mixed_layers() for s in m.keep)  # reset

@@ -121,7 +121,8 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
                sigma: float | None = None, config: ARQConfig | None = None,
                act_bits: Sequence[int] | int | None = None, weight_bits: Sequence[int] | None = None,
                first_last: int | None = 8, tie: str = "act", resume: bool = False, device: str | None = None,
-               model_name: str | None = None, data_dir: str | os.PathLike | None = None) -> SearchResult:
+               model_name: str | None = None, data_dir: str | os.PathLike | None = None,
+               workers: int | None = None, address: str | None = None) -> SearchResult:
     """ARQ's search (module docs) on a noise-trained float ``model`` (not modified).
 
     Args:
@@ -136,136 +137,149 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
         first_last: Bits of the first and last layer (None: searched).
         tie: "act" or "none".
         resume: Continue the run in ``out_dir``.
+        workers, address: Certify images on a local Ray with this many CPUs or on the Ray cluster at this address
+            (:func:`qpolicy.runner.run_many`): the float reference, every episode's policy and the final test
+            certificate. Episodes stay in order (the agent learns from each before the next), and the results
+            equal the serial ones.
     """
     from ..data import load_cifar10, validation_indices
     from ..robust.certify import certify_model, pixel_images, spaced_indices
     from ..robust.irs import IncrementalCertifier, IRSConfig
     from ..robust.noise import NoisyBatches, check_sigma
-    from ..robust.smoothing import Smooth, SmoothConfig, certify_dataset, summarize
+    from ..robust.smoothing import Smooth, SmoothConfig, certify_dataset, certify_records, summarize
+    from ..runner import check_address, check_workers, ray_session
 
     config = config or ARQConfig()
+    workers, address = check_workers(workers), check_address(address)
     sigma = check_sigma(sigma if sigma is not None else getattr(model, "noise_sigma", None) or 0.0,
                         "sigma (the model carries no noise_sigma: pass sigma)")
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
         raise CheckpointError(f"{ckpt_path} exists: resume it (--resume) or choose another output folder")
-    t0 = time.perf_counter()
-    layers = quantizable_layers(model)
-    bits = (2, 3, 4, 5, 6, 8)
-    env = BitEnv(layers, budget.limits(layers), weight_bits=weight_bits or bits,
-                 act_bits=act_bits if act_bits is not None else bits, first_last=first_last, tie=tie)
-    settings = {"config": config.to_dict(), "budget": budget.to_dict(), "sigma": sigma,
-                "weight_bits": list(env.bits[0]), "act_bits": list(env.bits[1]), "first_last": first_last, "tie": tie}
-    settings = json.loads(json.dumps(settings))
-    noisy_calib = NoisyBatches(calib, sigma, seed=config.seed)
-    calib_config = CalibConfig(batches=config.calib_batches, bn_batches=config.bn_batches, seed=config.seed)
+    with ray_session(workers, address):  # one Ray runtime for every episode
+        t0 = time.perf_counter()
+        layers = quantizable_layers(model)
+        bits = (2, 3, 4, 5, 6, 8)
+        env = BitEnv(layers, budget.limits(layers), weight_bits=weight_bits or bits,
+                     act_bits=act_bits if act_bits is not None else bits, first_last=first_last, tie=tie)
+        settings = {"config": config.to_dict(), "budget": budget.to_dict(), "sigma": sigma,
+                    "weight_bits": list(env.bits[0]), "act_bits": list(env.bits[1]), "first_last": first_last,
+                    "tie": tie}
+        settings = json.loads(json.dumps(settings))
+        noisy_calib = NoisyBatches(calib, sigma, seed=config.seed)
+        calib_config = CalibConfig(batches=config.calib_batches, bn_batches=config.bn_batches, seed=config.seed)
 
-    # the float model's certificates on the validation images (resumable on its own)
-    n_val = len(validation_indices(len(load_cifar10("train", data_dir=data_dir))))
-    positions = spaced_indices(n_val, config.val_images)
-    imgs, labels, file_idx = pixel_images("val", positions, data_dir=data_dir)
-    ref_cfg = SmoothConfig(sigma=sigma, n0=100, n=config.reference_n, alpha=config.alpha, seed=config.seed)
-    smooth_fp = Smooth(model, 10, sigma, device=device)
-    ref_dir = out / "reference"
-    reference = certify_dataset(smooth_fp, imgs, labels, file_idx, ref_cfg, out_dir=ref_dir,
-                                resume=(ref_dir / "certify.json").exists(), record=config.n_p,
-                                meta={"model": model_name, "split": "val", "method": "rs", "policy": None})
-    fp = reference["summary"]
-    acc_fp, acr_fp = fp["clean_accuracy"], fp["acr"]
-    if acc_fp <= 0 or acr_fp <= 0:
-        raise ConfigError(f"the float model's smoothed classifier certifies nothing on the validation images (clean "
-                          f"accuracy {acc_fp:.1f}%, ACR {acr_fp:.3f}): is it noise-trained at sigma={sigma:g}?")
-    irs_cfg = IRSConfig(n_p=config.n_p, alpha=config.alpha, fallback=False)
+        # the float model's certificates on the validation images (resumable on its own)
+        n_val = len(validation_indices(len(load_cifar10("train", data_dir=data_dir))))
+        positions = spaced_indices(n_val, config.val_images)
+        imgs, labels, file_idx = pixel_images("val", positions, data_dir=data_dir)
+        ref_cfg = SmoothConfig(sigma=sigma, n0=100, n=config.reference_n, alpha=config.alpha, seed=config.seed)
+        smooth_fp = Smooth(model, 10, sigma, device=device)
+        ref_dir = out / "reference"
+        reference = certify_dataset(smooth_fp, imgs, labels, file_idx, ref_cfg, out_dir=ref_dir,
+                                    resume=(ref_dir / "certify.json").exists(), record=config.n_p,
+                                    meta={"model": model_name, "split": "val", "method": "rs", "policy": None},
+                                    workers=workers, address=address)
+        fp = reference["summary"]
+        acc_fp, acr_fp = fp["clean_accuracy"], fp["acr"]
+        if acc_fp <= 0 or acr_fp <= 0:
+            raise ConfigError(f"the float model's smoothed classifier certifies nothing on the validation images "
+                              f"(clean accuracy {acc_fp:.1f}%, ACR {acr_fp:.3f}): is it noise-trained at "
+                              f"sigma={sigma:g}?")
+        irs_cfg = IRSConfig(n_p=config.n_p, alpha=config.alpha, fallback=False)
 
-    def to_policy(assignment: dict[str, tuple[int, int]], **prov: Any) -> Policy:
-        return Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assignment.items()},
-                      model=model_name, provenance=prov)
+        def to_policy(assignment: dict[str, tuple[int, int]], **prov: Any) -> Policy:
+            return Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assignment.items()},
+                          model=model_name, provenance=prov)
 
-    def measure(assignment: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        t = time.perf_counter()
-        q = apply_policy(model, to_policy(assignment), calib=noisy_calib, config=calib_config)
-        smooth = Smooth(q, 10, sigma, device=device)
-        smooth.base.to(smooth.device)
-        irs = IncrementalCertifier(smooth, reference, irs_cfg)
-        recs = [irs.certify(imgs[i], int(labels[i]), file_idx[i])[0].to_dict() for i in range(len(file_idx))]
-        s = summarize(recs)
-        w = config.reward_weight
-        reward = w * (s["clean_accuracy"] - acc_fp) / acc_fp + (1 - w) * (s["acr"] - acr_fp) / acr_fp
-        return {"reward": reward, "val_clean_accuracy": s["clean_accuracy"], "val_acr": s["acr"],
-                "samples": s["samples"], "seconds": time.perf_counter() - t}
+        def measure(assignment: dict[str, tuple[int, int]]) -> dict[str, Any]:
+            t = time.perf_counter()
+            q = apply_policy(model, to_policy(assignment), calib=noisy_calib, config=calib_config)
+            smooth = Smooth(q, 10, sigma, device=device)
+            smooth.base.to(smooth.device)
+            irs = IncrementalCertifier(smooth, reference, irs_cfg)
+            s = summarize(certify_records(imgs, labels, file_idx, certify_one=irs.certify, workers=workers,
+                                          address=address))
+            w = config.reward_weight
+            reward = w * (s["clean_accuracy"] - acc_fp) / acc_fp + (1 - w) * (s["acr"] - acr_fp) / acr_fp
+            return {"reward": reward, "val_clean_accuracy": s["clean_accuracy"], "val_acr": s["acr"],
+                    "samples": s["samples"], "seconds": time.perf_counter() - t}
 
-    agent = DDPG(env.state_dim, DDPGConfig(**{**config.ddpg.to_dict(), "seed": config.seed}))
-    episode, history, measured, best = 0, [], {}, None
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, fmt=_FORMAT, what="ARQ search")
-        if _resumable(ckpt.get("settings", {})) != _resumable(settings):
-            raise CheckpointError(f"{ckpt_path} was made with other settings; resume with the same settings or "
-                                  "choose another output folder")
-        agent.load_state_dict(ckpt["agent"])
-        episode, history, measured, best = int(ckpt["episode"]), list(ckpt["history"]), dict(ckpt["measured"]), \
-            ckpt["best"]
-        log.info("resuming ARQ at episode %d of %d", episode, config.episodes)
+        agent = DDPG(env.state_dim, DDPGConfig(**{**config.ddpg.to_dict(), "seed": config.seed}))
+        episode, history, measured, best = 0, [], {}, None
+        if resume and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path, fmt=_FORMAT, what="ARQ search")
+            if _resumable(ckpt.get("settings", {})) != _resumable(settings):
+                raise CheckpointError(f"{ckpt_path} was made with other settings; resume with the same settings or "
+                                      "choose another output folder")
+            agent.load_state_dict(ckpt["agent"])
+            episode, history, measured, best = int(ckpt["episode"]), list(ckpt["history"]), dict(ckpt["measured"]), \
+                ckpt["best"]
+            log.info("resuming ARQ at episode %d of %d", episode, config.episodes)
 
-    for ep in progress(range(episode, config.episodes), desc="arq episodes", total=config.episodes - episode):
-        s, transitions, done = env.reset(), [], not env.steps
-        while not done:
-            a = agent.act(s, ep)
-            s2, done = env.step(a)
-            transitions.append((s, a, s2, done))
-            s = s2
-        assignment, lowered = env.finish()
-        key = _key(assignment)
-        cached = key in measured
-        if not cached:
-            measured[key] = measure(assignment)
-        m = measured[key]
-        agent.remember(transitions, m["reward"])
-        if ep >= config.ddpg.warmup:
-            for _ in range(len(transitions)):
-                agent.update()
+        for ep in progress(range(episode, config.episodes), desc="arq episodes", total=config.episodes - episode):
+            s, transitions, done = env.reset(), [], not env.steps
+            while not done:
+                a = agent.act(s, ep)
+                s2, done = env.step(a)
+                transitions.append((s, a, s2, done))
+                s = s2
+            assignment, lowered = env.finish()
+            key = _key(assignment)
+            cached = key in measured
+            if not cached:
+                measured[key] = measure(assignment)
+            m = measured[key]
+            agent.remember(transitions, m["reward"])
+            if ep >= config.ddpg.warmup:
+                for _ in range(len(transitions)):
+                    agent.update()
+            cost = policy_cost(layers, to_policy(assignment))
+            rec = {"episode": ep + 1, "reward": m["reward"], "val_clean_accuracy": m["val_clean_accuracy"],
+                   "val_acr": m["val_acr"], "bitops_rel_w8a8": cost.bitops_rel_w8a8,
+                   "size_rel_w8a8": cost.size_rel_w8a8,
+                   "wall_lowered": lowered, "cached": cached, "seconds": m["seconds"],
+                   "policy": {n: list(v) for n, v in assignment.items()}}
+            history.append(rec)
+            if best is None or m["reward"] > best["reward"]:
+                best = rec
+            log.info("episode %d: reward %.4f (val smoothed accuracy %.1f%%, ACR %.3f), BitOPs %.3f of W8A8%s",
+                     ep + 1, m["reward"], m["val_clean_accuracy"], m["val_acr"], cost.bitops_rel_w8a8,
+                     f", wall lowered {lowered}" if lowered else "")
+            atomic_torch_save({"format": _FORMAT, "version": 1, "settings": settings, "agent": agent.state_dict(),
+                               "episode": ep + 1, "history": history, "measured": measured, "best": best}, ckpt_path)
+        if best is None:
+            raise ConfigError("episodes must be at least 1")
+        assignment = {n: tuple(v) for n, v in best["policy"].items()}
         cost = policy_cost(layers, to_policy(assignment))
-        rec = {"episode": ep + 1, "reward": m["reward"], "val_clean_accuracy": m["val_clean_accuracy"],
-               "val_acr": m["val_acr"], "bitops_rel_w8a8": cost.bitops_rel_w8a8, "size_rel_w8a8": cost.size_rel_w8a8,
-               "wall_lowered": lowered, "cached": cached, "seconds": m["seconds"],
-               "policy": {n: list(v) for n, v in assignment.items()}}
-        history.append(rec)
-        if best is None or m["reward"] > best["reward"]:
-            best = rec
-        log.info("episode %d: reward %.4f (val smoothed accuracy %.1f%%, ACR %.3f), BitOPs %.3f of W8A8%s",
-                 ep + 1, m["reward"], m["val_clean_accuracy"], m["val_acr"], cost.bitops_rel_w8a8,
-                 f", wall lowered {lowered}" if lowered else "")
-        atomic_torch_save({"format": _FORMAT, "version": 1, "settings": settings, "agent": agent.state_dict(),
-                           "episode": ep + 1, "history": history, "measured": measured, "best": best}, ckpt_path)
-    if best is None:
-        raise ConfigError("episodes must be at least 1")
-    assignment = {n: tuple(v) for n, v in best["policy"].items()}
-    cost = policy_cost(layers, to_policy(assignment))
-    seconds = time.perf_counter() - t0
-    provenance = {
-        "method": "search", "metric": "smoothed-accuracy+acr", "strategy": "arq", "budget": budget.to_dict(),
-        "candidates": {"weight_bits": list(env.bits[0]), "act_bits": list(env.bits[1])}, "first_last": first_last,
-        "tie": tie, "seed": config.seed, "cost": cost.to_dict(per_layer=False),
-        "arq": {"reward": REWARD, "reward_weight": config.reward_weight, "sigma": sigma,
-                "episodes": config.episodes, "best_episode": best["episode"], "best_reward": best["reward"],
-                "val_images": config.val_images, "val_clean_accuracy": best["val_clean_accuracy"],
-                "val_acr": best["val_acr"], "fp_val_clean_accuracy": acc_fp, "fp_val_acr": acr_fp,
-                "reference_n": config.reference_n, "n_p": config.n_p, "alpha": config.alpha,
-                "distinct_policies_measured": len(measured), "noise_weights": getattr(model, "noise_weights", None)},
-        "search_seconds": seconds,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()}
-    policy = to_policy(assignment, **provenance)
-    test = None
-    if config.test_images:
-        tcfg = SmoothConfig(sigma=sigma, n0=100, n=config.test_n, alpha=config.alpha, seed=config.seed)
-        test_dir = out / "test"
-        test = certify_model(model, policy, config=tcfg, out_dir=test_dir, split="test", images=config.test_images,
-                             resume=(test_dir / "certify.json").exists(), calib=calib,
-                             calib_config=CalibConfig(seed=config.seed), device=device, model_name=model_name)
-    policy.save(out / "policy.json")
-    result = SearchResult(policy=policy, cost=cost, predicted_damage=-best["reward"], strategy="arq",
-                          seconds=seconds, extra={"history": history, "reference": fp,
-                                                  "test": test["summary"] if test else None,
-                                                  "settings": settings})
-    write_json(out / "search.json", {"format": "qpolicy.arq", "version": 1, **result.to_dict()})
-    return result
+        seconds = time.perf_counter() - t0
+        provenance = {
+            "method": "search", "metric": "smoothed-accuracy+acr", "strategy": "arq", "budget": budget.to_dict(),
+            "candidates": {"weight_bits": list(env.bits[0]), "act_bits": list(env.bits[1])}, "first_last": first_last,
+            "tie": tie, "seed": config.seed, "cost": cost.to_dict(per_layer=False),
+            "arq": {"reward": REWARD, "reward_weight": config.reward_weight, "sigma": sigma,
+                    "episodes": config.episodes, "best_episode": best["episode"], "best_reward": best["reward"],
+                    "val_images": config.val_images, "val_clean_accuracy": best["val_clean_accuracy"],
+                    "val_acr": best["val_acr"], "fp_val_clean_accuracy": acc_fp, "fp_val_acr": acr_fp,
+                    "reference_n": config.reference_n, "n_p": config.n_p, "alpha": config.alpha,
+                    "distinct_policies_measured": len(measured),
+                    "noise_weights": getattr(model, "noise_weights", None)},
+            "search_seconds": seconds,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()}
+        policy = to_policy(assignment, **provenance)
+        test = None
+        if config.test_images:
+            tcfg = SmoothConfig(sigma=sigma, n0=100, n=config.test_n, alpha=config.alpha, seed=config.seed)
+            test_dir = out / "test"
+            test = certify_model(model, policy, config=tcfg, out_dir=test_dir, split="test", images=config.test_images,
+                                 resume=(test_dir / "certify.json").exists(), calib=calib,
+                                 calib_config=CalibConfig(seed=config.seed), device=device, model_name=model_name,
+                                 workers=workers, address=address)
+        policy.save(out / "policy.json")
+        result = SearchResult(policy=policy, cost=cost, predicted_damage=-best["reward"], strategy="arq",
+                              seconds=seconds, extra={"history": history, "reference": fp,
+                                                      "test": test["summary"] if test else None,
+                                                      "settings": settings})
+        write_json(out / "search.json", {"format": "qpolicy.arq", "version": 1, **result.to_dict()})
+        return result

@@ -37,12 +37,11 @@ from .._validate import require_ints, require_probability
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import resolve_device
-from ..progress import progress
 from .noise import check_sigma
 
-__all__ = ["ABSTAIN", "BLOCK", "check_certify", "SmoothConfig", "Smooth", "Certificate", "lower_confidence_bound",
-           "upper_confidence_bound", "radius_from", "summarize", "certify_dataset", "RADII", "CERTIFY_NAME",
-           "load_certify", "encode_preds", "decode_preds"]
+__all__ = ["ABSTAIN", "BLOCK", "check_certify", "certify_records", "SmoothConfig", "Smooth", "Certificate",
+           "lower_confidence_bound", "upper_confidence_bound", "radius_from", "summarize", "certify_dataset", "RADII",
+           "CERTIFY_NAME", "load_certify", "encode_preds", "decode_preds"]
 
 log = logging.getLogger(__name__)
 ABSTAIN = -1
@@ -295,18 +294,54 @@ def _check_record(r: dict[str, Any], record: int) -> None:
         raise ValueError("records[].sample_preds holds fewer samples than settings.record")
 
 
+def _certify_image(shared: dict[str, Any], i: int) -> dict[str, Any]:
+    """One image's certificate record (a ``run_many`` task)."""
+    x, y, idx = shared["images"][i], int(shared["labels"][i]), int(shared["indices"][i])
+    if shared["certify_one"] is not None:
+        cert, preds = shared["certify_one"](x, y, idx)
+    else:
+        cert, preds = shared["smooth"].certify(x, y, shared["config"], index=idx, record=shared["record"])
+    rec = cert.to_dict()
+    if preds is not None:
+        rec["sample_preds"] = encode_preds(preds)
+    return rec
+
+
+def certify_records(images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int], *,
+                    certify_one=None, smooth: Smooth | None = None, config: SmoothConfig | None = None,
+                    record: int = 0, workers: int | None = None, address: str | None = None) -> list[dict[str, Any]]:
+    """The certificate records of ``images`` (in order), without a file: ``certify_one(x, label, index)`` or
+    ``smooth.certify`` under ``config``; serially or on Ray (:func:`qpolicy.runner.run_many`)."""
+    from ..runner import run_many
+
+    if certify_one is None and (smooth is None or config is None):
+        raise ConfigError("certify_records needs certify_one, or smooth and config")
+    shared = {"smooth": smooth, "certify_one": certify_one, "images": images, "labels": labels,
+              "indices": [int(i) for i in indices], "config": config, "record": int(record)}
+    return run_many(_certify_image, list(range(len(shared["indices"]))), shared=shared, workers=workers,
+                    address=address, desc="certify")
+
+
 def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int],
                     config: SmoothConfig, *, out_dir: str | Path, resume: bool = False, record: int = 0,
-                    meta: dict[str, Any] | None = None, certify_one=None) -> dict[str, Any]:
+                    meta: dict[str, Any] | None = None, certify_one=None, workers: int | None = None,
+                    address: str | None = None) -> dict[str, Any]:
     """Certify ``images`` (N x C x H x W, pixel units) into ``out_dir/certify.json``, rewritten atomically after
     every image; ``indices`` are the images' data set indices (they seed the noise). ``record`` > 0 keeps the base's
     classes on that many estimation samples per image (for incremental smoothing). ``certify_one(x, label, index)``
-    replaces the standard certification (incremental smoothing passes its own). Returns the written object."""
+    replaces the standard certification (incremental smoothing passes its own). Returns the written object.
+
+    Images are independent (each one's noise is seeded by its index), so they run through
+    :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an ``address``, with the same
+    records; a killed run resumes (``resume``) from the images already in ``certify.json``, in any order."""
+    from ..runner import run_many
+
     out = Path(out_dir) / CERTIFY_NAME
     meta = dict(meta or {})
-    settings = {"config": config.to_dict(), "indices": [int(i) for i in indices], "record": int(record),
+    indices = [int(i) for i in indices]
+    settings = {"config": config.to_dict(), "indices": indices, "record": int(record),
                 "method": meta.get("method", "rs")}
-    records: list[dict[str, Any]] = []
+    done: dict[int, dict[str, Any]] = {}  # data set index -> record
     if out.exists():
         if not resume:
             raise CheckpointError(f"{out} exists: resume it (--resume) or choose another output folder")
@@ -315,28 +350,29 @@ def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, 
         if diff:
             raise CheckpointError(f"{out} was made with other settings ({', '.join(diff)} differ); resume with the "
                                   "same settings or choose another output folder")
-        records = list(prev["records"])
-        log.info("resuming: %d of %d images already certified", len(records), len(indices))
+        done = {int(r["index"]): r for r in prev["records"]}
+        log.info("resuming: %d of %d images already certified", len(done), len(indices))
 
-    def write(complete: bool) -> dict[str, Any]:
-        obj = {"format": _FORMAT, "version": 1, **meta, "settings": settings, "complete": complete,
-               "summary": summarize(records), "records": records}
+    def write() -> dict[str, Any]:
+        records = [done[i] for i in indices if i in done]  # in the split's order, whatever order they finished in
+        obj = {"format": _FORMAT, "version": 1, **meta, "settings": settings,
+               "complete": len(records) == len(indices), "summary": summarize(records), "records": records}
         write_json(out, obj)
         return obj
 
-    obj = write(len(records) == len(indices))
-    todo = range(len(records), len(indices))
-    for i in progress(todo, desc="certify", total=len(todo)):
-        x, y, idx = images[i], int(labels[i]), int(indices[i])
-        if certify_one is not None:
-            cert, preds = certify_one(x, y, idx)
-        else:
-            cert, preds = smooth.certify(x, y, config, index=idx, record=record)
-        rec = cert.to_dict()
-        if preds is not None:
-            rec["sample_preds"] = encode_preds(preds)
-        records.append(rec)
-        obj = write(len(records) == len(indices))
+    obj = write()
+    todo = [k for k, i in enumerate(indices) if i not in done]
+    if todo:
+        shared = {"smooth": smooth, "certify_one": certify_one, "images": images, "labels": labels,
+                  "indices": indices, "config": config, "record": int(record)}
+
+        def arrived(position: int, rec: dict[str, Any]) -> None:
+            nonlocal obj
+            done[indices[todo[position]]] = rec
+            obj = write()
+
+        run_many(_certify_image, todo, shared=shared, workers=workers, address=address, desc="certify",
+                 on_result=arrived)
     s = obj["summary"]
     if s.get("images"):
         log.info("certified %d images: ACR %.3f, certified accuracy %s", s["images"], s["acr"],

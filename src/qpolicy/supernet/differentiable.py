@@ -253,8 +253,9 @@ class _ArchStep(Hook):
     name = "arch"
 
     def __init__(self, net: Supernet, method: str, config: DifferentiableConfig, limits: Any, arch_data: Any, held: Any,
-                 dev: torch.device, steps: int):
+                 dev: torch.device, steps: int, workers: int | None = None, address: str | None = None):
         self.net, self.method, self.config, self.limits = net, method, config, limits
+        self.workers, self.address = workers, address
         self.arch_data, self.held, self.dev, self.steps = arch_data, held, dev, steps
         self.weight_params, self.arch_params = net.weight_parameters(), net.arch_parameters()
         self.opt_a = torch.optim.Adam(self.arch_params, lr=config.arch_lr, betas=(0.5, 0.999),
@@ -309,7 +310,7 @@ class _ArchStep(Hook):
             est: ShapleyEstimate = monte_carlo_shapley(
                 self.players, _SubnetGame(net, images), samples=config.shapley_samples,
                 truncation=config.truncation, seed=config.seed * 1000 + len(self.shapley),
-                desc=f"shapley {len(self.shapley) + 1}")
+                desc=f"shapley {len(self.shapley) + 1}", workers=self.workers, address=self.address)
         finally:
             net.reset_masks()
             net.train(was_training)
@@ -352,7 +353,8 @@ class _ArchStep(Hook):
 def search_differentiable(model: nn.Module, budget: Budget, *, method: str = "dmpq", train: Iterable[Any],
                calib: Iterable[Any], config: DifferentiableConfig | None = None, out_dir: str | Path | None = None,
                resume: bool = False, device: str | torch.device | None = None,
-               model_name: str | None = None) -> DifferentiableResult:
+               model_name: str | None = None, workers: int | None = None,
+               address: str | None = None) -> DifferentiableResult:
     """Run DMPQ or SMPQ on a supernet of ``model`` (left untouched) and select a policy within ``budget``.
 
     Args:
@@ -366,12 +368,18 @@ def search_differentiable(model: nn.Module, budget: Budget, *, method: str = "dm
             then ``policy.json`` and ``search.json`` (alphas, Shapley values, history). None: no files.
         resume: Continue from ``out_dir/checkpoint.pt`` (same settings required).
         device: "auto" (CUDA when available), "cpu", ...
+        workers, address: SMPQ: play each round's Shapley permutations on a local Ray with this many CPUs, or on
+            the Ray cluster at this address (:func:`qpolicy.runner.run_many`; one Ray runtime for the whole run).
+            The estimates, and so the policy, equal the serial ones.
     """
+    from ..runner import check_address, check_workers, ray_session
+
     if method not in METHODS:
         from ..errors import UnknownNameError
 
         raise UnknownNameError("differentiable search method", method, METHODS)
     config = config or DifferentiableConfig()
+    workers, address = check_workers(workers), check_address(address)
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -389,12 +397,14 @@ def search_differentiable(model: nn.Module, budget: Budget, *, method: str = "dm
     opt_w = torch.optim.SGD([{"params": [p for p in net.weight_parameters() if p.dim() > 1], "weight_decay": 5e-4},
                              {"params": [p for p in net.weight_parameters() if p.dim() <= 1], "weight_decay": 0.0}],
                             lr=config.lr, momentum=0.9, nesterov=True)
-    hook = _ArchStep(net, method, config, budget.limits(net.layers), arch_data, held, dev, len(weight_data))
+    hook = _ArchStep(net, method, config, budget.limits(net.layers), arch_data, held, dev, len(weight_data),
+                     workers=workers, address=address)
     spec = TrainSpec(epochs=config.epochs, lr=config.lr, optimizer=opt_w, hooks=(hook,),
                      checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT,
                      what="differentiable-search", desc=f"{method} epoch",
                      settings={**config.to_dict(), "method": method, "budget": budget.to_dict()})
-    run = train_(net, weight_data, spec, out_dir=out, resume=resume, device=dev)
+    with ray_session(workers if method == "smpq" else None, address if method == "smpq" else None):
+        run = train_(net, weight_data, spec, out_dir=out, resume=resume, device=dev)
     history, resumed_from = run.history, run.resumed_from
     shapley, shapley_seconds = hook.shapley, hook.shapley_seconds
     net.set_temperature(config.final_temperature)

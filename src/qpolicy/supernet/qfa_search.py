@@ -31,7 +31,6 @@ from ..budget import Budget
 from ..costs import COST_KEYS, layer_cost, policy_cost
 from ..errors import ConfigError, InfeasibleBudgetError
 from ..policy import versions
-from ..progress import progress
 from ..search.base import SearchResult
 from ..search.nsga import NSGAConfig, nsga2_front
 from .predictor import AccuracyPredictor, PredictorConfig, kendall_tau
@@ -65,9 +64,19 @@ class QFASearchConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _measure_subnet(shared: dict[str, Any], assignment: dict[str, list[int]]) -> float:
+    """A subnet's validation top-1 with its own statistics (a ``run_many`` task)."""
+    from ..evaluate import evaluate
+
+    plain = subnet_model(shared["net"], policy_of({n: tuple(v) for n, v in assignment.items()}), shared["calib"],
+                         shared["qcfg"])
+    return evaluate(plain, shared["val"], device=shared["device"], desc="subnet").top1
+
+
 def search_qfa(model: nn.Module, budget: Budget, *, supernet: str | os.PathLike, calib: Iterable[Any],
                val: Iterable[Any], config: QFASearchConfig | None = None, device: str | None = None,
-               model_name: str | None = None, front_out: str | os.PathLike | None = None) -> SearchResult:
+               model_name: str | None = None, front_out: str | os.PathLike | None = None,
+               workers: int | None = None, address: str | None = None) -> SearchResult:
     """The best measured policy within ``budget`` on the trained supernet in ``supernet`` (module docs).
 
     Args:
@@ -78,10 +87,16 @@ def search_qfa(model: nn.Module, budget: Budget, *, supernet: str | os.PathLike,
         val: Validation batches (never the test split).
         config: :class:`QFASearchConfig`.
         front_out: Also write the front (predicted and measured) as a ``qpolicy.pareto`` file for the report.
+        workers, address: Measure the subnets (step 1) and the finalists (step 4) on a local Ray with this many
+            CPUs, or on the Ray cluster at this address (:func:`qpolicy.runner.run_many`); the same policy as
+            serially. NSGA-II itself only queries the predictor and stays in this process.
     """
-    from ..evaluate import evaluate
+    import itertools
+
+    from ..runner import check_address, check_workers, ray_session, run_many
 
     config = config or QFASearchConfig()
+    workers, address = check_workers(workers), check_address(address)
     t0 = time.perf_counter()
     net, qcfg = load_qfa(model, supernet)
     cands = {n: (m.bits["weight"], m.bits["act"]) for n, m in net.mixed_layers()}
@@ -122,40 +137,46 @@ def search_qfa(model: nn.Module, budget: Budget, *, supernet: str | os.PathLike,
     if excess(smallest)[0] > 1 + 1e-9:
         raise InfeasibleBudgetError(f"budget {budget} cannot be met with the supernet's candidate bits")
 
-    def measure(assign: dict[str, tuple[int, int]]) -> float:
-        plain = subnet_model(net, policy_of(assign), calib, qcfg)
-        return evaluate(plain, val, device=device, desc="subnet").top1
+    cal = qcfg.calib_config()
+    shared = {"net": net, "qcfg": qcfg, "val": val, "device": device,
+              "calib": list(itertools.islice(calib, max(cal.bn_batches, cal.batches)))}  # shipped once
 
-    # 1. measured subnets: the largest, the smallest and uniform draws
-    rng = random.Random(config.seed)
-    drawn = sandwich(rng, cands, max(config.samples - 2, 0))
-    enc = np.array([encode(a) for a in drawn], dtype=int)
-    enc, first = np.unique(enc, axis=0, return_index=True)
-    enc = enc[np.argsort(first)]
-    acc = np.array([measure(assignment(e)) for e in progress(enc, desc="measure subnets", total=len(enc))])
-    measure_seconds = time.perf_counter() - t0
+    def measure_all(encodings: Any, desc: str) -> list[float]:
+        items = [{n: list(v) for n, v in assignment(e).items()} for e in encodings]
+        return run_many(_measure_subnet, items, shared=shared, workers=workers, address=address, desc=desc)
 
-    # 2. the predictor, its held-out ranking quality, then refitted on everything
-    order = np.random.default_rng(config.seed).permutation(len(enc))
-    n_out = int(round(config.held_out * len(enc)))
-    tau = None
-    pcfg = PredictorConfig(seed=config.seed)
-    if n_out >= 3 and len(enc) - n_out >= 2:
-        test_idx, fit_idx = order[:n_out], order[n_out:]
-        held = AccuracyPredictor(sizes, pcfg).fit(enc[fit_idx], acc[fit_idx])
-        tau = kendall_tau(held.predict(enc[test_idx]), acc[test_idx])
-    predictor = AccuracyPredictor(sizes, pcfg).fit(enc, acc)
+    with ray_session(workers, address):  # one Ray runtime for both measuring steps
+        # 1. measured subnets: the largest, the smallest and uniform draws
+        rng = random.Random(config.seed)
+        drawn = sandwich(rng, cands, max(config.samples - 2, 0))
+        enc = np.array([encode(a) for a in drawn], dtype=int)
+        enc, first = np.unique(enc, axis=0, return_index=True)
+        enc = enc[np.argsort(first)]
+        acc = np.array(measure_all(enc, "measure subnets"))
+        measure_seconds = time.perf_counter() - t0
 
-    # 3. NSGA-II over (predicted accuracy, BitOPs) within the budget (as a relative-excess constraint)
-    t_nsga = time.perf_counter()
-    front_enc, front_pred, _ = nsga2_front(
-        sizes, predictor.predict, lambda e: excess(e), limit=1.0 + 1e-9,
-        config=NSGAConfig(population=config.population, generations=config.generations, seed=config.seed))
-    nsga_seconds = time.perf_counter() - t_nsga
+        # 2. the predictor, its held-out ranking quality, then refitted on everything
+        order = np.random.default_rng(config.seed).permutation(len(enc))
+        n_out = int(round(config.held_out * len(enc)))
+        tau = None
+        pcfg = PredictorConfig(seed=config.seed)
+        if n_out >= 3 and len(enc) - n_out >= 2:
+            test_idx, fit_idx = order[:n_out], order[n_out:]
+            held = AccuracyPredictor(sizes, pcfg).fit(enc[fit_idx], acc[fit_idx])
+            tau = kendall_tau(held.predict(enc[test_idx]), acc[test_idx])
+        predictor = AccuracyPredictor(sizes, pcfg).fit(enc, acc)
 
-    # 4. finalists measured exactly; the best measured one wins
-    picks = np.argsort(-front_pred, kind="stable")[:config.finalists]
-    finalists = [(front_enc[i], float(front_pred[i]), measure(assignment(front_enc[i]))) for i in picks]
+        # 3. NSGA-II over (predicted accuracy, BitOPs) within the budget (as a relative-excess constraint)
+        t_nsga = time.perf_counter()
+        front_enc, front_pred, _ = nsga2_front(
+            sizes, predictor.predict, lambda e: excess(e), limit=1.0 + 1e-9,
+            config=NSGAConfig(population=config.population, generations=config.generations, seed=config.seed))
+        nsga_seconds = time.perf_counter() - t_nsga
+
+        # 4. finalists measured exactly; the best measured one wins
+        picks = np.argsort(-front_pred, kind="stable")[:config.finalists]
+        final_acc = measure_all([front_enc[i] for i in picks], "measure finalists")
+        finalists = [(front_enc[i], float(front_pred[i]), a) for i, a in zip(picks, final_acc, strict=True)]
     best_enc, best_pred, best_acc = max(finalists, key=lambda f: f[2])
     best = assignment(best_enc)
     seconds = time.perf_counter() - t0

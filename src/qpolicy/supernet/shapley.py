@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ConfigError
-from ..progress import progress
 
 __all__ = ["Game", "ShapleyEstimate", "monte_carlo_shapley", "exact_shapley"]
 
@@ -73,9 +72,28 @@ class ShapleyEstimate:
                 "truncated": self.truncated, "full_value": self.full_value, "seed": self.seed}
 
 
+def _permutation(shared: dict[str, Any], item: tuple[int, tuple[int, ...]]) -> tuple[list[float], int, bool]:
+    """One permutation's marginal contributions, evaluations and whether it was cut (a ``run_many`` task)."""
+    game, players, truncation = shared["game"], shared["players"], shared["truncation"]
+    _, perm = item
+    contrib = [0.0] * len(players)
+    game.reset()
+    before, evaluations = shared["full"], 0
+    for k, j in enumerate(perm):
+        game.remove(players[j])
+        after = float(game.value())
+        evaluations += 1
+        contrib[j] = before - after
+        before = after
+        if truncation is not None and after <= truncation and k < len(perm) - 1:
+            return contrib, evaluations, True
+    return contrib, evaluations, False
+
+
 def monte_carlo_shapley(players: Sequence[Hashable], game: Game, *, samples: int, truncation: float | None = None,
                         seed: int = 0, permutations: Sequence[Sequence[int]] | None = None,
-                        desc: str = "shapley") -> ShapleyEstimate:
+                        desc: str = "shapley", workers: int | None = None,
+                        address: str | None = None) -> ShapleyEstimate:
     """Estimate Shapley values by removing players in random order (module docs).
 
     Args:
@@ -85,7 +103,12 @@ def monte_carlo_shapley(players: Sequence[Hashable], game: Game, *, samples: int
         truncation: Cut a permutation once the value is at or below this (None: never).
         seed: Seeds the permutations.
         permutations: Use these index permutations instead of random ones (tests, exact enumeration).
+        workers, address: Play the permutations on a local Ray with this many CPUs, or on the Ray cluster at this
+            address (:func:`qpolicy.runner.run_many`; each task plays a copy of ``game``, so it must pickle).
+            The permutations are drawn here, so the estimate equals the serial one.
     """
+    from ..runner import run_many
+
     n = len(players)
     if n == 0:
         raise ConfigError("Shapley estimation needs at least one player")
@@ -94,23 +117,16 @@ def monte_carlo_shapley(players: Sequence[Hashable], game: Game, *, samples: int
             raise ConfigError(f"samples must be a positive integer, got {samples!r}")
         rng = random.Random(seed)
         permutations = [rng.sample(range(n), n) for _ in range(samples)]
-    contrib = [[0.0] * n for _ in permutations]
     game.reset()
     full = float(game.value())
-    evaluations, truncated = 1, 0
-    for s, perm in enumerate(progress(permutations, desc=desc, total=len(permutations))):
-        game.reset()
-        before = full
-        for k, j in enumerate(perm):
-            game.remove(players[j])
-            after = float(game.value())
-            evaluations += 1
-            contrib[s][j] = before - after
-            before = after
-            if truncation is not None and after <= truncation and k < n - 1:
-                truncated += 1
-                break
+    shared = {"game": game, "players": tuple(players), "truncation": truncation, "full": full}
+    items = [(s, tuple(int(j) for j in perm)) for s, perm in enumerate(permutations)]
+    played = run_many(_permutation, items, shared=shared, workers=workers, address=address, desc=desc,
+                      key=lambda it: str(it[0]))
     game.reset()
+    contrib = [c for c, _, _ in played]
+    evaluations = 1 + sum(e for _, e, _ in played)
+    truncated = sum(1 for _, _, cut in played if cut)
     m = len(permutations)
     mean = [sum(c[j] for c in contrib) / m for j in range(n)]
     std = [math.sqrt(sum((c[j] - mean[j]) ** 2 for c in contrib) / m) for j in range(n)]
