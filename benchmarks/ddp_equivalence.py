@@ -4,9 +4,12 @@ and in two gloo processes (each its half of every batch, BatchNorm on global sta
 For float fine-tuning and W4A4 QAT (PTQ first, first/last layer 8 bits): the largest absolute difference of any
 parameter or buffer, the test top-1 of both, and the wall time (one process with 2 threads vs 2 processes with 1).
 The same difference after fewer steps (``--trajectory``) shows how it grows, and for QAT the share of integer weight
-codes (round(w / scale)) that differ between the two models: the rounding flips that make QAT diverge.
+codes (round(w / scale)) that differ between the two models: the rounding flips that make QAT diverge. Why they
+appear at once: one training-mode forward pass of a quantized model, with and without a relative perturbation of
+1e-7 (rounding level) on the input of one early layer's activation quantizer; the share of each later layer's
+quantized activations that differ.
 
-    python benchmarks/ddp_equivalence.py [--trajectory 1,5,20]
+    python benchmarks/ddp_equivalence.py [--trajectory 1,5,20] [--cascade w4a4,w8a8]
 """
 
 from __future__ import annotations
@@ -103,10 +106,40 @@ def _compare(single: torch.nn.Module, state: dict, spec: str | None) -> dict:
     return out
 
 
+def _cascade(spec: str, at: str = "layer1.0.conv1", rel: float = 1e-7) -> dict[str, float]:
+    """Share of each layer's quantized input that changes when ``at``'s activation-quantizer input is perturbed by
+    ``rel`` (relative, seeded), in one training-mode forward pass of a 128-image batch."""
+    model = _model(spec).train()
+    x, _ = next(iter(qp.data.loader("cifar10", "train", batch_size=BATCH, limit=BATCH, seed=0)))
+    outs: dict[str, list[torch.Tensor]] = {}
+    on = {"perturb": False}
+
+    def record(name):
+        return lambda mod, inp, out: outs.setdefault(name, []).append(out.detach().clone())
+
+    def perturb(mod, inp):
+        if on["perturb"]:
+            g = torch.Generator().manual_seed(1)
+            return (inp[0] * (1 + rel * torch.randn(inp[0].shape, generator=g)),)
+        return None
+
+    for name, mod in model.named_modules():
+        if getattr(mod, "act_quant", None) is not None:
+            mod.act_quant.register_forward_hook(record(name))
+            if name == at:
+                mod.act_quant.register_forward_pre_hook(perturb)
+    with torch.no_grad():
+        model(x)
+        on["perturb"] = True
+        model(x)
+    return {name: (a != b).double().mean().item() for name, (a, b) in outs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--specs", default="float,w4a4")
     ap.add_argument("--trajectory", default="1,5,20", help="also compare after these step counts ('' for none)")
+    ap.add_argument("--cascade", default="w4a4,w8a8", help="policies of the one-pass perturbation table")
     args = ap.parse_args()
     steps_list = [int(k) for k in args.trajectory.split(",") if k.strip()]
     traj_rows = []
@@ -159,6 +192,15 @@ def main() -> None:
     table += "\n\nHow the difference grows with the steps:\n\n" + md_table(
         ["training", "steps", "max abs parameter difference", "max relative difference, parameter tensors",
          "integer weight codes that differ"], traj_rows)
+    quantized = [s for s in args.cascade.split(",") if s.strip()]
+    if quantized:
+        cascades = {s: _cascade(s) for s in quantized}
+        payload["cascade"] = {"perturbed": "layer1.0.conv1", "relative": 1e-7, "share_changed": cascades}
+        layers = list(cascades[quantized[0]])
+        table += ("\n\nOne forward pass, input of layer1.0.conv1's activation quantizer perturbed by 1e-7 "
+                  "(relative): share of each layer's quantized input that changes\n\n" + md_table(
+                      ["layer", *quantized], [[n, *(f"{100 * cascades[s][n]:.4f}%" for s in quantized)]
+                                              for n in layers]))
     notes = (f"ResNet-20 (pretrained), {STEPS} SGD steps with a global batch of {BATCH} (6,400 training images, "
              "seed 0, lr 0.01), one process vs two gloo processes on this machine; top-1 on 2,000 test images. "
              "Relative difference of a tensor: ||a - b|| / ||a||. "

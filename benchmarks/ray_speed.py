@@ -60,10 +60,8 @@ def certify_job(images: int, n: int):
 
     def run(workers, stats):
         with tempfile.TemporaryDirectory() as d:
-            t = time.perf_counter()
             res = certify_model(model, None, config=cfg, out_dir=Path(d), images=images, device="cpu",
-                                workers=workers)
-            stats.seconds = time.perf_counter() - t
+                                workers=workers, stats=stats)
         return [{k: v for k, v in r.items() if k != "seconds"} for r in res["records"]]
 
     return run, (f"randomized smoothing of the noise-trained ResNet-20 (sigma 0.25) on {images} test images, n0 100 + "
@@ -93,9 +91,9 @@ def main() -> None:
             stats = RunStats()
             t = time.perf_counter()
             same = run(w, stats) == serial
-            runs.append({"job": job, "backend": "ray", "workers": w, "torch_threads": 1,
-                         "seconds": time.perf_counter() - t, "startup_seconds": stats.startup_seconds, "same": same,
-                         "speedup": base / (time.perf_counter() - t)})
+            seconds = time.perf_counter() - t
+            runs.append({"job": job, "backend": "ray", "workers": w, "torch_threads": 1, "seconds": seconds,
+                         "startup_seconds": stats.startup_seconds, "same": same, "speedup": base / seconds})
             print(runs[-1], flush=True)
     base = {r["job"]: r["seconds"] for r in runs if r["backend"] == "serial"}
     rows = [[r["job"], r["backend"], r["workers"], r["torch_threads"], f"{r['seconds']:.0f}",

@@ -151,3 +151,16 @@ def test_robustness_suite_serial(capsys, home, tmp_path):
     assert code == 2 and "did you mean 'int8'" in err and not (tmp_path / "bad").exists()
     code, _, err = run(capsys, "robustness", str(cfg), "-o", str(tmp_path / "bad"), "--workers", "0")
     assert code == 2 and "workers" in err
+
+
+def test_certify_cli_on_ray_equals_serial(capsys, home, tmp_path, local_ray):
+    recs = []
+    for extra in ([], ["--workers", "2"]):
+        out = tmp_path / f"c{len(recs)}"
+        code, text, err = run(capsys, "certify", *BASE, "--allow-plain-base", "--uniform", "w4a4",
+                              "--calib-batches", "1", "--bn-batches", "1", "-o", str(out), *SMALL, *extra,
+                              "--quiet")
+        assert code == 0, err
+        obj = json.loads((out / "certify.json").read_text())
+        recs.append([{k: v for k, v in r.items() if k != "seconds"} for r in obj["records"]])
+    assert recs[0] == recs[1] and len(recs[0]) == 2

@@ -74,8 +74,8 @@ def certify_model(model: nn.Module, policy: Any = None, *, config: SmoothConfig,
                   calib_config: Any = None, record: int = 0, reference: dict[str, Any] | None = None,
                   irs: IRSConfig | None = None, device: str | torch.device | None = None,
                   model_name: str | None = None, data_dir: str | os.PathLike | None = None,
-                  noisy_calib: bool = True, workers: int | None = None, address: str | None = None
-                  ) -> dict[str, Any]:
+                  noisy_calib: bool = True, workers: int | None = None, address: str | None = None,
+                  stats: Any = None) -> dict[str, Any]:
     """Certify ``model`` (under ``policy`` when given, PTQ on ``calib``) on ``images`` images of ``split``.
 
     Args:
@@ -96,7 +96,8 @@ def certify_model(model: nn.Module, policy: Any = None, *, config: SmoothConfig,
         model_name: Recorded in the result.
         data_dir: Data folder override.
         workers, address: Certify the images on a local Ray with this many CPUs, or on the Ray cluster at this
-            address (:func:`qpolicy.runner.run_many`); the same records as serially.
+            address (:func:`qpolicy.runner.run_many`); the same records as serially. ``stats`` (a
+            :class:`qpolicy.runner.RunStats`) receives the backend and Ray's start-up time.
 
     Returns:
         The written result: settings, per-image records and a summary (ACR, certified accuracy per radius).
@@ -145,4 +146,5 @@ def certify_model(model: nn.Module, policy: Any = None, *, config: SmoothConfig,
 
         meta["cost"] = policy_cost(quantizable_layers(model), policy).to_dict(per_layer=False)
     return certify_dataset(smooth, imgs, labels, file_idx, config, out_dir=Path(out_dir), resume=resume,
-                           record=record, meta=meta, certify_one=certify_one, workers=workers, address=address)
+                           record=record, meta=meta, certify_one=certify_one, workers=workers, address=address,
+                           stats=stats)

@@ -325,7 +325,7 @@ def certify_records(images: torch.Tensor, labels: torch.Tensor, indices: Sequenc
 def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int],
                     config: SmoothConfig, *, out_dir: str | Path, resume: bool = False, record: int = 0,
                     meta: dict[str, Any] | None = None, certify_one=None, workers: int | None = None,
-                    address: str | None = None) -> dict[str, Any]:
+                    address: str | None = None, stats: Any = None) -> dict[str, Any]:
     """Certify ``images`` (N x C x H x W, pixel units) into ``out_dir/certify.json``, rewritten atomically after
     every image; ``indices`` are the images' data set indices (they seed the noise). ``record`` > 0 keeps the base's
     classes on that many estimation samples per image (for incremental smoothing). ``certify_one(x, label, index)``
@@ -333,7 +333,8 @@ def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, 
 
     Images are independent (each one's noise is seeded by its index), so they run through
     :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an ``address``, with the same
-    records; a killed run resumes (``resume``) from the images already in ``certify.json``, in any order."""
+    records; a killed run resumes (``resume``) from the images already in ``certify.json``, in any order.
+    ``stats`` (a :class:`qpolicy.runner.RunStats`) receives the backend, the counts and Ray's start-up time."""
     from ..runner import run_many
 
     out = Path(out_dir) / CERTIFY_NAME
@@ -372,7 +373,7 @@ def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, 
             obj = write()
 
         run_many(_certify_image, todo, shared=shared, workers=workers, address=address, desc="certify",
-                 on_result=arrived)
+                 on_result=arrived, stats=stats)
     s = obj["summary"]
     if s.get("images"):
         log.info("certified %d images: ACR %.3f, certified accuracy %s", s["images"], s["acr"],
