@@ -1,4 +1,5 @@
 import json
+import os
 import time
 
 import pytest
@@ -136,3 +137,36 @@ def test_cli_workers_only_where_something_is_distributed(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "workers must be a positive integer" in err and err.count("\n") == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_gpu_share_per_task():
+    from qpolicy.runner import _gpus_per_task
+
+    class FakeRay:
+        def __init__(self, res):
+            self.res = res
+
+        def cluster_resources(self):
+            return self.res
+
+    assert _gpus_per_task(FakeRay({"CPU": 2.0})) == 0.0  # no GPU: ask for none
+    assert _gpus_per_task(FakeRay({"CPU": 16.0, "GPU": 1.0})) == 1 / 16  # 16 tasks share the one GPU
+    assert _gpus_per_task(FakeRay({"CPU": 2.0, "GPU": 4.0})) == 1.0  # never more than one per task
+
+
+def dies_once(marker, item):
+    """Kills its own worker process the first time it sees item 2 (the marker file remembers)."""
+    from pathlib import Path
+
+    if item == 2 and not Path(marker).exists():
+        Path(marker).write_text("died")
+        os._exit(1)
+    return item * 10
+
+
+def test_a_dead_worker_is_retried_and_reported_when_it_keeps_dying(local_ray, tmp_path):
+    assert run_many(dies_once, [1, 2, 3], shared=str(tmp_path / "m"), workers=2) == [10, 20, 30]
+    assert (tmp_path / "m").exists()  # it did die once
+    with pytest.raises(RunManyError, match=r"1 of 3 items failed: item 2: its worker died") as e:
+        run_many(dies_once, [1, 2, 3], shared=str(tmp_path / "n"), workers=2, retries=0)
+    assert e.value.results == [10, None, 30]

@@ -24,7 +24,8 @@ def _add_model(p: argparse.ArgumentParser, *, required: bool = True, help_text: 
     p.add_argument("--model", required=required,
                    help=help_text or "zoo name (see `qpolicy models`) or package.module:factory")
     p.add_argument("--weights-dir", help="folder with pretrained weight files (default: $QPOLICY_HOME/models)")
-    p.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
+    p.add_argument("--random-init", action="store_true", help="do not load pretrained weights: random ones, seeded "
+                   "by --seed")
     p.add_argument("--input-shape", help="per-sample input shape C,H,W for models outside the zoo")
 
 
@@ -423,8 +424,12 @@ def _load_model(args: argparse.Namespace):
     if ":" in args.model:
         model = models.from_reference(args.model)
     elif args.model in models.REGISTRY:
-        model = models.load(args.model, pretrained=not args.random_init, weights_dir=args.weights_dir,
-                            trained_dir=getattr(args, "trained_dir", None))
+        import torch
+
+        with torch.random.fork_rng():  # --random-init: the same weights for the same --seed, run after run
+            torch.manual_seed(getattr(args, "seed", 0) or 0)
+            model = models.load(args.model, pretrained=not args.random_init, weights_dir=args.weights_dir,
+                                trained_dir=getattr(args, "trained_dir", None))
     else:
         raise UnknownNameError("model", args.model, models.names())
     if shape is not None:

@@ -6,7 +6,8 @@ item and returns the results in item order.
 * **Serial** (``workers`` None or 1, no ``address``): a loop with a progress bar.
 * **Ray** (``workers`` N > 1 starts a local Ray with N CPUs; ``address`` ``"auto"`` or ``"HOST:PORT"`` joins an
   existing cluster): ``shared`` (the model, the data) goes to the object store once (``ray.put``), not once per
-  task; results arrive as they finish. A task whose worker dies is retried (``retries``). Needs
+  task; results arrive as they finish. A task whose worker dies is retried (``retries``). On a cluster with GPUs
+  each task asks for an equal share of them, so that work shipped from a CUDA device finds one. Needs
   ``pip install 'qpolicy[ray]'``; usage statistics are off (``RAY_USAGE_STATS_ENABLED=0``).
 * **Errors**: an item whose ``fn`` raises does not stop the others; when all are done, :class:`RunManyError` names
   each failed item with its error, one line each.
@@ -213,14 +214,17 @@ def _run_ray(fn, items, todo, shared, workers, address, retries, desc, finish, f
             shared_ref = ray.put(shared)
             if _SESSION is not None:
                 _SESSION[id(shared)] = (shared, shared_ref)
-        remote = ray.remote(max_retries=retries, num_cpus=1)(_call)
+        remote = ray.remote(max_retries=retries, num_cpus=1, num_gpus=_gpus_per_task(ray))(_call)
         pending = {remote.remote(fn, shared_ref, items[i]): i for i in todo}
         bar = progress(iter(range(len(todo))), desc=desc, total=len(todo))
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
             i = pending.pop(ref)
-            ok, value = ray.get(ref)
+            try:
+                ok, value = ray.get(ref)
+            except ray.exceptions.RayError as e:  # its worker died more often than retries allow
+                ok, value = False, f"its worker died ({first_line(e)})"
             if ok:
                 finish(i, value)
             else:
@@ -229,6 +233,14 @@ def _run_ray(fn, items, todo, shared, workers, address, retries, desc, finish, f
     finally:
         if started:
             ray.shutdown()
+
+
+def _gpus_per_task(ray) -> float:
+    """A share of the cluster's GPUs per task (0 without any): Ray hides the GPUs from a task that asks for none,
+    and a model or game shipped from a CUDA device must find one."""
+    res = ray.cluster_resources()
+    gpus, cpus = float(res.get("GPU", 0.0)), float(res.get("CPU", 1.0))
+    return min(1.0, gpus / max(cpus, 1.0)) if gpus > 0 else 0.0
 
 
 def _call(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> tuple[bool, Any]:
