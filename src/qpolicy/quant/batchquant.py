@@ -28,15 +28,21 @@ from torch import nn
 from ..errors import CalibrationError
 from .fake_quant import ACT_QUANTIZERS, ActQuantizer, CalibConfig
 
-__all__ = ["BatchQuantizer", "batch_range"]
+__all__ = ["BatchQuantizer", "batch_range", "channel_range"]
 
 _BETA = math.log(2.0)  # softplus(0) = 1 with this beta
 
 
+def channel_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each channel's (dim 1) min and max over the batch and space."""
+    y = x.detach().transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 1 else x.detach().reshape(1, -1)
+    return y.amin(dim=1), y.amax(dim=1)
+
+
 def batch_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The BatchQuant range of a batch: the mean over channels (dim 1) of each channel's min and max."""
-    y = x.detach().transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 1 else x.detach().reshape(1, -1)
-    return y.amin(dim=1).mean(), y.amax(dim=1).mean()
+    lo, hi = channel_range(x)
+    return lo.mean(), hi.mean()
 
 
 def _round_ste(v: torch.Tensor) -> torch.Tensor:
@@ -88,9 +94,13 @@ class BatchQuantizer(ActQuantizer):
         z = (-(lo / s)).round().clamp(0, q_max)
         return s, z
 
+    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training-mode range (data-parallel training replaces it with the global batch's)."""
+        return batch_range(x)
+
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            lo, hi = batch_range(x)
+            lo, hi = self._batch_range(x)
             with torch.no_grad():
                 self.running_min.lerp_(lo, self.momentum)
                 self.running_max.lerp_(hi, self.momentum)

@@ -6,11 +6,14 @@ its contiguous share of each one (:func:`shard`); the loss of a share is weighte
 summed over the processes and divided by their number (:func:`all_reduce_grads`), which is the gradient of the
 global batch's mean loss. BatchNorm layers in training mode use the statistics of the **global** batch
 (:class:`GlobalBatchNorm2d`: sums all-reduced with autograd, since ``torch.nn.SyncBatchNorm`` refuses CPU tensors),
-so QAT and supernet training match a single process within float tolerance. Only rank 0 writes checkpoints,
-results and progress bars; every rank resumes from the same checkpoint.
+and BatchQuant activation quantizers use the global batch's range (:class:`GlobalBatchQuantizer`: per-channel
+minima and maxima all-reduced, which is exact). Only rank 0 writes checkpoints, results and progress bars; every
+rank resumes from the same checkpoint.
 
-What does not match a single process exactly: batch transforms that draw random numbers (noise, adversarial
-examples) draw them per share; BatchQuant's batch ranges are per share.
+Float training then matches a single process to rounding error. Quantized training (QAT, supernets) matches it
+only as far as rounding-level differences (the order of the all-reduced sums) leave every quantizer's rounding
+alone, which they do not for long: see ``benchmarks/results/ddp_equivalence.md``. Batch transforms that draw random
+numbers (noise, adversarial examples) draw them per share.
 
 Launch::
 
@@ -27,8 +30,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["world", "init_from_env", "GlobalBatchNorm2d", "global_batchnorm", "shard", "all_reduce_grads",
-           "all_reduce_sum", "is_main"]
+from ..quant.batchquant import BatchQuantizer, channel_range
+
+__all__ = ["world", "init_from_env", "GlobalBatchNorm2d", "GlobalBatchQuantizer", "global_batchnorm", "shard",
+           "all_reduce_grads", "all_reduce_sum", "is_main"]
 
 
 def world() -> tuple[int, int]:
@@ -90,21 +95,37 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return y
 
 
+class GlobalBatchQuantizer(BatchQuantizer):
+    """BatchQuant whose training-mode range is the global batch's: each channel's min and max all-reduced (MIN,
+    MAX) over the processes, then averaged over the channels, as one process computes it on the whole batch."""
+
+    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if world()[1] == 1:
+            return super()._batch_range(x)
+        lo, hi = channel_range(x)
+        lo, hi = lo.clone(), hi.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        return lo.mean(), hi.mean()
+
+
 @contextlib.contextmanager
 def global_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Within a process group, make every ``nn.BatchNorm2d`` of ``model`` a :class:`GlobalBatchNorm2d` (same state,
-    class swapped) for the duration; outside one, do nothing."""
+    """Within a process group, make every ``nn.BatchNorm2d`` of ``model`` a :class:`GlobalBatchNorm2d` and every
+    BatchQuant quantizer a :class:`GlobalBatchQuantizer` (same state, class swapped) for the duration; outside one,
+    do nothing."""
     if world()[1] == 1:
         yield
         return
-    swapped = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
-    for m in swapped:
-        m.__class__ = GlobalBatchNorm2d
+    swaps = {nn.BatchNorm2d: GlobalBatchNorm2d, BatchQuantizer: GlobalBatchQuantizer}
+    swapped = [(m, type(m)) for m in model.modules() if type(m) in swaps]
+    for m, cls in swapped:
+        m.__class__ = swaps[cls]
     try:
         yield
     finally:
-        for m in swapped:
-            m.__class__ = nn.BatchNorm2d
+        for m, cls in swapped:
+            m.__class__ = cls
 
 
 def shard(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
