@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 from _common import md_table, write
 
 import qpolicy as qp
+from qpolicy.train import distributed
 
 STEPS, BATCH = 50, 128
 
@@ -58,7 +59,7 @@ def _worker(rank: int, size: int, port: int, spec: str | None, out: str, steps: 
         if rank == 0:
             torch.save(model.state_dict(), out)
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()  # collects gloo's work objects first
 
 
 def _port() -> int:

@@ -99,6 +99,7 @@ def gaussian_noise(sigma: float, std: Sequence[float] = CIFAR10_STD
     def transform(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x + torch.randn_like(x) * scale.to(x.device), y
 
+    transform.whole_batch = True  # data-parallel: the noise of the whole batch, then each process's share
     return transform
 
 

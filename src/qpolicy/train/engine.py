@@ -7,7 +7,9 @@ distillation plug in the same way):
 * **loss terms** ``term(model, x, y, logits) -> tensor`` are added to the task loss (cross-entropy), e.g. a
   kurtosis regularizer or a distillation loss;
 * **batch transforms** ``transform(x, y, step) -> (x, y)`` change a batch before the forward pass (Gaussian
-  noise, adversarial examples);
+  noise, adversarial examples). In data-parallel training a transform runs on this process's share of the batch,
+  unless it has ``whole_batch = True`` (cheap ones that draw random numbers, such as Gaussian noise): then every
+  process transforms the whole batch and keeps its share, so the numbers drawn are those of one process;
 * **hooks** (:class:`Hook`) see every step and epoch: ``before_step`` (temperature, which parameters train),
   ``after_step`` (an architecture step, a Shapley round: returns True to ask for a checkpoint now),
   ``end_epoch`` (fields added to the epoch's history record), and carry their own state through checkpoints
@@ -273,9 +275,13 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                 for h in spec.hooks:
                     h.before_step(epoch, step, global_step, total_steps)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                for t in spec.transforms:  # random draws of one process, whatever the number of processes
+                    if getattr(t, "whole_batch", False):
+                        x, y = t(x, y, global_step)
                 x, y, share = shard(x, y)  # this process's part of the global batch (all of it alone)
                 for t in spec.transforms:
-                    x, y = t(x, y, global_step)
+                    if not getattr(t, "whole_batch", False):
+                        x, y = t(x, y, global_step)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight else logits.sum() * 0
                 for term in spec.loss_terms:
