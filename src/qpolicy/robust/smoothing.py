@@ -309,17 +309,20 @@ def _certify_image(shared: dict[str, Any], i: int) -> dict[str, Any]:
 
 def certify_records(images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int], *,
                     certify_one=None, smooth: Smooth | None = None, config: SmoothConfig | None = None,
-                    record: int = 0, workers: int | None = None, address: str | None = None) -> list[dict[str, Any]]:
-    """The certificate records of ``images`` (in order), without a file: ``certify_one(x, label, index)`` or
-    ``smooth.certify`` under ``config``; serially or on Ray (:func:`qpolicy.runner.run_many`)."""
+                    record: int = 0, positions: Sequence[int] | None = None, workers: int | None = None,
+                    address: str | None = None, on_result=None, stats: Any = None) -> list[dict[str, Any]]:
+    """The certificate records of ``images`` at ``positions`` (default all; in that order), without a file:
+    ``certify_one(x, label, index)`` or ``smooth.certify`` under ``config``, serially or on Ray
+    (:func:`qpolicy.runner.run_many`, which calls ``on_result(k, record)`` as the k-th position finishes)."""
     from ..runner import run_many
 
     if certify_one is None and (smooth is None or config is None):
         raise ConfigError("certify_records needs certify_one, or smooth and config")
     shared = {"smooth": smooth, "certify_one": certify_one, "images": images, "labels": labels,
               "indices": [int(i) for i in indices], "config": config, "record": int(record)}
-    return run_many(_certify_image, list(range(len(shared["indices"]))), shared=shared, workers=workers,
-                    address=address, desc="certify")
+    todo = list(range(len(shared["indices"]))) if positions is None else list(positions)
+    return run_many(_certify_image, todo, shared=shared, workers=workers, address=address, desc="certify",
+                    on_result=on_result, stats=stats)
 
 
 def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int],
@@ -335,8 +338,6 @@ def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, 
     :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an ``address``, with the same
     records; a killed run resumes (``resume``) from the images already in ``certify.json``, in any order.
     ``stats`` (a :class:`qpolicy.runner.RunStats`) receives the backend, the counts and Ray's start-up time."""
-    from ..runner import run_many
-
     out = Path(out_dir) / CERTIFY_NAME
     meta = dict(meta or {})
     indices = [int(i) for i in indices]
@@ -364,16 +365,14 @@ def certify_dataset(smooth: Smooth, images: torch.Tensor, labels: torch.Tensor, 
     obj = write()
     todo = [k for k, i in enumerate(indices) if i not in done]
     if todo:
-        shared = {"smooth": smooth, "certify_one": certify_one, "images": images, "labels": labels,
-                  "indices": indices, "config": config, "record": int(record)}
-
-        def arrived(position: int, rec: dict[str, Any]) -> None:
+        def arrived(k: int, rec: dict[str, Any]) -> None:
             nonlocal obj
-            done[indices[todo[position]]] = rec
+            done[indices[todo[k]]] = rec
             obj = write()
 
-        run_many(_certify_image, todo, shared=shared, workers=workers, address=address, desc="certify",
-                 on_result=arrived, stats=stats)
+        certify_records(images, labels, indices, certify_one=certify_one, smooth=smooth, config=config,
+                        record=record, positions=todo, workers=workers, address=address, on_result=arrived,
+                        stats=stats)
     s = obj["summary"]
     if s.get("images"):
         log.info("certified %d images: ACR %.3f, certified accuracy %s", s["images"], s["acr"],

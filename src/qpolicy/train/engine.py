@@ -9,7 +9,8 @@ distillation plug in the same way):
 * **batch transforms** ``transform(x, y, step) -> (x, y)`` change a batch before the forward pass (Gaussian
   noise, adversarial examples). In data-parallel training a transform runs on this process's share of the batch,
   unless it has ``whole_batch = True`` (cheap ones that draw random numbers, such as Gaussian noise): then every
-  process transforms the whole batch and keeps its share, so the numbers drawn are those of one process;
+  process transforms the whole batch (before the other transforms) and keeps its share, so the numbers drawn are
+  those of one process;
 * **hooks** (:class:`Hook`) see every step and epoch: ``before_step`` (temperature, which parameters train),
   ``after_step`` (an architecture step, a Shapley round: returns True to ask for a checkpoint now),
   ``end_epoch`` (fields added to the epoch's history record), and carry their own state through checkpoints
@@ -252,6 +253,8 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
     t_start = time.perf_counter()
     full_epochs_seconds: list[float] = []
     params = [p for g in opt.param_groups for p in g["params"]]
+    whole_batch = [t for t in spec.transforms if getattr(t, "whole_batch", False)]
+    per_share = [t for t in spec.transforms if not getattr(t, "whole_batch", False)]
     bn_scope = global_batchnorm(model)
     bn_scope.__enter__()
     try:
@@ -275,13 +278,11 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                 for h in spec.hooks:
                     h.before_step(epoch, step, global_step, total_steps)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                for t in spec.transforms:  # random draws of one process, whatever the number of processes
-                    if getattr(t, "whole_batch", False):
-                        x, y = t(x, y, global_step)
+                for t in whole_batch:  # random draws of one process, whatever the number of processes
+                    x, y = t(x, y, global_step)
                 x, y, share = shard(x, y)  # this process's part of the global batch (all of it alone)
-                for t in spec.transforms:
-                    if not getattr(t, "whole_batch", False):
-                        x, y = t(x, y, global_step)
+                for t in per_share:
+                    x, y = t(x, y, global_step)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight else logits.sum() * 0
                 for term in spec.loss_terms:
