@@ -15,13 +15,11 @@ quantized activations that differ.
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from _common import md_table, write
 
 import qpolicy as qp
@@ -46,26 +44,14 @@ def _run(spec: str | None, steps: int = STEPS) -> torch.nn.Module:
     return model
 
 
-def _worker(rank: int, size: int, port: int, spec: str | None, out: str, steps: int = STEPS) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
+def _save_trained(spec: str | None, out: str, steps: int) -> None:
+    """In each of the two processes: train; the main one saves."""
     from qpolicy import progress
 
     progress.set_enabled(False)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
-    try:
-        model = _run(spec, steps)
-        if rank == 0:
-            torch.save(model.state_dict(), out)
-    finally:
-        distributed.shutdown()  # collects gloo's work objects first
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    model = _run(spec, steps)
+    if distributed.is_main():
+        torch.save(model.state_dict(), out)
 
 
 def _ddp_state(spec: str | None, steps: int) -> tuple[dict, float]:
@@ -73,7 +59,7 @@ def _ddp_state(spec: str | None, steps: int) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as d:
         out = str(Path(d) / "ddp.pt")
         t = time.perf_counter()
-        mp.start_processes(_worker, args=(2, _port(), spec, out, steps), nprocs=2, join=True, start_method="spawn")
+        distributed.spawn_local(_save_trained, spec, out, steps)
         return torch.load(out, weights_only=False), time.perf_counter() - t
 
 

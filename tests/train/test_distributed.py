@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from qpolicy.train import distributed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Net(nn.Module):
@@ -60,17 +51,11 @@ def _train(spec, epochs):
     return model
 
 
-def _worker(rank: int, size: int, port: int, out: str, spec, epochs) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
-    try:
-        model = _train(spec, epochs)
-        if rank == 0:
-            torch.save(model.state_dict(), out)
-    finally:
-        distributed.shutdown()  # collects gloo's work objects first
+def _save_trained(out: str, spec, epochs) -> None:
+    """In each of the processes: train; the main one saves."""
+    model = _train(spec, epochs)
+    if distributed.is_main():
+        torch.save(model.state_dict(), out)
 
 
 # Float training matches to rounding error. Under QAT, a float difference of that size can move a value across a
@@ -84,8 +69,7 @@ def _worker(rank: int, size: int, port: int, out: str, spec, epochs) -> None:
 def test_two_processes_train_what_one_does(tmp_path, spec, epochs, tol):
     single = _train(spec, epochs).state_dict()
     out = tmp_path / "ddp.pt"
-    mp.start_processes(_worker, args=(2, _free_port(), str(out), spec, epochs), nprocs=2, join=True,
-                       start_method="spawn")
+    distributed.spawn_local(_save_trained, str(out), spec, epochs)
     ddp = torch.load(out, weights_only=False)
     assert set(ddp) == set(single)
     diffs = {k: (single[k].float() - ddp[k].float()).abs().max().item() for k in single
@@ -144,17 +128,10 @@ def _train_qfa(out_dir):
     return train_qfa(model, _data(), calib=calib, config=config, out_dir=out_dir).supernet
 
 
-def _qfa_worker(rank: int, size: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
-    try:
-        net = _train_qfa(out)
-        if rank == 0:
-            torch.save(net.state_dict(), f"{out}/net.pt")
-    finally:
-        distributed.shutdown()  # collects gloo's work objects first
+def _save_qfa(out: str) -> None:
+    net = _train_qfa(out)
+    if distributed.is_main():
+        torch.save(net.state_dict(), f"{out}/net.pt")
 
 
 def test_two_processes_train_the_supernet_one_does(tmp_path):
@@ -162,8 +139,7 @@ def test_two_processes_train_the_supernet_one_does(tmp_path):
     # BatchQuant activation quantizers on the global batch's ranges
     single = _train_qfa(tmp_path / "one").state_dict()
     (tmp_path / "two").mkdir()
-    mp.start_processes(_qfa_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True,
-                       start_method="spawn")
+    distributed.spawn_local(_save_qfa, str(tmp_path / "two"))
     ddp = torch.load(tmp_path / "two" / "net.pt", weights_only=False)
     keys = [k for k in single if torch.is_tensor(single[k]) and single[k].is_floating_point()]
     absd = {k: (single[k].double() - ddp[k].double()).abs().max().item() for k in keys}

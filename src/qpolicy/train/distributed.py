@@ -35,8 +35,8 @@ from torch import nn
 
 from ..quant.batchquant import BatchQuantizer, channel_range
 
-__all__ = ["world", "init_from_env", "shutdown", "GlobalBatchNorm2d", "GlobalBatchQuantizer", "global_batchnorm",
-           "shard", "all_reduce_grads", "all_reduce_sum", "is_main"]
+__all__ = ["world", "init_from_env", "shutdown", "spawn_local", "GlobalBatchNorm2d", "GlobalBatchQuantizer",
+           "global_batchnorm", "shard", "all_reduce_grads", "all_reduce_sum", "is_main"]
 
 
 def world() -> tuple[int, int]:
@@ -64,6 +64,30 @@ def init_from_env(device: str | torch.device | None = None) -> bool:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         atexit.register(shutdown)
     return True
+
+
+def spawn_local(fn, *args, nprocs: int = 2, threads: int = 1) -> None:
+    """Run ``fn(*args)`` in ``nprocs`` new local processes joined in one gloo group (``torchrun`` without the
+    launcher: tests, benchmarks). ``fn`` must be importable (module level); ``is_main()`` picks the process that
+    writes. Each process uses ``threads`` torch threads. Raises when a process fails."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_spawned, args=(nprocs, port, threads, fn, args), nprocs=nprocs, join=True,
+                       start_method="spawn")
+
+
+def _spawned(rank: int, size: int, port: int, threads: int, fn, args: tuple) -> None:
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    try:
+        fn(*args)
+    finally:
+        shutdown()
 
 
 def shutdown() -> None:
