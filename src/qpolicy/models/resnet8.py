@@ -8,46 +8,25 @@ There are no public PyTorch weights: ``qpolicy train --model resnet8`` trains it
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .resnet_cifar import BasicBlock, CifarTrunk
 
 __all__ = ["ResNet8", "resnet8"]
 
 
-class _Stack(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True)
-                         if stride != 1 or in_planes != planes else nn.Identity())
+class ResNet8(CifarTrunk):
+    """Stages of one block each (``layer1..3``, module names ``layer1.conv1``, ...), strided 1x1 conv shortcuts."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResNet8(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        self.layer1 = _Stack(16, 16, 1)
-        self.layer2 = _Stack(16, 32, 2)
-        self.layer3 = _Stack(32, 64, 2)
+        self.layer1 = BasicBlock(16, 16, 1, conv_shortcut=True)
+        self.layer2 = BasicBlock(16, 32, 2, conv_shortcut=True)
+        self.layer3 = BasicBlock(32, 64, 2, conv_shortcut=True)
         self.linear = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))  # (N, 16, 32, 32)
-        out = self.layer3(self.layer2(self.layer1(out)))  # (N, 64, 8, 8)
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        self._init_weights()
 
 
 def resnet8(num_classes: int = 10) -> ResNet8:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CifarResNet", "BasicBlock", "PadShortcut", "cifar_resnet"]
+__all__ = ["CifarResNet", "CifarTrunk", "BasicBlock", "PadShortcut", "cifar_resnet"]
 
 
 class PadShortcut(nn.Module):
@@ -25,14 +25,21 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    """Two 3x3 convolutions with BatchNorm and a shortcut: option A (zero padding), or with ``conv_shortcut`` a
+    strided 1x1 convolution with a bias (MLPerf Tiny's ResNet-8), where the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, conv_shortcut: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        needs_pad = stride != 1 or in_planes != planes
-        self.shortcut = PadShortcut(planes - in_planes) if needs_pad else nn.Identity()
+        if stride == 1 and in_planes == planes:
+            self.shortcut: nn.Module = nn.Identity()
+        elif conv_shortcut:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=True)
+        else:
+            self.shortcut = PadShortcut(planes - in_planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -40,7 +47,23 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarTrunk(nn.Module):
+    """What the CIFAR ResNets share: a 3x3 stem (``conv1``, ``bn1``), stages ``layer1..3`` ending in 64 channels,
+    global average pooling and ``linear``; Kaiming-normal initial weights."""
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))  # (N, 16, 32, 32)
+        out = self.layer3(self.layer2(self.layer1(out)))  # (N, 64, 8, 8)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # (N, 64)
+        return self.linear(out)
+
+
+class CifarResNet(CifarTrunk):
     def __init__(self, blocks_per_stage: int, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
@@ -54,15 +77,7 @@ class CifarResNet(nn.Module):
                 in_planes = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.linear = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))  # (N, 16, 32, 32)
-        out = self.layer3(self.layer2(self.layer1(out)))  # (N, 64, 8, 8)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # (N, 64)
-        return self.linear(out)
+        self._init_weights()
 
 
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
