@@ -46,6 +46,11 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
-    """Tests on the local Ray run last, so that its idle workers do not slow the rest of the suite."""
+    """Tests on a local Ray cluster are slow checks (`make test-slow`: starting Ray and its workers alone takes
+    seconds); they run last, so that its idle workers do not slow the rest of the run."""
+    for item in items:
+        if "local_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))

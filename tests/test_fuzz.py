@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from qpolicy.sensitivity import SensitivityTable
 
 BITS = (2, 4, 8)
 CASE_SECONDS = 20
+TIMES: list[tuple[float, str]] = []  # (seconds, case) of every case run, for `pytest -s` when the corpus is slow
+PER_COMMAND: dict[str, int] = {}  # cases per command (`pytest -s` prints them)
 
 
 def _table() -> dict:
@@ -154,11 +158,16 @@ def _alarm(signum, frame):
 
 def _run(argv: list[str], out: Path | None, must_fail: bool, name: str, capsys) -> list[str]:
     """Run one case; return the problems found (empty: it behaved)."""
-    if out is not None and out.exists():
+    if out is not None and out.is_dir():
+        shutil.rmtree(out)
+    elif out is not None and out.exists():
         out.unlink()
     problems = []
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(CASE_SECONDS)
+    start = time.perf_counter()
+    cmd = " ".join(argv[:2]) if argv[0] == "supernet" else argv[0]
+    PER_COMMAND[cmd] = PER_COMMAND.get(cmd, 0) + 1
     try:
         code = main(argv)
     except _Hang:
@@ -170,6 +179,7 @@ def _run(argv: list[str], out: Path | None, must_fail: bool, name: str, capsys) 
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+        TIMES.append((time.perf_counter() - start, name))
     captured = capsys.readouterr()
     if code not in (0, 2):
         problems.append(f"{name}: exit {code}")
@@ -182,11 +192,13 @@ def _run(argv: list[str], out: Path | None, must_fail: bool, name: str, capsys) 
     if code == 0:
         if must_fail:
             problems.append(f"{name}: invalid input accepted")
-        if out is not None:
+        if out is not None and not out.is_dir():
             try:
-                text = out.read_text()
+                raw = out.read_bytes()
                 if out.suffix == ".json":
-                    json.loads(text)
+                    json.loads(raw)
+                elif not raw:
+                    raise ValueError("empty")
             except (OSError, ValueError):
                 problems.append(f"{name}: exit 0 but the output file is missing or incomplete")
     return problems
@@ -316,5 +328,267 @@ def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
         problems += _run(["report", str(run), "-o", str(tmp_path / "r.html"), "--quiet"], tmp_path / "r.html",
                          not valid, name + " [report]", capsys)
         count += 1
+    print("slowest cases:", *(f"{t:.2f} s {n}" for t, n in sorted(TIMES, reverse=True)[:25]), sep="\n")
     assert not problems, f"{len(problems)} of {count} cases misbehaved:\n" + "\n".join(problems[:40])
     assert count >= 2000, count
+
+
+# ---- the commands that came with robustness, training and supernets ----------------------------------------------
+# Per-flag kinds of value and the bad values each kind derives (a value that parses but is out of range, one that
+# does not parse, non-finite numbers, an empty string).
+BAD_BY_KIND = {
+    "pos_int": ["0", "-1", "2.5", "x", ""],
+    "nonneg_int": ["-1", "2.5", "x", ""],
+    "pos_float": ["0", "-1", "nan", "inf", "1e400", "x", ""],
+    "nonneg_float": ["-1", "nan", "inf", "-inf", "x", ""],
+    "unit": ["-0.1", "1.5", "nan", "inf", "x"],
+    "bits": ["1", "9", "2.5", "x", ",", "", HUGE],
+    "name": ["nope", "", "x" * 100_000],
+}
+
+
+def _flag_cases(base: list[str], flags: list[tuple[str, str]], out: Path | None) -> list[tuple[str, list[str], Path |
+                                                                                                  None, bool]]:
+    cases = []
+    for flag, kind in flags:
+        for v in BAD_BY_KIND[kind]:
+            cases.append((f"{base[0]}{' ' + base[1] if base[0] == 'supernet' else ''} {flag} {v[:12]!r}",
+                          [*base, flag, v], out, True))
+    return cases
+
+
+def _checkpoint_mutations(real: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of broken checkpoints made from a real one: corrupt, truncated, empty, other objects."""
+    import io
+
+    import torch
+
+    raw = real.read_bytes()
+    rng = random.Random(7)
+    flipped = bytearray(raw)
+    for _ in range(64):
+        i = rng.randrange(len(flipped))
+        flipped[i] ^= 0xFF
+    out = [("truncated half", raw[: len(raw) // 2]), ("truncated tail", raw[:-100]), ("empty", b""),
+           ("text", b"not a checkpoint\n"), ("bit flips", bytes(flipped))]
+    for name, obj in (("a list", [1, 2, 3]), ("a dict without format", {"model": {}}),
+                      ("another format", {"format": "qpolicy.checkpoint.other", "version": 1}),
+                      ("a tensor", torch.zeros(3))):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        out.append((name, buf.getvalue()))
+    return out
+
+
+def test_bad_input_corpus_of_the_training_robustness_and_supernet_commands(tmp_path, capsys, quiet_cli, monkeypatch):
+    """train, train-noise, finetune (options, resumes from broken or foreign checkpoints), attack, robustness
+    configs, certify weights, supernet train/eval, the dmpq/smpq/arq/qfa options, export of odd policies, and
+    models that do not fit the data."""
+    from qpolicy import data
+    from qpolicy.testing import write_cifar_npz
+
+    write_cifar_npz(tmp_path / "datasets", train=96, test=32)
+    monkeypatch.setenv("QPOLICY_HOME", str(tmp_path))
+    monkeypatch.setenv("QPOLICY_TRAINED", str(tmp_path / "trained"))
+    data._CACHE.clear()
+    rng = random.Random(20261205)
+    R = ["--model", "resnet20", "--random-init"]
+    TINY_TRAIN = ["--epochs", "1", "--train-limit", "32", "--train-batch-size", "32"]
+    CAL = ["--calib-batches", "1", "--bn-batches", "1"]
+    fresh = tmp_path / "fresh"  # every option case writes here; nothing may be left after an error
+    cases: list[tuple[str, list[str], Path | None, bool]] = []
+
+    # 1. options, out of range or not parsing: each must fail before any work, leaving nothing behind
+    ft = ["finetune", *R, "--uniform", "w4a4", *TINY_TRAIN, *CAL, "--limit", "16", "--out", str(fresh), "--quiet"]
+    cases += _flag_cases(ft, [("--epochs", "pos_int"), ("--lr", "pos_float"), ("--weight-decay", "nonneg_float"),
+                              ("--train-batch-size", "pos_int"), ("--train-limit", "pos_int"),
+                              ("--checkpoint-every", "nonneg_int"), ("--kurtosis-lambda", "nonneg_float"),
+                              ("--kurtosis-target", "pos_float"), ("--calib-batches", "pos_int"),
+                              ("--bn-batches", "pos_int"), ("--limit", "pos_int"), ("--batch-size", "pos_int"),
+                              ("--uniform", "name"), ("--calib", "name"), ("--act-quantizer", "name"),
+                              ("--first-last", "bits")], fresh)
+    tn = ["train-noise", *R, *TINY_TRAIN, "--out", str(fresh), "--quiet"]
+    cases += _flag_cases(tn, [("--sigma", "pos_float"), ("--epochs", "pos_int"), ("--lr", "pos_float"),
+                              ("--train-batch-size", "pos_int"), ("--train-limit", "pos_int"),
+                              ("--checkpoint-every", "nonneg_int")], fresh)
+    tr = ["train", "--model", "resnet8", *TINY_TRAIN, "--out", str(fresh), "--quiet"]
+    cases += _flag_cases(tr, [("--epochs", "pos_int"), ("--lr", "pos_float"), ("--train-batch-size", "pos_int"),
+                              ("--train-limit", "pos_int"), ("--checkpoint-every", "nonneg_int"),
+                              ("--defense", "name"), ("--optimizer", "name")], fresh)
+    for opt in ("eps", "eps=", "=1", "eps=x", "eps=-1", "eps=nan", "nope=1", "x" * 5000):
+        cases.append((f"train --defense-option {opt[:12]!r}", [*tr, "--defense", "pgd_at", "--defense-option", opt],
+                      fresh, True))
+    at = ["attack", *R, "--attack", "fgsm", "--images", "2", "-o", str(fresh), "--quiet"]
+    cases += _flag_cases(at, [("--attack", "name"), ("--images", "pos_int"), ("--chunk", "pos_int"),
+                              ("--defense", "name")], fresh)
+    for eps in ("-1", "nan", "inf", "1e400", "x", "", ",", "0.1,,0.2", HUGE):
+        cases.append((f"attack --eps {eps[:12]!r}", [*at, "--eps", eps], fresh, True))
+    for param in ("eps", "max_iter=0", "max_iter=-3", "max_iter=x", "restarts=2.5", "nope=1", "=", "x" * 5000):
+        cases.append((f"attack --param {param[:12]!r}", [*at.copy(), "--attack", "pgd", "--eps", "0.01", "--param",
+                                                          param], fresh, True))
+    sn = ["supernet", "train", *R, *TINY_TRAIN, "--weight-bits", "2,4", "--act-bits", "4,8", "-o", str(fresh),
+          "--quiet"]
+    cases += _flag_cases(sn, [("--weight-bits", "bits"), ("--act-bits", "bits"), ("--first-last", "bits"),
+                              ("--act-quantizer", "name"), ("--random-subnets", "nonneg_int"), ("--epochs", "pos_int"),
+                              ("--lr", "pos_float"), ("--train-batch-size", "pos_int"), ("--train-limit", "pos_int"),
+                              ("--checkpoint-every", "nonneg_int")], fresh)
+    dm = ["search", *R, "--strategy", "dmpq", "--budget", "bitops=0.3", *TINY_TRAIN, "--bits", "2,4,8", "-o",
+          str(fresh), "--quiet"]
+    diff_flags = [("--epochs", "pos_int"), ("--lr", "pos_float"), ("--arch-lr", "pos_float"),
+                  ("--complexity-weight", "nonneg_float"), ("--temperature", "pos_float"),
+                  ("--final-temperature", "pos_float"), ("--train-batch-size", "pos_int"),
+                  ("--train-limit", "pos_int"), ("--checkpoint-every", "nonneg_int"), ("--bits", "bits")]
+    cases += _flag_cases(dm, diff_flags, fresh)
+    sm = [*dm[:4], "smpq", *dm[5:], "--shapley-samples", "2", "--shapley-images", "16"]
+    cases += _flag_cases(sm, [("--shapley-samples", "pos_int"), ("--shapley-rounds", "pos_int"),
+                              ("--shapley-images", "pos_int"), ("--truncation", "unit"), ("--momentum", "unit")],
+                         fresh)
+    arq = ["search", *R, "--strategy", "arq", "--budget", "bitops=0.3", "--allow-plain-base", "--episodes", "2",
+           "--warmup", "1", "--arq-val-images", "2", "--reference-n", "20", "--n-p", "10", "--test-images", "0", "-o",
+           str(fresh), "--quiet"]
+    cases += _flag_cases(arq, [("--sigma", "pos_float"), ("--episodes", "pos_int"), ("--warmup", "nonneg_int"),
+                               ("--arq-val-images", "pos_int"), ("--reference-n", "pos_int"), ("--n-p", "pos_int"),
+                               ("--reward-weight", "unit"), ("--test-images", "nonneg_int"), ("--test-n", "pos_int")],
+                         fresh)
+    cases.append(("arq warmup > episodes", [*arq, "--warmup", "5"], fresh, True))
+    cases.append(("arq noise weights missing", [*arq, "--noise-weights", str(tmp_path / "nowhere.pt")], fresh, True))
+    ex = ["export", *R, "--uniform", "w4a4", "--limit", "16", *CAL, "-o", str(fresh / "m.onnx"), "--quiet"]
+    cases += _flag_cases(ex, [("--opset", "pos_int"), ("--limit", "pos_int"), ("--calib-batches", "pos_int")],
+                         fresh / "m.onnx")
+    for opset in ("5", "12", "99", "100000"):
+        cases.append((f"export --opset {opset}", [*ex, "--opset", opset], fresh / "m.onnx", True))
+    cases.append(("export --int4 --int8-kernels", [*ex, "--int4", "--int8-kernels"], fresh / "m.onnx", True))
+
+    # 2. models that do not fit the data: one line before any work, on every data command
+    for shape in ("1,32,32", "3,64,64", "3,16", "0,32,32", "x", "3,32,32,3"):
+        for argv in (["evaluate", *R, "--limit", "8"], ["analyze", *R, "-o", str(fresh / "t.json")],
+                     ["search", *R, "--budget", "bitops=0.3", "--val-images", "8", "-o", str(fresh / "p.json")],
+                     ft[:-3], tn[:-3], ["supernet", "train", *R, *TINY_TRAIN, "-o", str(fresh)],
+                     at[:-1], ex[:-1]):
+            if argv[0] in ("finetune", "train-noise"):
+                argv = [*argv, "--out", str(fresh)]
+            cases.append((f"{argv[0]} --input-shape {shape}", [*argv, "--input-shape", shape, "--quiet"], fresh,
+                          True))
+    for argv in (["evaluate", "--model", "qpolicy.testing:TinyConvNet", "--input-shape", "3,32,32", "--limit", "8"],
+                 ["finetune", "--model", "qpolicy.testing:TinyConvNet", "--input-shape", "3,32,32", "--uniform",
+                  "w8a8", *TINY_TRAIN, "--out", str(fresh)]):
+        cases.append((f"{argv[0]} 4-class model on 10-class data", [*argv, "--quiet"], fresh, True))
+
+    # 3. odd policies for export (valid ones may succeed; none may crash): float layers, 16-bit activations, a policy
+    # of another model, one layer missing or extra
+    from qpolicy.models import load
+    from qpolicy.policy import LayerBits, Policy, uniform_policy
+
+    model = load("resnet20", pretrained=False)
+    names = list(uniform_policy(model, "w4a4").layers)
+    pol_dir = tmp_path / "policies"
+    pol_dir.mkdir()
+    odd: list[tuple[str, Policy, bool, list[str]]] = []
+    for k in range(4):
+        bits = {n: LayerBits(weight_bits=rng.choice([None, 2, 3, 4, 8]), act_bits=rng.choice([None, 4, 8, 16]))
+                for n in names}
+        odd.append((f"random mixed policy {k}", Policy(layers=bits), False, []))
+    odd.append(("all float", Policy(layers={n: LayerBits(weight_bits=None, act_bits=None) for n in names}), False, []))
+    odd.append(("16-bit acts as int8 kernels", Policy(layers={n: LayerBits(weight_bits=8, act_bits=16)
+                                                               for n in names}), True, ["--int8-kernels"]))
+    odd.append(("2-bit weights as int4", Policy(layers={n: LayerBits(weight_bits=2, act_bits=4) for n in names}),
+                False, ["--int4"]))
+    odd.append(("missing layer", Policy(layers={n: LayerBits(weight_bits=4, act_bits=4) for n in names[1:]}), True,
+                []))
+    odd.append(("extra layer", Policy(layers={**{n: LayerBits(weight_bits=4, act_bits=4) for n in names},
+                                             "ghost": LayerBits(weight_bits=4, act_bits=4)}), True, []))
+    for i, (name, pol, must_fail, extra) in enumerate(odd):
+        path = pol_dir / f"p{i}.json"
+        pol.save(path)
+        cases.append((f"export {name}", ["export", *R, "--policy", str(path), "--limit", "8", *CAL, "-o",
+                                         str(fresh / "m.onnx"), "--quiet", *extra], fresh / "m.onnx", must_fail))
+
+    # 4. robustness configs: malformed JSON, wrong types, unknown names, out-of-range counts
+    good_cfg = {"models": ["resnet8"], "qnns": ["float"], "images": 2, "clean_images": 8,
+                "attacks": {"fgsm": [0.01]}, "defenses": [], "defense_attacks": []}
+    cfg = tmp_path / "cfg.json"
+    cfg_cases = [("cfg truncated", json.dumps(good_cfg)[:30]), ("cfg empty", ""), ("cfg list", "[1]"),
+                 ("cfg nested", "[" * 5000 + "]" * 5000), ("cfg unknown key", _set_raw(good_cfg, ["imagez"], "2"))]
+    for key, raws in (("models", ['"resnet8"', "[]", '["resnet9"]', "[5]", "null"]),
+                      ("qnns", ['"float"', '["int9"]', "[null]", "[]"]),
+                      ("attacks", ["[]", '{"pgdd": [0.1]}', '{"fgsm": [-1]}', '{"fgsm": ["x"]}', '{"fgsm": 0.1}',
+                                   "{}"]),
+                      ("images", ["0", "-1", "2.5", '"2"', "true", HUGE]), ("clean_images", ["0", "-4", "x"]),
+                      ("defenses", ['["squeez"]', '"squeeze"', "[3]"]), ("defense_attacks", ['["nope"]', "5"]),
+                      ("params", ['{"fgsm": {"nope": 1}}', '{"pgd": 3}', "[]"]), ("seed", ["-1", "1.5", '"0"']),
+                      ("transfer", ['"yes"', "2"])):
+        for raw in raws:
+            cfg_cases.append((f"cfg {key} = {raw[:12]}", _set_raw(good_cfg, [key], raw)))
+    rob_out = tmp_path / "rob"
+    cfg_texts = dict(cfg_cases)
+    for name in cfg_texts:
+        cases.append((name, ["robustness", str(cfg), "-o", str(rob_out), "--quiet"], rob_out, True))
+
+    problems: list[str] = []
+    count = 0
+    for name, argv, out, must_fail in cases:
+        if name in cfg_texts:
+            cfg.write_text(cfg_texts[name], encoding="utf-8", errors="surrogatepass")
+        problems += _run(argv, out, must_fail, name, capsys)
+        count += 1
+
+    # 5. resumes from broken and foreign checkpoints, and weights files: a clear error, the file left as it was
+    real = tmp_path / "real"
+    assert main(["finetune", *R, "--uniform", "w4a4", *TINY_TRAIN, *CAL, "--limit", "16", "--out", str(real / "ft"),
+                 "--checkpoint-every", "1", "--quiet"]) == 0
+    assert main(["supernet", "train", *R, *TINY_TRAIN, "--weight-bits", "2,4", "--act-bits", "4,8", "-o",
+                 str(real / "qfa"), "--quiet"]) == 0
+    capsys.readouterr()
+    ft_ckpt, qfa_ckpt = real / "ft" / "checkpoint.pt", real / "qfa" / "checkpoint.pt"
+    resumes = {
+        "finetune": ["finetune", *R, "--uniform", "w4a4", *TINY_TRAIN, *CAL, "--limit", "16", "--resume", "--quiet",
+                     "--out"],
+        "finetune w2a2 on a w4a4 run": ["finetune", *R, "--uniform", "w2a2", *TINY_TRAIN, *CAL, "--limit", "16",
+                                        "--resume", "--quiet", "--out"],
+        "finetune resnet32": ["finetune", "--model", "resnet32", "--random-init", "--uniform", "w4a4", *TINY_TRAIN,
+                              *CAL, "--limit", "16", "--resume", "--quiet", "--out"],
+        "train-noise": ["train-noise", *R, *TINY_TRAIN, "--resume", "--quiet", "--out"],
+        "train": ["train", "--model", "resnet8", *TINY_TRAIN, "--resume", "--quiet", "--out"],
+        "supernet train": ["supernet", "train", *R, *TINY_TRAIN, "--weight-bits", "2,4", "--act-bits", "4,8",
+                           "--resume", "--quiet", "-o"],
+        "supernet eval": ["supernet", "eval", "RUN", *R, "--uniform", "w4a4", "--limit", "8", "--quiet"],
+        "qfa search": ["search", *R, "--strategy", "qfa", "--budget", "bitops=0.3", "--samples", "4",
+                       "--qfa-val-images", "8", "--generations", "2", "--population", "4", "--quiet", "--supernet"],
+        "dmpq": [*dm[:-3], "--resume", "--quiet", "-o"],
+    }
+    broken = _checkpoint_mutations(ft_ckpt) + [("a finetune checkpoint", ft_ckpt.read_bytes()),
+                                               ("a supernet checkpoint", qfa_ckpt.read_bytes())]
+    run_dir = tmp_path / "resume"
+    for cmd, argv in resumes.items():
+        for what, raw in broken:
+            own = (what == "a finetune checkpoint" and cmd == "finetune") or (
+                what == "a supernet checkpoint" and cmd in ("supernet train", "supernet eval", "qfa search"))
+            if own:
+                continue  # its own kind of checkpoint: not bad input
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir()
+            (run_dir / "checkpoint.pt").write_bytes(raw)
+            full = [str(run_dir) if a == "RUN" else a for a in argv] + ([] if "RUN" in argv else [str(run_dir)])
+            name = f"resume {cmd} from {what}"
+            problems += _run(full, None, True, name, capsys)
+            if (run_dir / "checkpoint.pt").read_bytes() != raw:
+                problems.append(f"{name}: the checkpoint was overwritten")
+            count += 1
+    # weights files: noise-trained weights for certify, a trained model in the cache for attack
+    for what, raw in broken:
+        wfile = tmp_path / "w.pt"
+        wfile.write_bytes(raw)
+        problems += _run(["certify", *R, "--noise-weights", str(wfile), "--images", "1", "--n0", "10", "--n", "20",
+                          "-o", str(fresh), "--quiet"], fresh, True, f"certify --noise-weights {what}", capsys)
+        count += 1
+        cache = tmp_path / "trained" / "resnet8"
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "weights.pt").write_bytes(raw)
+        problems += _run(["attack", "--model", "resnet8", "--attack", "fgsm", "--eps", "0.01", "--images", "2", "-o",
+                          str(fresh), "--quiet"], fresh, True, f"attack resnet8 with trained weights {what}", capsys)
+        count += 1
+    print("slowest cases:", *(f"{t:.2f} s {n}" for t, n in sorted(TIMES, reverse=True)[:25]), sep="\n")
+    print("cases per command (both corpora):", json.dumps(PER_COMMAND, sort_keys=True))
+    assert not problems, f"{len(problems)} of {count} cases misbehaved:\n" + "\n".join(problems[:60])
+    assert count >= 500, count

@@ -39,6 +39,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "analyze": (".sensitivity", "analyze"),
     "SelectConfig": (".select", "SelectConfig"),
     "search_validated": (".select", "search_validated"),
+    "preflight": (".preflight", "preflight"),
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -7,6 +7,7 @@ nothing is left half-written, since every file is written atomically.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -73,8 +74,21 @@ def _add_policy(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and of training")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with qpolicy's error form: one line ``qpolicy: error: ...`` and exit 2 (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if "expected one argument" in message:  # e.g. --bitops -1,0.2: argparse takes "-1,0.2" for an option
+            message += " (a value that starts with '-' goes as OPTION=VALUE, e.g. --bitops=-1,0.2)"
+        cmd = self.prog.removeprefix("qpolicy").strip()
+        if len(message) > 400:  # an option value echoed back can be huge
+            message = f"{message[:400]}... ({len(message)} characters)"
+        print(f"qpolicy: error: {cmd + ': ' if cmd else ''}{message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qpolicy", description="Mixed-precision quantization policies for PyTorch.")
+    parser = _Parser(prog="qpolicy", description="Mixed-precision quantization policies for PyTorch.")
     parser.add_argument("--version", action="version", version=f"qpolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -234,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default fisher,qerror)")
     g.add_argument("--val-images", type=int, help="validation images scoring each policy (default 2000)")
     g.add_argument("--refine-evaluations", type=int, help="evaluations spent refining (0: none; default 8)")
+    g.add_argument("--tables-dir", help="also write the metrics' sensitivity tables here (METRIC.json, what "
+                   "`qpolicy report` plots)")
     _add_differentiable(p)
     _add_arq(p)
     g = p.add_argument_group("QFA (--strategy qfa, with --model and --supernet): search a trained supernet")
@@ -450,9 +466,9 @@ def _check_policy_args(args: argparse.Namespace) -> None:
     from .errors import ConfigError
     from .policy import _first_last_bits, parse_uniform_spec
 
-    if getattr(args, "save_policy", None) and not (args.uniform or args.policy):
+    if getattr(args, "save_policy", None) and args.uniform is None and args.policy is None:
         raise ConfigError("--save-policy needs a policy: give --uniform SPEC or --policy FILE")
-    if args.uniform:
+    if args.uniform is not None:
         _first_last_bits(args.first_last, parse_uniform_spec(args.uniform))
     _calib_config(args)
 
@@ -460,11 +476,11 @@ def _check_policy_args(args: argparse.Namespace) -> None:
 def _policy(args: argparse.Namespace, model):
     from .policy import Policy, uniform_policy
 
-    if args.policy:
+    if args.policy is not None:
         policy = Policy.load(args.policy)
         policy.validate(model)
         return policy
-    if args.uniform:
+    if args.uniform is not None:
         return uniform_policy(model, args.uniform, first_last=args.first_last, model_name=args.model)
     return None
 
@@ -478,6 +494,19 @@ def _loaders(args: argparse.Namespace, *, calib: bool):
         cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
                                 data_dir=args.data_dir)
     return test, cal
+
+
+def _preflight(model, loader) -> None:
+    """One batch through the model before any work: shapes, output and label range (qpolicy.preflight)."""
+    from .preflight import preflight
+
+    preflight(model, loader)
+
+
+def _preflight_split(model, args: argparse.Namespace, split: str) -> None:
+    from . import data
+
+    _preflight(model, data.loader("cifar10", split, batch_size=2, limit=2, data_dir=args.data_dir))
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
@@ -545,6 +574,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     policy = _policy(args, model)
     calib_config = _calib_config(args) if policy is not None else None
     test, cal = _loaders(args, calib=policy is not None)
+    _preflight(model, test)
     res = evaluate_policy(model, policy, test=test, calib=cal, calib_config=calib_config, device=args.device)
     if args.save_policy and policy is not None:
         policy.save(args.save_policy)
@@ -581,6 +611,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     test, cal = _loaders(args, calib=True)
     train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit,
                         seed=args.seed, data_dir=args.data_dir)
+    _preflight(model, test)
     run, _ = finetune_policy(model, policy, train=train, test=test, calib=cal, out_dir=args.out, config=config,
                              calib_config=_calib_config(args), resume=args.resume, device=args.device)
     f = run.finetune
@@ -619,6 +650,7 @@ def cmd_train_noise(args: argparse.Namespace) -> int:
     model = _load_model(args)
     train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit, seed=args.seed,
                         data_dir=args.data_dir)
+    _preflight(model, train)
     res = train_noise(model, train, config=config, out_dir=out, resume=args.resume, device=args.device,
                       model_name=args.model)
     val = evaluate(model, data.loader("cifar10", "val", batch_size=500, limit=1000, data_dir=args.data_dir),
@@ -641,14 +673,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _join_torchrun(args)
     defense = None
-    if args.defense:
+    if args.defense is not None:
         from .robust.defenses import DEFENSES, parse_options
 
         defense = DEFENSES.get(args.defense)
         options = defense.make_config(parse_options(args.defense_option))
     elif args.defense_option:
         raise ConfigError("--defense-option needs --defense")
-    config = FloatTrainConfig(epochs=args.epochs or (3 if defense else 30), lr=args.lr or (0.01 if defense else 0.1),
+    config = FloatTrainConfig(epochs=args.epochs if args.epochs is not None else (3 if defense else 30),
+                              lr=args.lr if args.lr is not None else (0.01 if defense else 0.1),
                               checkpoint_every=args.checkpoint_every, seed=args.seed, optimizer=args.optimizer)
     if ":" in args.model and not args.out:
         raise ConfigError("a model outside the zoo has no cache name: give --out RUN_FOLDER")
@@ -667,6 +700,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = _load_model(args)
     train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit, seed=args.seed,
                         data_dir=args.data_dir)
+    _preflight(model, train)
     if defense is not None:
         res = defense.train(model, train, options, config=config, out_dir=out, resume=args.resume,
                             device=args.device, model_name=args.model, trained_dir=args.trained_dir)
@@ -727,6 +761,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise ConfigError(f"--defense {spec.name} is train-based: attack its trained model with --model and "
                               f"the weights from `qpolicy train --defense {spec.name}` (robustness configs do this)")
     model = _load_model(args)
+    _preflight_split(model, args, args.split)
     if args.defense:
         pre = spec.build(model, spec.make_config(), trained_dir=args.trained_dir)
     policy = _policy(args, model)
@@ -812,6 +847,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     else:
         config = SmoothConfig(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch)
     model = _noise_base(args, config.sigma)
+    _preflight_split(model, args, reference.get("split", args.split) if reference is not None else args.split)
     policy = _policy(args, model)
     cal = None
     if policy is not None:
@@ -851,6 +887,22 @@ def _int_list(text: str | None, what: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{what} must be integers like 2,4,8, got {shorten(text)}") from None
 
 
+def _first_last_search(text: str) -> int | None:
+    """``--first-last`` of the searches: one bit-width, or 'search' (None: searched like the others)."""
+    from .bits import check_bits
+    from .errors import ConfigError, shorten
+
+    if text == "search":
+        return None
+    bits = _int_list(text, "--first-last")
+    if bits is None or len(bits) != 1:
+        raise ConfigError(f"--first-last must be one bit-width or 'search', got {shorten(text)}")
+    try:
+        return check_bits(bits[0], "--first-last")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
     """The strategy, activation-bits and first/last options shared by search and pareto, checked."""
     from .search import STRATEGIES
@@ -858,7 +910,7 @@ def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
     args.strategy = args.strategy or "ilp"
     STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
     acts = _int_list(args.act_bits, "--act-bits")
-    first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
+    first_last = _first_last_search(args.first_last)
     return {"strategy": args.strategy, "act_bits": acts[0] if acts is not None and len(acts) == 1 else acts,
             "first_last": first_last, "tie": args.tie}
 
@@ -880,6 +932,7 @@ def _analyze(args: argparse.Namespace):
     # plain, shuffled training images: metrics take the batches they need (te: those of one label)
     train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=args.seed,
                         data_dir=args.data_dir)
+    _preflight(model, train)
     name = args.model if ":" not in args.model else None
     return analyze(model, train, metric=metric, bits=bits, seed=args.seed, model_name=name)
 
@@ -906,7 +959,7 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
                           "(no sensitivity table)")
     bits = _int_list(args.bits if args.bits != "2,3,4,5,6,8" else "2,3,4,6,8", "--bits")
     acts = _int_list(args.act_bits, "--act-bits") or bits
-    first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or (None,))[0]
+    first_last = _first_last_search(args.first_last)
     config = DifferentiableConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or bits, act_bits=acts,
                        first_last=first_last, epochs=args.epochs, batch_size=args.train_batch_size,
                        train_images=args.train_limit, lr=args.lr, arch_lr=args.arch_lr,
@@ -918,6 +971,7 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
     model = _load_model(args)
     train = data.loader("cifar10", "train", batch_size=args.train_batch_size, seed=args.seed, data_dir=args.data_dir)
     calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
+    _preflight(model, train)
     res = search_differentiable(model, budget, method=args.strategy, train=train, calib=calib, config=config,
                                 out_dir=args.out, resume=args.resume, device=args.device,
                                 model_name=args.model if ":" not in args.model else None, workers=args.workers,
@@ -945,6 +999,8 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
         raise ConfigError("the validated search measures policies on the model: give --model (no sensitivity "
                           "table), or --strategy ilp for a table")
     choices = _search_choices(args)
+    if args.tables_dir is not None and Path(args.tables_dir).exists() and not Path(args.tables_dir).is_dir():
+        raise ConfigError(f"--tables-dir {args.tables_dir} is a file, not a folder")
     w, _, a = args.calib.partition("/")
     calib_config = CalibConfig(weight_method=w, act_method=a or w, bn_reestimate=not args.no_bn_reestimate)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -958,12 +1014,13 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
                               data_dir=args.data_dir)
     train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=args.seed,
                         data_dir=args.data_dir)
+    _preflight(model, val)
     res = search_validated(model, budget, calib=calib, val=val, metric_data=train, calib_config=calib_config,
                            config=config, act_bits=choices["act_bits"],
                            weight_bits=_int_list(args.weight_bits, "--weight-bits"),
                            first_last=choices["first_last"], tie=args.tie, device=args.device,
                            model_name=args.model if ":" not in args.model else None, workers=args.workers,
-                           address=args.ray_address)
+                           address=args.ray_address, tables_dir=args.tables_dir)
     if args.out:
         res.policy.save(args.out)
     prov, sel = res.policy.provenance, res.extra["selection"]
@@ -996,6 +1053,7 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
 
     model = _noise_base(args, check_sigma(args.sigma))
     calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
+    _preflight(model, calib)
     res = search_arq(model, budget, calib=calib, out_dir=args.out, sigma=args.sigma, config=config,
                      act_bits=choices["act_bits"], weight_bits=_int_list(args.weight_bits, "--weight-bits"),
                      first_last=choices["first_last"], tie=args.tie, resume=args.resume, device=args.device,
@@ -1029,6 +1087,7 @@ def cmd_search_qfa(args: argparse.Namespace, budget) -> int:
     model = _load_model(args)
     val = data.loader("cifar10", "val", batch_size=250, limit=config.val_images, data_dir=args.data_dir)
     calib = data.calib_loader("cifar10", batches=16, seed=args.seed, data_dir=args.data_dir)
+    _preflight(model, val)
     front_out = str(Path(args.out).with_suffix("")) + "_front.json" if args.out else None
     res = search_qfa(model, budget, supernet=args.supernet, calib=calib, val=val, config=config, device=args.device,
                      model_name=args.model if ":" not in args.model else None, front_out=front_out,
@@ -1117,6 +1176,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         cfg = CalibConfig()
         test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
         calib = data.calib_loader("cifar10", batches=cfg.batches_needed, seed=args.seed, data_dir=args.data_dir)
+        _preflight(model, test)
         partial = Path(str(args.out) + ".points.json") if args.out else None  # finished points: a rerun resumes
         front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device,
                                workers=args.workers, address=args.ray_address, results=partial, stats=stats)
@@ -1169,13 +1229,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_policy_args(args)
     if args.int8_kernels and args.int4:  # before any model work
         raise ConfigError("--int8-kernels and --int4 exclude each other: integer kernels here are 8-bit")
+    from .export.onnx import check_opset
+
+    check_opset(args.opset)
     model = _load_model(args)
     policy = _policy(args, model)
     test, cal = _loaders(args, calib=True)
+    _preflight(model, test)
     qmodel = apply_policy(model, policy, calib=cal, config=_calib_config(args))
     shape = next((li.in_shape for li in quantizable_layers(model) if li.in_shape), None)
     shape = getattr(model, "input_shape", None) or shape
-    opset = max(args.opset, 21) if args.int4 else args.opset
+    wide = any(lb.act_bits is not None and lb.act_bits > 8 for lb in policy.layers.values())
+    opset = max(args.opset, 21) if args.int4 or (wide and not args.int8_kernels) else args.opset
     if args.int8_kernels:
         info = export_int8(qmodel, args.out, calib=cal, input_shape=tuple(shape), policy=policy, opset=opset)
         what = ", ".join(f"{info['ops'].get(k, 0)} {k}" for k in ("QLinearConv", "QGemm", "QLinearAdd"))
@@ -1215,8 +1280,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
 
     if args.supernet_command == "train":
         _join_torchrun(args)
-        first_last = None if args.first_last == "search" else (_int_list(args.first_last, "--first-last") or
-                                                                 (None,))[0]
+        first_last = _first_last_search(args.first_last)
         config = QFAConfig(weight_bits=_int_list(args.weight_bits, "--weight-bits") or (),
                            act_bits=_int_list(args.act_bits, "--act-bits") or (), first_last=first_last,
                            epochs=args.epochs, lr=args.lr, random_subnets=args.random_subnets,
@@ -1226,6 +1290,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
                             seed=args.seed, data_dir=args.data_dir)
         calib = data.calib_loader("cifar10", batches=max(config.calib_batches, config.bn_batches), seed=args.seed,
                                   data_dir=args.data_dir)
+        _preflight(model, train)
         res = train_qfa(model, train, calib=calib, config=config, out_dir=args.out, resume=args.resume,
                         device=args.device, model_name=args.model if ":" not in args.model else None)
         from ._io import write_json
@@ -1243,13 +1308,14 @@ def cmd_supernet(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .policy import Policy, uniform_policy
 
-    model = _load_model(args)
-    if args.uniform:
+    if args.uniform is not None:
         from .policy import _first_last_bits, parse_uniform_spec
 
         _first_last_bits(args.first_last, parse_uniform_spec(args.uniform))
+    model = _load_model(args)
+    _preflight_split(model, args, args.split)
     net, config = load_qfa(model, args.run)
-    policy = Policy.load(args.policy) if args.policy else uniform_policy(model, args.uniform,
+    policy = Policy.load(args.policy) if args.policy is not None else uniform_policy(model, args.uniform,
                                                                          first_last=args.first_last,
                                                                          model_name=args.model)
     policy.validate(model)
@@ -1306,12 +1372,24 @@ COMMANDS = {"models": cmd_models, "inspect": cmd_inspect, "evaluate": cmd_evalua
             "list": cmd_list}
 
 
+@functools.lru_cache(maxsize=1)
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process (building it costs milliseconds; parsing reuses it)."""
+    return build_parser()
+
+
+def _one_line(message: str, limit: int = 500) -> str:
+    """An error message as one line of at most ``limit`` characters (a message may echo a huge input)."""
+    message = " ".join(message.split())
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message)} characters)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     from . import progress
     from .errors import QPolicyError
 
-    args = build_parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     if getattr(args, "quiet", False):
@@ -1319,7 +1397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except QPolicyError as e:
-        print(f"qpolicy: error: {e}", file=sys.stderr)
+        print(f"qpolicy: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("qpolicy: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)

@@ -98,6 +98,14 @@ class InfeasibleBudgetError(QPolicyError, ValueError):
         super().__init__(message)
 
 
+class SolverTimeoutError(QPolicyError, RuntimeError):
+    """The solver found no policy within its time limit."""
+
+
+class PreflightError(ConfigError):
+    """The model and the data do not fit each other (found by one batch through the model, before any work)."""
+
+
 class OutputError(QPolicyError, OSError):
     """An output path that cannot be written (a directory, a path under a file, no permission)."""
 

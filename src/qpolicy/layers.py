@@ -141,6 +141,11 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
     try:
         with eval_mode(model), torch.no_grad():
             model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # a wrong input shape, in the user's forward
+        from .errors import PreflightError, first_line
+
+        raise PreflightError(f"the model does not take an input of shape {'x'.join(map(str, shape))} (per sample; "
+                             f"--input-shape or model.input_shape): {first_line(e)[:300]}") from None
     finally:
         for h in handles:
             h.remove()

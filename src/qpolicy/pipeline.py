@@ -99,13 +99,22 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
     """
     out = Path(out_dir)
     ckpt_path = check_resume(out, resume)  # before any PTQ work
-    qmodel = apply_policy(model, policy, calib=calib, config=calib_config)
-    if resume:
-        before_d = load_checkpoint(ckpt_path).get("extra", {}).get("before")
+    if resume:  # a broken, foreign or other-policy checkpoint fails here, before the calibration
+        extra = load_checkpoint(ckpt_path).get("extra")
+        extra = extra if isinstance(extra, dict) else {}
+        before_d = extra.get("before")
         if not isinstance(before_d, dict):
             raise CheckpointError(f"{ckpt_path} has no record of the accuracy before fine-tuning")
-        before = EvalResult(**before_d)
-    else:
+        saved = extra.get("policy")
+        if isinstance(saved, dict) and saved.get("layers") != policy.to_dict()["layers"]:
+            raise CheckpointError(f"{ckpt_path} was made under another policy: resume with the run's own "
+                                  f"({out / 'policy.json'}) or start a new output folder")
+        try:
+            before = EvalResult(**before_d)
+        except TypeError:
+            raise CheckpointError(f"{ckpt_path} has a malformed record of the accuracy before fine-tuning") from None
+    qmodel = apply_policy(model, policy, calib=calib, config=calib_config)
+    if not resume:
         before = evaluate(qmodel, test, device=device, desc="before")
         policy.save(out / "policy.json")
     log.info("before fine-tuning: top-1 %.2f%%", before.top1)

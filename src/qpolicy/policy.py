@@ -38,6 +38,7 @@ __all__ = ["FORMAT", "VERSION", "LayerBits", "Policy", "parse_uniform_spec", "un
 
 FORMAT = "qpolicy.policy"
 VERSION = 1
+MAX_NAME = 1000  # characters of a layer name (a module path); longer is not a module name, and slows every report
 _SPEC = re.compile(r"^w(?P<w>[2-8]|f)(?:a(?P<a>[2-8]|16|f))?$", re.IGNORECASE)
 
 
@@ -102,7 +103,10 @@ class Policy:
         layers = {}
         for name, bits in self.layers.items():
             if not isinstance(name, str) or not name:
-                raise PolicyError(f"layer names must be non-empty strings, got {name!r}")
+                raise PolicyError(f"layer names must be non-empty strings, got {shorten(name)}")
+            if len(name) > MAX_NAME:
+                raise PolicyError(f"layer name {shorten(name)} is longer than {MAX_NAME} characters: not a module "
+                                  "name")
             if not isinstance(bits, LayerBits):
                 raise PolicyError(f"layer {name!r}: expected LayerBits, got {type(bits).__name__}")
             layers[name] = bits
@@ -166,6 +170,9 @@ class Policy:
         for name, entry in layers.items():
             if not name:
                 raise PolicyError(f"{source}: layer names must be non-empty strings")
+            if len(name) > MAX_NAME:
+                raise PolicyError(f"{source}: layer name {shorten(name)} is longer than {MAX_NAME} characters: not a "
+                                  "module name")
             if not isinstance(entry, dict) or "weight_bits" not in entry or "act_bits" not in entry:
                 raise PolicyError(f"{source}: layer {shorten(name)} needs 'weight_bits' and 'act_bits' (integer or "
                                   "null)")
@@ -263,10 +270,11 @@ def _first_last_bits(first_last: int | str | None, rest: LayerBits) -> LayerBits
         return rest
     if first_last == "float":
         return LayerBits(weight_bits=None, act_bits=None)
-    if isinstance(first_last, str) and first_last.isdigit():
+    if isinstance(first_last, str) and first_last.isdigit() and len(first_last) < 10:
         first_last = int(first_last)
     if isinstance(first_last, bool) or not isinstance(first_last, int):
-        raise ConfigError(f"first_last must be bits in {MIN_BITS}..{MAX_BITS}, 'same' or 'float', got {first_last!r}")
+        raise ConfigError(f"first_last must be bits in {MIN_BITS}..{MAX_BITS}, 'same' or 'float', got "
+                          f"{shorten(first_last)}")
     b = check_bits(first_last, "first_last")
     # A float side of the rest stays float: w4af with first/last 8 gives w8af there.
     return LayerBits(weight_bits=None if rest.weight_bits is None else b, act_bits=None if rest.act_bits is None else b)

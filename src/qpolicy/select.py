@@ -34,9 +34,11 @@ import dataclasses
 import datetime as _dt
 import itertools
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -317,7 +319,7 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
                      config: SelectConfig | None = None, act_bits: Sequence[int] | int | None = None,
                      weight_bits: Sequence[int] | None = None, first_last: int | None = 8, tie: str = "act",
                      device: str | None = None, model_name: str | None = None, workers: int | None = None,
-                     address: str | None = None) -> SearchResult:
+                     address: str | None = None, tables_dir: str | os.PathLike | None = None) -> SearchResult:
     """The default search (module docs): the best measured policy within ``budget``; ``model`` is not changed.
 
     Args:
@@ -332,6 +334,8 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
         act_bits, weight_bits, first_last, tie: As in :func:`qpolicy.search`.
         workers, address: Measure the candidates of each round in parallel on Ray (:func:`qpolicy.run_many`;
             the same result as serially).
+        tables_dir: Also write the metrics' sensitivity tables here (``METRIC.json``: what ``qpolicy report``
+            plots), so that nothing has to analyze the model again.
     """
     from .runner import ray_session
 
@@ -339,11 +343,11 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
         return _search_validated(model, budget, calib=calib, val=val, metric_data=metric_data,
                                  calib_config=calib_config, config=config, act_bits=act_bits, weight_bits=weight_bits,
                                  first_last=first_last, tie=tie, device=device, model_name=model_name,
-                                 workers=workers, address=address)
+                                 workers=workers, address=address, tables_dir=tables_dir)
 
 
 def _search_validated(model, budget, *, calib, val, metric_data, calib_config, config, act_bits, weight_bits,
-                      first_last, tie, device, model_name, workers, address) -> SearchResult:
+                      first_last, tie, device, model_name, workers, address, tables_dir) -> SearchResult:
     from .runner import run_many
 
     config = config or SelectConfig()
@@ -360,6 +364,9 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
         tables.append(analyze(model, metric_data, metric=factory(**kw), bits=config.bits, seed=config.seed,
                               model_name=model_name))
     metric_seconds = time.perf_counter() - t0
+    if tables_dir is not None:
+        for t in tables:
+            t.save(Path(tables_dir) / f"{t.metric}.json")
     if tables:
         base = tables[0]
     else:  # uniform candidates only: a table of zeros prices the problem

@@ -83,6 +83,7 @@ def test_apply_policy_calibrates_running_statistics_on_calibration_batches():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a real-model check beside the one end-to-end test (tests/test_e2e_resnet20.py)
 def test_batchquant_ptq_of_the_real_resnet20(shared_home):
     from qpolicy import data, evaluate, models
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -20,18 +22,53 @@ class Net(nn.Module):
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
+        x = x.to(self.bn1.running_mean.dtype)  # the loader's float32 images, in the model's precision
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.mean((2, 3)))
 
 
 def _data():
+    """60 seeded images in 4 batches (the last of 12)."""
     from qpolicy.data import ArrayDataset, ArrayLoader
 
     g = torch.Generator().manual_seed(0)
     ds = ArrayDataset(images=(torch.rand(60, 8, 8, 3, generator=g) * 255).to(torch.uint8),
                       labels=torch.randint(0, 10, (60,), generator=g), classes=tuple("abcdefghij"), source="tiny")
-    return ArrayLoader(ds, batch_size=16, shuffle=True, augment=False, seed=0)  # 4 steps, the last of 12 images
+    return ArrayLoader(ds, batch_size=16, shuffle=True, augment=False, seed=0)
+
+
+# What two processes promise is one process's training up to the order of the sums over the batch (the all-reduce
+# adds the shares' sums). In float32 that is not a bound a test can hold on every machine: under QAT a difference of
+# one ulp can move a value across a quantizer's rounding boundary, and such flips grow with the steps (the QFA
+# supernet here differed by 4e-4 on one CPU and by 0.056 in a step size on another; benchmarks/ddp_equivalence.py
+# reports it on ResNet-20). So these tests train in float64 (models, quantizers, all-reduces), where reordered sums
+# differ by about 1e-16 and a rounding flip needs a value that close to a boundary: what is left is the data-parallel
+# mechanism itself, and a fault in it is far outside the bound (BatchQuant ranges per share instead of the global
+# batch's: 0.80 on this run; noise drawn per share, a missing gradient average or BatchNorm all-reduce: order 1).
+TOL = 1e-8  # measured here: at most 3e-12 (w4a4), else below 3e-14
+
+
+@contextlib.contextmanager
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _max_rel_diff(a: dict, b: dict) -> tuple[float, str]:
+    """The largest relative difference ||a - b|| / ||a|| over the floating-point tensors, and its name."""
+    assert set(a) == set(b)
+    out = (0.0, "")
+    for k, v in a.items():
+        if torch.is_tensor(v) and v.is_floating_point():
+            assert v.dtype == torch.float64, k
+            d = ((v - b[k]).norm() / v.norm().clamp_min(1e-12)).item()
+            out = max(out, (d, k))
+    return out
 
 
 def _train(spec, epochs):
@@ -53,29 +90,25 @@ def _train(spec, epochs):
 
 def _save_trained(out: str, spec, epochs) -> None:
     """In each of the processes: train; the main one saves."""
-    model = _train(spec, epochs)
+    with _float64():
+        model = _train(spec, epochs)
     if distributed.is_main():
         torch.save(model.state_dict(), out)
 
 
-# Float training matches to rounding error. Under QAT, a float difference of that size can move a value across a
-# rounding boundary of a quantizer, and such flips grow with the steps: one epoch (4 steps) is checked tightly here;
-# benchmarks/ddp_equivalence.py reports the difference after 50 steps of ResNet-20.
-# BatchQuant's training-mode range is the global batch's (per-channel min/max all-reduced); with the ranges per share
-# with the ranges of each share instead, this tiny run differs by 0.80 (measured), not 6e-8.
-# Gaussian noise is drawn for the whole batch by each process (drawn per share, it differs at once).
-@pytest.mark.parametrize("spec, epochs, tol", [(None, 2, 1e-6), ("w4a4", 1, 1e-5), ("w4a4+batchquant", 1, 1e-5),
-                                               ("noise", 2, 1e-6)])
-def test_two_processes_train_what_one_does(tmp_path, spec, epochs, tol):
-    single = _train(spec, epochs).state_dict()
+# BatchQuant's training-mode range is the global batch's (per-channel min/max all-reduced); Gaussian noise is drawn
+# for the whole batch by each process.
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, epochs", [(None, 2), ("w4a4", 1), ("w4a4+batchquant", 1), ("noise", 2)])
+def test_two_processes_train_what_one_does(tmp_path, spec, epochs):
+    with _float64():
+        single = _train(spec, epochs).state_dict()
     out = tmp_path / "ddp.pt"
     distributed.spawn_local(_save_trained, str(out), spec, epochs)
     ddp = torch.load(out, weights_only=False)
-    assert set(ddp) == set(single)
-    diffs = {k: (single[k].float() - ddp[k].float()).abs().max().item() for k in single
-             if torch.is_tensor(single[k]) and single[k].is_floating_point()}
-    assert max(diffs.values()) < tol, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
-    assert ddp["bn1.num_batches_tracked"] == single["bn1.num_batches_tracked"]
+    d, k = _max_rel_diff(single, ddp)
+    assert d < TOL, (d, k)
+    assert ddp["bn1.num_batches_tracked"] == single["bn1.num_batches_tracked"]  # the same steps
 
 
 def test_shard_weights_make_the_global_mean():
@@ -95,6 +128,7 @@ def test_shares_cover_the_batch(n, size, monkeypatch):
     assert all(w == pytest.approx(len(ys) * size / n) for ys, w in got)
 
 
+@pytest.mark.slow
 def test_torchrun_cli_finetune_prints_once(tmp_path):
     import os
     import subprocess
@@ -129,24 +163,20 @@ def _train_qfa(out_dir):
 
 
 def _save_qfa(out: str) -> None:
-    net = _train_qfa(out)
+    with _float64():
+        net = _train_qfa(out)
     if distributed.is_main():
         torch.save(net.state_dict(), f"{out}/net.pt")
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_supernet_one_does(tmp_path):
     # QFA: the sandwich rule (largest, smallest and random subnets, seeded alike on every rank), distillation,
     # BatchQuant activation quantizers on the global batch's ranges
-    single = _train_qfa(tmp_path / "one").state_dict()
+    with _float64():
+        single = _train_qfa(tmp_path / "one").state_dict()
     (tmp_path / "two").mkdir()
     distributed.spawn_local(_save_qfa, str(tmp_path / "two"))
     ddp = torch.load(tmp_path / "two" / "net.pt", weights_only=False)
-    keys = [k for k in single if torch.is_tensor(single[k]) and single[k].is_floating_point()]
-    absd = {k: (single[k].double() - ddp[k].double()).abs().max().item() for k in keys}
-    steps = [k for k in keys if ".weight_quants." in k and k.endswith(".scale")]  # LSQ weight step sizes
-    rel = {k: ((single[k].double() - ddp[k].double()).norm() / single[k].double().norm()).item() for k in steps}
-    # measured: every weight, BatchNorm statistic and BatchQuant range within 3.3e-7 (absolute); the LSQ weight
-    # step sizes within 4.1e-4 (relative: a rounding flip moves a step size's gradient). With each share's own
-    # BatchQuant ranges instead, a step size differs by 17x its norm and a BatchNorm variance by 0.27.
-    assert max(v for k, v in absd.items() if k not in steps) < 1e-6, sorted(absd.items(), key=lambda kv: -kv[1])[:3]
-    assert max(rel.values()) < 1e-3, sorted(rel.items(), key=lambda kv: -kv[1])[:3]
+    d, k = _max_rel_diff(single, ddp)
+    assert d < TOL, (d, k)

@@ -17,6 +17,7 @@ checks that every prediction that differs is one such a difference can explain (
   with ``int4=True`` (opset 21) weights of 4 bits and fewer are INT4 tensors, 4-bit unsigned inputs quantize to
   UINT4 (no Clip) and 4-bit signed inputs to INT4 after clipping in float to ``[-7 s, 7 s]``; other inputs keep the
   8-bit container.
+* 16-bit activations (int16x8) use an INT16 container (opset 21); unsigned ones with a zero point of -32768.
 * Layers kept in float export as plain Conv/Gemm.
 * The policy (its JSON) is stored in the model's ``metadata_props`` under ``qpolicy.policy``.
 
@@ -38,12 +39,14 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
+
+MIN_OPSET, MAX_OPSET = 13, 21
 from ..errors import ConfigError
 from ..policy import Policy
 from ..quant.fake_quant import ActQuantizer, WeightQuantizer
 from ..quant.primitives import qrange
 
-__all__ = ["export_onnx", "verify_onnx", "VerifyResult", "METADATA_KEY"]
+__all__ = ["check_opset", "export_onnx", "verify_onnx", "VerifyResult", "METADATA_KEY"]
 
 log = logging.getLogger(__name__)
 METADATA_KEY = "qpolicy.policy"
@@ -62,15 +65,22 @@ class _QDQ(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, scale, bits, signed, axis):  # type: ignore[override]
         q_min, q_max = qrange(bits, signed)
-        dtype = torch.int8 if signed else torch.uint8
-        zero = torch.zeros(() if axis is None else scale.type().sizes(), dtype=dtype)
+        offset = 0
+        if bits > 8:
+            # 16-bit activations (int16x8): an INT16 container (opset 21). The exporter cannot write UINT16, so the
+            # unsigned grid 0..65535 is stored shifted by a zero point of -32768: (q - zp) * s is the same value.
+            dtype, container = torch.int16, (-32768, 32767)
+            offset = 0 if signed else -32768
+        else:
+            dtype = torch.int8 if signed else torch.uint8
+            container = (-128, 127) if signed else (0, 255)
+        zero = torch.full(() if axis is None else scale.type().sizes(), offset, dtype=dtype)
         zp = g.op("Constant", value_t=zero)
         kw = {} if axis is None else {"axis_i": axis}
         q = g.op("QuantizeLinear", x, scale, zp, **kw)
-        container = (-128, 127) if signed else (0, 255)
-        if (q_min, q_max) != container:
-            lo = g.op("Constant", value_t=torch.tensor(q_min, dtype=dtype))
-            hi = g.op("Constant", value_t=torch.tensor(q_max, dtype=dtype))
+        if (q_min + offset, q_max + offset) != container:
+            lo = g.op("Constant", value_t=torch.tensor(q_min + offset, dtype=dtype))
+            hi = g.op("Constant", value_t=torch.tensor(q_max + offset, dtype=dtype))
             q = g.op("Clip", q, lo, hi)
         return g.op("DequantizeLinear", q, scale, zp, **kw)
 
@@ -213,10 +223,9 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
     """
     import onnx
 
-    if opset < 13:
-        raise ConfigError(f"per-channel QuantizeLinear needs opset >= 13, got {opset}")
-    if int4 and opset < 21:
-        raise ConfigError(f"INT4 tensors need opset >= 21, got {opset} (pass opset=21)")
+    check_opset(opset, int4=int4)
+    if opset < 21 and any(isinstance(m, ActQuantizer) and m.bits > 8 for m in qmodel.modules()):
+        raise ConfigError(f"16-bit activations need opset >= 21 (INT16 QuantizeLinear), got {opset}")
     model = _exportable(qmodel)
     buf = io.BytesIO()
     dummy = torch.zeros(1, *input_shape)
@@ -231,6 +240,16 @@ def export_onnx(qmodel: nn.Module, path: str | os.PathLike, *, input_shape: tupl
         _int4_activations(proto)
     info = _write_model(proto, path, policy)
     return {"path": str(path), "opset": opset, **info, "folded_weights": folded}
+
+
+def check_opset(opset: int, *, int4: bool = False) -> int:
+    """``opset`` if this exporter writes it (13..21; INT4 tensors need 21), else ConfigError."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET} (per-channel QuantizeLinear needs 13; INT4 "
+                          f"tensors 21, the newest this exporter writes), got {opset!r}")
+    if int4 and opset < 21:
+        raise ConfigError(f"INT4 tensors need opset >= 21, got {opset} (pass opset=21)")
+    return opset
 
 
 def _write_model(proto: Any, path: str | os.PathLike, policy: Policy | None) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class _FakeQuantFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, q_min, q_max, axis, grad_scale):  # type: ignore[override]
         ctx.scale_shape = scale.shape
-        scale = scale.detach().float().clamp_min(_EPS)
+        scale = scale.detach().to(x.dtype).clamp_min(_EPS)
         ctx.save_for_backward(x, scale)
         ctx.meta = (q_min, q_max, axis, grad_scale)
         return _quantize_dequantize(x, scale, q_min, q_max, axis)
@@ -121,11 +121,13 @@ def fake_quantize(
         A tensor like ``x`` whose values lie on the quantization grid.
     """
     q_min, q_max = qrange(bits, signed)
-    xf = x if x.dtype == torch.float32 else x.float()
+    # float32 arithmetic for float32 and narrower inputs; a float64 model is quantized in float64 (the rounding of
+    # a value near a grid boundary then moves with differences of 1e-16, not 1e-7: two-process training is checked so)
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
         y = _FakeQuantFn.apply(xf, scale, q_min, q_max, axis, grad_scale)
     else:  # inference: no autograd node, no saved tensors
-        y = _quantize_dequantize(xf, scale.detach().float().clamp_min(_EPS), q_min, q_max, axis)
+        y = _quantize_dequantize(xf, scale.detach().to(xf.dtype).clamp_min(_EPS), q_min, q_max, axis)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

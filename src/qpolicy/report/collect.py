@@ -143,8 +143,8 @@ def collect(root: str | Path) -> RunContents:
                     pt["cost"] = {**pt["cost"], **{k: v for k, v in _cost(pt["cost"]).items() if v is not None}}
                     if "top1" in pt:
                         pt["top1"] = _top1(pt["top1"])
-                if not isinstance(data.get("metric", ""), str):
-                    raise ValueError("'metric' must be a string")
+                if not isinstance(data.get("metric"), str):
+                    raise ValueError("'metric' must be a string (the metric the front was solved on)")
                 out.fronts.append((rel, data))
             elif fmt == "qpolicy.layers":
                 out.kurtosis.append((rel, {str(li["name"]): _number(li["kurtosis"], "layers[].kurtosis")

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .._io import read_json, write_json
-from ..errors import ConfigError, close_matches
+from ..errors import ConfigError, close_matches, shorten
 from ..progress import progress
 from .attacks import ATTACKS, AttackConfig, craft, distortions, predict, run_attack, summarize
 from .certify import split_size
@@ -203,6 +203,21 @@ class RobustnessConfig:
         from .. import models
         from .defenses import DEFENSES
 
+        for key in ("models", "qnns", "defenses", "defense_attacks"):
+            v = getattr(self, key)
+            if v is None and key == "defense_attacks":
+                continue
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+                raise ConfigError(f"{key} must be a list of names, got {shorten(v)}")
+            if not v and key in ("models", "qnns"):
+                raise ConfigError(f"{key} must name at least one")
+        if not isinstance(self.attacks, Mapping) or not self.attacks:
+            raise ConfigError(f"attacks must map at least one attack name to its list of eps, got "
+                              f"{shorten(self.attacks)}")
+        if not isinstance(self.params, Mapping) or not all(isinstance(v, Mapping) for v in self.params.values()):
+            raise ConfigError(f"params must map attack names to objects of parameters, got {shorten(self.params)}")
+        if not isinstance(self.attack_images, Mapping):
+            raise ConfigError(f"attack_images must map attack names to image counts, got {shorten(self.attack_images)}")
         for m in self.models:
             models.spec(m)
         for q in self.qnns:
@@ -232,7 +247,9 @@ class RobustnessConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{k} must be a positive integer, got {v!r}")
         if not isinstance(self.transfer, bool):
-            raise ConfigError(f"transfer must be true or false, got {self.transfer!r}")
+            raise ConfigError(f"transfer must be true or false, got {shorten(self.transfer)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {shorten(self.seed)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

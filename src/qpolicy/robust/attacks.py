@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD
-from ..errors import ConfigError, close_matches
+from ..errors import ConfigError, close_matches, shorten
 from ..registry import Registry
 
 __all__ = ["PixelModel", "AttackSpec", "AttackConfig", "ATTACKS", "art_classifier", "craft", "run_attack",
@@ -150,7 +150,16 @@ class AttackConfig:
             d = spec.defaults[k]
             if not _type_ok(v, d):
                 raise ConfigError(f"attack {self.attack!r} parameter {k!r} must be {type(d).__name__} (like "
-                                  f"{d!r}), got {v!r}")
+                                  f"{d!r}), got {shorten(v)}")
+            # every integer parameter is a count (iterations, steps, trials; restarts may be 0: start at the image)
+            # and every real one a rate, a step or a threshold: ART takes 0 iterations or a negative rate and
+            # attacks nothing, or fails deep inside
+            least = 0 if k == "restarts" else 1
+            if isinstance(d, int) and not isinstance(d, bool) and v < least:
+                raise ConfigError(f"attack {self.attack!r} parameter {k!r} is a count: it must be >= {least}, got "
+                                  f"{v!r}")
+            if isinstance(d, float) and v < 0:
+                raise ConfigError(f"attack {self.attack!r} parameter {k!r} must be >= 0, got {v!r}")
         for name in ("batch_size",):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

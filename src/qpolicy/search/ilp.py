@@ -16,13 +16,14 @@ whenever any policy is, up to the same sliver); failing both, :class:`Infeasible
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from ..errors import InfeasibleBudgetError
+from ..errors import InfeasibleBudgetError, SolverTimeoutError
 from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost, fits, total_cost
 
 __all__ = ["solve_ilp", "solve_milp"]
@@ -42,12 +43,24 @@ def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None
                time_limit: float | None = None) -> dict[str, Choice]:
     """The MILP; ``order`` rows (a, b, side) require bits[a][side] >= bits[b][side]; the problem's ties
     require equality. The answer always fits the budget exactly (module docs: budget tolerance). With
-    ``time_limit`` (seconds), HiGHS's best policy at that time is returned (a warning gives its optimality gap)."""
-    out = _solve(problem, order, tighten=0.0, time_limit=time_limit)
+    ``time_limit`` (seconds, for all the solves together), HiGHS's best policy at that time is returned (a warning
+    gives its optimality gap); :class:`SolverTimeoutError` when it has none by then."""
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+
+    def left() -> float | None:
+        if deadline is None:
+            return None
+        rest = deadline - time.monotonic()
+        if rest <= 0:
+            raise SolverTimeoutError(f"HiGHS found no policy within the {time_limit:g} s time limit "
+                                     f"({len(problem.layers)} layers); try --strategy ilp, or fewer candidate bits")
+        return rest
+
+    out = _solve(problem, order, tighten=0.0, time_limit=left())
     if out is not None and fits(problem, total_cost(problem, out)):
         return out
     for tighten, cheapest in ((_TIGHTEN, False), (0.0, True)):
-        again = _solve(problem, order, tighten=tighten, cheapest=cheapest)
+        again = _solve(problem, order, tighten=tighten, cheapest=cheapest, time_limit=left())
         if again is not None and fits(problem, total_cost(problem, again)):
             return again
     raise InfeasibleBudgetError("no policy meets all budget limits together within the solver's tolerance "
@@ -57,7 +70,8 @@ def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None
 def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighten: float,
            cheapest: bool = False, time_limit: float | None = None) -> dict[str, Choice] | None:
     """One HiGHS solve; None when HiGHS finds no solution. ``cheapest``: minimize the budgeted costs (each
-    relative to its limit) instead of the damage."""
+    relative to its limit) instead of the damage. ``time_limit`` covers building the rows too."""
+    start = time.monotonic()
     index: list[tuple[str, Choice]] = [(li.name, c) for li in problem.layers for c in problem.choices[li.name]]
     n = len(index)
     c = np.zeros(n) if cheapest else np.array([problem.damage(name, ch) for name, ch in index])
@@ -84,7 +98,11 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
     rows, cols_, vals, lo = [], [], [], []
     r = 0
     for pairs, bound in ((order or [], 0.0), (problem.ties, None)):
-        for a, b, side in pairs:
+        for k, (a, b, side) in enumerate(pairs):
+            if time_limit is not None and k % 1000 == 999 and time.monotonic() - start > time_limit:
+                raise SolverTimeoutError(f"the {len(pairs):,} ordering rows of {len(problem.layers)} layers take "
+                                         f"longer than the {time_limit:.3g} s time limit to build; try --strategy "
+                                         "ilp")
             values = sorted({index[j][1][side] for j in cols[a] + cols[b]})
             for t in values[1:]:
                 for layer, sign in ((a, 1.0), (b, -1.0)):
@@ -102,7 +120,7 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
         constraints.append(LinearConstraint(mat, lower, upper))
     options: dict[str, Any] = {"presolve": True}
     if time_limit is not None:
-        options["time_limit"] = time_limit
+        options["time_limit"] = max(time_limit - (time.monotonic() - start), 0.01)
     res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1), options=options)
     if res.status == 1 and res.x is not None:  # the time limit, with a feasible policy found
         log.warning("HiGHS stopped at the %.0f s time limit; the policy is within %.2g (relative) of the optimum",
@@ -110,6 +128,9 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
     elif res.status != 0 or res.x is None:
         if tighten or cheapest:
             return None
+        if res.status == 1:  # the time limit, and no feasible policy found by then
+            raise SolverTimeoutError(f"HiGHS found no policy within the {time_limit:.3g} s time limit "
+                                     f"({len(problem.layers)} layers); try --strategy ilp, or fewer candidate bits")
         raise InfeasibleBudgetError(f"no policy meets all budget limits together (HiGHS: {res.message})")
     x = np.round(res.x).astype(int)
     return {name: ch for (name, ch), v in zip(index, x, strict=True) if v == 1}

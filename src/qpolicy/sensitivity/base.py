@@ -21,6 +21,7 @@ from .._io import write_json
 from ..bits import check_bits
 from ..errors import ConfigError, PolicyError, shorten
 from ..layers import LayerInfo
+from ..policy import MAX_NAME
 from ..registry import Registry
 
 __all__ = ["DEFAULT_BITS", "Metric", "BatchMetric", "METRICS", "SensitivityTable", "analyze", "monotone"]
@@ -206,6 +207,8 @@ def _name(v: Any, what: str, *, optional: bool = False) -> str | None:
         return None
     if not isinstance(v, str) or not v:
         raise ValueError(f"{what} must be a non-empty string, got {shorten(v)}")
+    if len(v) > MAX_NAME:
+        raise ValueError(f"{what} {shorten(v)} is longer than {MAX_NAME} characters: not a module name")
     return v
 
 

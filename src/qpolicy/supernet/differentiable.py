@@ -383,7 +383,7 @@ def search_differentiable(model: nn.Module, budget: Budget, *, method: str = "dm
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        check_resume(out, resume)  # before any work
+        check_resume(out, resume, fmt=_FORMAT, what="differentiable-search")  # before any work
     if resume and out is None:
         raise ConfigError("resume needs out_dir")
     t_start = time.perf_counter()

@@ -38,7 +38,7 @@ from ..errors import CheckpointError, ConfigError, first_line
 from ..policy import LayerBits, Policy
 from ..quant.apply import batch_inputs, calibrate_bn_and_acts_
 from ..quant.fake_quant import ActQuantizer, CalibConfig
-from ..train import CHECKPOINT_NAME, Hook, TrainOutcome, TrainSpec, load_checkpoint, train
+from ..train import CHECKPOINT_NAME, Hook, TrainOutcome, TrainSpec, check_resume, load_checkpoint, train
 from .mixed import Supernet, build_supernet
 
 __all__ = ["QFAConfig", "QFAResult", "sandwich", "train_qfa", "load_qfa", "subnet_model", "policy_of"]
@@ -228,6 +228,7 @@ def train_qfa(model: nn.Module, train_data: Iterable[Any], *, calib: Iterable[An
     import copy
 
     config = config or QFAConfig()
+    check_resume(out_dir, resume, fmt=_FORMAT, what="QFA supernet")  # before the calibration
     net = build_supernet(model, weight_bits=config.weight_bits, act_bits=config.act_bits,
                          first_last=config.first_last, calib=None if resume else calib,
                          calib_config=config.calib_config())

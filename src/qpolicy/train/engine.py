@@ -170,11 +170,14 @@ def load_checkpoint(path: str | Path, *, fmt: str = "qpolicy.checkpoint", what: 
     return ckpt
 
 
-def check_resume(out_dir: str | Path, resume: bool) -> Path:
-    """The checkpoint path of ``out_dir``; refuses to start over an existing checkpoint unless resuming."""
+def check_resume(out_dir: str | Path, resume: bool, *, fmt: str | None = None, what: str = "fine-tuning") -> Path:
+    """The checkpoint path of ``out_dir``; refuses to start over an existing checkpoint unless resuming. With
+    ``fmt``, a resume reads the checkpoint now: a missing, broken or foreign one fails before any work."""
     path = Path(out_dir) / CHECKPOINT_NAME
     if path.exists() and not resume:
         raise CheckpointError(f"{path} exists: resume it (--resume) or choose another output folder")
+    if resume and fmt is not None:
+        load_checkpoint(path, fmt=fmt, what=what)
     return path
 
 
