@@ -39,8 +39,6 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
-
-MIN_OPSET, MAX_OPSET = 13, 21
 from ..errors import ConfigError
 from ..policy import Policy
 from ..quant.fake_quant import ActQuantizer, WeightQuantizer
@@ -51,6 +49,7 @@ __all__ = ["check_opset", "export_onnx", "verify_onnx", "VerifyResult", "METADAT
 log = logging.getLogger(__name__)
 METADATA_KEY = "qpolicy.policy"
 OPSET = 17
+MIN_OPSET, MAX_OPSET = 13, 21  # per-channel QuantizeLinear needs 13; 21 is the newest the exporter writes
 
 
 class _QDQ(torch.autograd.Function):
