@@ -62,6 +62,9 @@ def test_evaluate_float_uniform_json_and_saved_policy(capsys, home, tmp_path):
     (["evaluate", *TINY, "--policy", "/nonexistent.json"], "policy file not found"),
     (["inspect", "--model", "nomodule_xyz:factory"], "cannot import"),
     (["evaluate", *TINY, "--save-policy", "x.json"], "--save-policy needs a policy"),
+    (["evaluate", *TINY, "--uniform", ""], "bad uniform spec ''"),  # was the float model, exit 0
+    (["pareto", "t.json", "--bitops", "-1,0.2"], "goes as OPTION=VALUE"),  # was argparse's 13-line usage
+    (["evaluate", *TINY, "--input-shape", "1,32,32"], "the model's input shape is 1x32x32"),
     (["evaluate", "--model", "resnet20", "--limit", "4"], "weights resnet20-12fca82f.th not found"),
 ])
 def test_bad_input_one_line_exit_2(capsys, home, argv, message):
@@ -211,9 +214,8 @@ def test_export_cli_with_verification(capsys, home, tmp_path):
     code, text, _ = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--verify", "--json")
     obj = json.loads(text)
     assert obj["verify"]["total"] == 32 and obj["verify"]["top1_onnx"] == obj["verify"]["top1_torch"]
-    with pytest.raises(SystemExit) as exc:  # a policy is required (argparse's own usage error)
-        main(["export", *TINY, "-o", str(out)])
-    assert exc.value.code == 2
+    code, _, err = run(capsys, "export", *TINY, "-o", str(out))  # a policy is required (argparse's check)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "one of the arguments --uniform --policy" in err
 
 
 def test_export_cli_int8_kernels(capsys, home, tmp_path):

@@ -26,7 +26,7 @@ def test_resnet20_float_and_w8a8(shared_home):
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     policy = qp.uniform_policy(model, "w8a8", model_name="resnet20")
-    qmodel = qp.apply_policy(model, policy, calib=qp.data.calib_loader("cifar10", batches=16))
+    qmodel = qp.apply_policy(model, policy, calib=qp.data.calib_loader("cifar10", batches=8))
     first = list(itertools.islice(test, 4))  # the first 2,000 test images
     q8 = _logits(qmodel, first).argmax(1)
     fp8 = fp[:2000].argmax(1)

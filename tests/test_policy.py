@@ -122,3 +122,17 @@ def test_saved_files_get_normal_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
+
+
+def test_a_layer_name_longer_than_a_module_path_is_refused(tmp_path):
+    """A 10 MB layer name used to keep `qpolicy report` busy for minutes; now it is one error at load time."""
+    from qpolicy.errors import PolicyError
+    from qpolicy.policy import MAX_NAME
+
+    with pytest.raises(PolicyError, match=f"longer than {MAX_NAME} characters"):
+        Policy(layers={"x" * (MAX_NAME + 1): LayerBits(weight_bits=4, act_bits=4)})
+    ok = Policy(layers={"x" * MAX_NAME: LayerBits(weight_bits=4, act_bits=4)})
+    data = ok.to_dict()
+    data["layers"] = {"y" * 10_000_000: data["layers"]["x" * MAX_NAME]}
+    with pytest.raises(PolicyError, match="10000002 characters"):
+        Policy.from_dict(data)

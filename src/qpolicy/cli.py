@@ -1389,7 +1389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import progress
     from .errors import QPolicyError
 
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, printed) or --help / --version
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     if getattr(args, "quiet", False):

@@ -90,8 +90,8 @@ class SelectConfig:
     uniform_candidates: int = 2
     refine_evaluations: int = 8
     proposals: int = 4
-    val_images: int = 2000
-    confirm_images: int = 3000
+    val_images: int = 1000
+    confirm_images: int = 4000
     confirm_p: float = 0.05
     bn_batches: int = 4
     act_batches: int = 2

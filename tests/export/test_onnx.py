@@ -108,3 +108,34 @@ def test_verification_rule_margin_bound_by_hand_and_a_planted_mismatch(tmp_path)
         other.fc.bias[0] += 50.0
     bad = verify_onnx(path, other, data, threads=1)
     assert not bad.passed and bad.unexplained > 0 and "verification failed" in bad.failure()
+
+
+def test_16_bit_activations_at_opset_21(tmp_path):
+    """int16x8: 16-bit activations in an INT16 container (unsigned ones shifted by a zero point of -32768), the same
+    predictions in onnxruntime; below opset 21 a clear error."""
+    from qpolicy.errors import ConfigError
+
+    model = TinyConvNet()
+    policy = uniform_policy(model, "w8a16", first_last="same")
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    with pytest.raises(ConfigError, match="16-bit activations need opset >= 21"):
+        export_onnx(qm, tmp_path / "m.onnx", input_shape=(3, 8, 8), policy=policy)
+    assert not (tmp_path / "m.onnx").exists()
+    export_onnx(qm, tmp_path / "m.onnx", input_shape=(3, 8, 8), policy=policy, opset=21)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    zps = [onnx.numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node if n.op_type == "Constant"
+           and n.attribute[0].t.data_type == onnx.TensorProto.INT16 and n.attribute[0].t.dims == []]
+    assert -32768 in {int(z) for z in zps}  # an unsigned input, on the shifted grid
+    res = verify_onnx(tmp_path / "m.onnx", qm, random_loader(128, batch_size=64, seed=3), threads=1)
+    assert res.agree == 1.0 and res.passed
+
+
+@pytest.mark.parametrize("opset", [0, 12, 22, 99])
+def test_opsets_the_exporter_cannot_write_are_refused(opset, tmp_path):
+    from qpolicy.errors import ConfigError
+
+    model = TinyConvNet()
+    policy = uniform_policy(model, "w4a4", first_last="same")
+    qm = apply_policy(model, policy, calib=random_loader(32, batch_size=32), config=CALIB)
+    with pytest.raises(ConfigError, match="opset must be in 13..21"):
+        export_onnx(qm, tmp_path / "m.onnx", input_shape=(3, 8, 8), opset=opset)

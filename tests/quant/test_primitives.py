@@ -122,3 +122,28 @@ def test_training_and_inference_paths_agree():
         y_inf = fake_quantize(x, s, 4, True)
     y_train = fake_quantize(x.requires_grad_(), s, 4, True)
     assert y_train.requires_grad and torch.equal(y_train.detach(), y_inf)
+
+
+def _mse_scale_loop(x, bits, signed, axis=None, grid=100, min_ratio=0.02):
+    """The MSE clipping search as first written: one ratio at a time, keeping the first best."""
+    from qpolicy.quant.primitives import scale_from_absmax
+
+    flat = x.float().reshape(1, -1) if axis is None else x.float().movedim(axis, 0).reshape(x.shape[axis], -1)
+    absmax = flat.abs().amax(dim=1)
+    best_err, best = torch.full_like(absmax, float("inf")), scale_from_absmax(absmax, bits, signed)
+    q_min, q_max = qrange(bits, signed)
+    for ratio in torch.linspace(min_ratio, 1.0, grid).tolist():
+        s = scale_from_absmax(absmax * ratio, bits, signed)
+        err = ((torch.clamp(torch.round(flat * (1.0 / s)[:, None]), q_min, q_max) * s[:, None] - flat) ** 2).sum(1)
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, s, best)
+    return best
+
+
+@pytest.mark.parametrize("shape, axis, signed", [((16, 27), 0, True), ((64, 576), 0, True), ((10, 64), 0, True),
+                                                 ((4096,), None, False), ((300,), None, True), ((3, 5), 0, True)])
+def test_mse_scale_in_chunks_equals_the_one_ratio_loop(shape, axis, signed):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) if signed else torch.rand(shape, generator=g)
+    for bits in (2, 3, 4, 6, 8):
+        assert torch.equal(mse_scale(x, bits, signed, axis=axis), _mse_scale_loop(x, bits, signed, axis=axis))

@@ -65,6 +65,7 @@ def test_report_from_stored_json(tmp_path):
     ("{not json", "not valid JSON"),
     ('{"format": "qpolicy.policy", "version": 1, "layers": 3}', "bad.json"),
     ('{"format": "qpolicy.pareto", "points": [{"cost": {}}]}', "bad.json: malformed qpolicy.pareto"),
+    ('{"format": "qpolicy.pareto", "points": []}', "'metric' must be a string"),  # was a KeyError in render
     ('{"format": "qpolicy.evaluation", "policy": {"format": "qpolicy.policy", "version": 1, "layers": {"a": '
      '{"weight_bits": 4, "act_bits": 4}}}, "top1": 90, "cost": {"size_rel_w8a8": 0.5}}', "cost.bitops_rel_w8a8"),
     ('{"format": "qpolicy.evaluation", "policy": {"format": "qpolicy.policy", "version": 1, "layers": {"a": '

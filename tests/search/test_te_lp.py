@@ -103,3 +103,27 @@ def test_equal_importance_groups_are_ordered_against_each_other():
     rows = {(a, b) for a, b, s in order_rows(problem) if s == 0}
     assert rows == {("l0", "l1"), ("l0", "l2"), ("l1", "l3"), ("l2", "l3")}
     assert choice_cost(table.layers[0], (8, 8))["size_bytes"] == 10
+
+
+def test_the_time_limit_holds_for_the_whole_solve(monkeypatch):
+    """400 layers in two equal-importance groups with another order on the activation side: the MILP fallback with
+    its 40,000 ordering pairs per side. With the limit at 0.5 s the answer (a policy or a one-line error) comes
+    within a few seconds, rows included: it used to retry without a limit (22 s here at a 10 s limit)."""
+    import random
+    import time
+
+    from qpolicy.errors import SolverTimeoutError
+    from qpolicy.search import te_lp
+
+    rng = random.Random(1)
+    n = 400
+    tes = [rng.choice([0.5, 1.0]) for _ in range(n)]
+    table = _te_table(tes, [rng.randint(100, 100_000) for _ in range(n)], [rng.randint(1_000, 10**7) for _ in range(n)],
+                      act_tes=[rng.choice([0.5, 1.0]) for _ in range(n)])
+    monkeypatch.setattr(te_lp, "MILP_TIME_LIMIT", 0.5)
+    start = time.perf_counter()
+    try:
+        search(table, Budget(size=0.4), strategy="te-lp")
+    except SolverTimeoutError as e:
+        assert "time limit" in str(e)
+    assert time.perf_counter() - start < 5.0

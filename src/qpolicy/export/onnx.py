@@ -76,6 +76,13 @@ class _QDQ(torch.autograd.Function):
         zero = torch.full(() if axis is None else scale.type().sizes(), offset, dtype=dtype)
         zp = g.op("Constant", value_t=zero)
         kw = {} if axis is None else {"axis_i": axis}
+        if bits > 8 and (q_min + offset, q_max + offset) != container:
+            # onnxruntime has no INT16 Clip: the symmetric signed grid is clipped in float, [q_min s, q_max s],
+            # before QuantizeLinear (round(x / s) then lies in it)
+            lo = g.op("Mul", scale, g.op("Constant", value_t=torch.tensor(float(q_min))))
+            hi = g.op("Mul", scale, g.op("Constant", value_t=torch.tensor(float(q_max))))
+            x = g.op("Clip", x, lo, hi)
+            return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zp, **kw), scale, zp, **kw)
         q = g.op("QuantizeLinear", x, scale, zp, **kw)
         if (q_min + offset, q_max + offset) != container:
             lo = g.op("Constant", value_t=torch.tensor(q_min + offset, dtype=dtype))

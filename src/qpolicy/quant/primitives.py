@@ -169,17 +169,19 @@ def mse_scale(
     else:
         flat = x.detach().float().movedim(axis, 0).reshape(x.shape[axis], -1)
     absmax = flat.abs().amax(dim=1)  # (C,)
-    best_err = torch.full_like(absmax, math.inf)
-    best_scale = scale_from_absmax(absmax, bits, signed)
     q_min, q_max = qrange(bits, signed)
-    for ratio in torch.linspace(min_ratio, 1.0, grid).tolist():
-        s = scale_from_absmax(absmax * ratio, bits, signed)  # (C,)
-        inv = (1.0 / s)[:, None]
-        err = ((torch.clamp(torch.round(flat * inv), q_min, q_max) * s[:, None] - flat) ** 2).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, s, best_scale)
-    return best_scale
+    ratios = torch.tensor(torch.linspace(min_ratio, 1.0, grid).tolist(), dtype=flat.dtype, device=flat.device)
+    scales = scale_from_absmax(absmax[None, :] * ratios[:, None], bits, signed)  # (R, C): one row per ratio
+    errs = []
+    # the grid in chunks of ratios, each one tensor operation of at most 65,536 elements (r, C, K): small tensors
+    # (activation ranges of narrow layers) in a few operations instead of 100; larger chunks only thrash the cache
+    step = max(1, (1 << 16) // max(flat.numel(), 1))
+    for lo in range(0, grid, step):
+        s = scales[lo:lo + step, :, None]  # (r, C, 1)
+        q = torch.clamp(torch.round(flat[None] * (1.0 / s)), q_min, q_max) * s
+        errs.append(((q - flat[None]) ** 2).sum(dim=2))  # (r, C)
+    best = torch.cat(errs).argmin(dim=0)  # the first ratio with the least error, per slice
+    return scales.gather(0, best[None, :])[0]
 
 
 def percentile_absmax(x: torch.Tensor, percentile: float) -> torch.Tensor:
