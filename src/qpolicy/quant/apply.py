@@ -152,8 +152,4 @@ def apply_policy(
                               act_quantizer=config.act_quantizer)
         parent_name, _, attr = name.rpartition(".")
         setattr(qmodel.get_submodule(parent_name) if parent_name else qmodel, attr, qmod)
-    # channels-last convolution weights: oneDNN's CPU convolutions then keep activations in NHWC instead of
-    # reordering every tensor, 1.3-1.5x faster for fake-quantized CIFAR ResNets on 2 cores (the elementwise
-    # quantizers keep the layout)
-    qmodel.to(memory_format=torch.channels_last)
     return calibrate_(qmodel, calib, config)
