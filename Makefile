@@ -54,10 +54,10 @@ demo: $(STAMP)
 	@echo "== time per step (ms) ==" && cat $(DEMO)/steps.txt
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=15
 
 bench: bench-ptq bench-overhead bench-qat bench-search bench-export
 
