@@ -897,10 +897,7 @@ def _first_last_search(text: str) -> int | None:
     bits = _int_list(text, "--first-last")
     if bits is None or len(bits) != 1:
         raise ConfigError(f"--first-last must be one bit-width or 'search', got {shorten(text)}")
-    try:
-        return check_bits(bits[0], "--first-last")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    return check_bits(bits[0], "--first-last")  # BitWidthError: a ConfigError
 
 
 def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
