@@ -81,9 +81,8 @@ class _Parser(argparse.ArgumentParser):
         if "expected one argument" in message:  # e.g. --bitops -1,0.2: argparse takes "-1,0.2" for an option
             message += " (a value that starts with '-' goes as OPTION=VALUE, e.g. --bitops=-1,0.2)"
         cmd = self.prog.removeprefix("qpolicy").strip()
-        if len(message) > 400:  # an option value echoed back can be huge
-            message = f"{message[:400]}... ({len(message)} characters)"
-        print(f"qpolicy: error: {cmd + ': ' if cmd else ''}{message} (see `{self.prog} --help`)", file=sys.stderr)
+        print(f"qpolicy: error: {cmd + ': ' if cmd else ''}{_one_line(message, 400)} (see `{self.prog} --help`)",
+              file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 

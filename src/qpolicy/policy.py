@@ -42,6 +42,14 @@ MAX_NAME = 1000  # characters of a layer name (a module path); longer is not a m
 _SPEC = re.compile(r"^w(?P<w>[2-8]|f)(?:a(?P<a>[2-8]|16|f))?$", re.IGNORECASE)
 
 
+def _check_name(name: Any, where: str = "") -> None:
+    """A layer name is a non-empty module path of at most MAX_NAME characters."""
+    if not isinstance(name, str) or not name:
+        raise PolicyError(f"{where}layer names must be non-empty strings, got {shorten(name)}")
+    if len(name) > MAX_NAME:
+        raise PolicyError(f"{where}layer name {shorten(name)} is longer than {MAX_NAME} characters: not a module name")
+
+
 @dataclass(frozen=True, kw_only=True)
 class LayerBits:
     """Bit-widths of one layer; ``None`` keeps that side in float."""
@@ -102,11 +110,7 @@ class Policy:
             raise PolicyError("a policy needs at least one layer")
         layers = {}
         for name, bits in self.layers.items():
-            if not isinstance(name, str) or not name:
-                raise PolicyError(f"layer names must be non-empty strings, got {shorten(name)}")
-            if len(name) > MAX_NAME:
-                raise PolicyError(f"layer name {shorten(name)} is longer than {MAX_NAME} characters: not a module "
-                                  "name")
+            _check_name(name)
             if not isinstance(bits, LayerBits):
                 raise PolicyError(f"layer {name!r}: expected LayerBits, got {type(bits).__name__}")
             layers[name] = bits
@@ -168,11 +172,7 @@ class Policy:
             raise PolicyError(f"{source}: 'layers' must be a non-empty object of layer name -> bits")
         parsed = {}
         for name, entry in layers.items():
-            if not name:
-                raise PolicyError(f"{source}: layer names must be non-empty strings")
-            if len(name) > MAX_NAME:
-                raise PolicyError(f"{source}: layer name {shorten(name)} is longer than {MAX_NAME} characters: not a "
-                                  "module name")
+            _check_name(name, f"{source}: ")
             if not isinstance(entry, dict) or "weight_bits" not in entry or "act_bits" not in entry:
                 raise PolicyError(f"{source}: layer {shorten(name)} needs 'weight_bits' and 'act_bits' (integer or "
                                   "null)")
