@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from qpolicy import data
+from qpolicy.datasets import cifar10
 from qpolicy.cli import main
 from qpolicy.policy import Policy
 from qpolicy.testing import write_cifar_npz
@@ -86,7 +87,7 @@ def test_policy_for_another_model_and_corrupt_policy(capsys, home, tmp_path):
 
 def test_missing_data(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("QPOLICY_HOME", str(tmp_path / "empty"))
-    monkeypatch.setattr(data, "CIFAR10_URL", (tmp_path / "no.tar.gz").as_uri())
+    monkeypatch.setattr(cifar10, "URL", (tmp_path / "no.tar.gz").as_uri())
     data._CACHE.clear()
     code, _, err = run(capsys, "evaluate", *TINY)
     assert code == 2 and "CIFAR-10 test split not found" in err

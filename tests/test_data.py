@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from qpolicy import data
+from qpolicy.datasets import cifar10
 from qpolicy.errors import ConfigError, DataError, DataNotFoundError, UnknownNameError
 from qpolicy.testing import random_dataset, write_cifar_npz
 
@@ -24,7 +25,7 @@ def test_npz_loader_normalizes_and_batches(npz_home):
     x, y = batches[0]
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     raw = np.load(npz_home / "datasets" / "cifar10" / "test.npz")["images"][:16]
-    mean, std = torch.tensor(data.CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(data.CIFAR10_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(cifar10.MEAN).view(1, 3, 1, 1), torch.tensor(cifar10.STD).view(1, 3, 1, 1)
     expect = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255 - mean) / std
     assert torch.allclose(x, expect, atol=1e-5)
     assert batches[-1][0].shape[0] == 8
@@ -56,7 +57,7 @@ def test_limit_and_classes(npz_home):
     ld = data.loader("cifar10", "train", limit=10, seed=3)
     ld2 = data.loader("cifar10", "train", limit=10, seed=3)
     assert ld.num_samples == 10 and torch.equal(ld.indices, ld2.indices)
-    present = sorted(set(data.load_cifar10("test").labels.tolist()))[:2]
+    present = sorted(set(cifar10.load_cifar10("test").labels.tolist()))[:2]
     only = data.loader("cifar10", "test", classes=present)
     labels = torch.cat([y for _, y in only])
     assert set(labels.tolist()) == set(present)
@@ -71,7 +72,7 @@ def test_limit_and_classes(npz_home):
 
 
 def test_validation_split_is_held_out_of_train(npz_home):
-    n = len(data.load_cifar10("train"))
+    n = len(cifar10.load_cifar10("train"))
     train, val = data.loader("cifar10", "train"), data.loader("cifar10", "val")
     assert val.num_samples == min(data.VAL_SIZE, n // 10) > 0
     assert train.num_samples + val.num_samples == n
@@ -82,7 +83,7 @@ def test_validation_split_is_held_out_of_train(npz_home):
     assert not set(calib.indices.tolist()) & set(val.indices.tolist())
     assert torch.equal(data.loader("cifar10", "val", seed=5).indices, val.indices)  # fixed, whatever the seed
     # in random order: a prefix of a class-sorted file still holds every class
-    first = data.load_cifar10("train").labels[val.indices[: max(1, val.num_samples // 2)]]
+    first = cifar10.load_cifar10("train").labels[val.indices[: max(1, val.num_samples // 2)]]
     assert len(set(first.tolist())) > 1
     # on CIFAR-10's 50,000 training images: 5,000 held out
     assert len(data.validation_indices(50_000)) == 5000
@@ -106,9 +107,9 @@ def test_batches_py_folder(tmp_path):
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
     data._CACHE.clear()
-    test = data.load_cifar10("test", data_dir=tmp_path)
+    test = cifar10.load_cifar10("test", data_dir=tmp_path)
     assert torch.equal(test.images, ds.images) and test.classes[3] == "c3"
-    assert len(data.load_cifar10("train", data_dir=tmp_path)) == 20
+    assert len(cifar10.load_cifar10("train", data_dir=tmp_path)) == 20
 
 
 def test_batch_files_cannot_run_code(tmp_path):
@@ -124,13 +125,13 @@ def test_batch_files_cannot_run_code(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": []}))
     data._CACHE.clear()
     with pytest.raises(DataError, match="refusing"):
-        data.load_cifar10("test", data_dir=tmp_path)
+        cifar10.load_cifar10("test", data_dir=tmp_path)
 
 
 def test_missing_data_names_searched_places(tmp_path):
     data._CACHE.clear()
     with pytest.raises(DataNotFoundError) as e:
-        data.load_cifar10("test", data_dir=tmp_path / "nothing", download_missing=False)
+        cifar10.load_cifar10("test", data_dir=tmp_path / "nothing", download_missing=False)
     assert "test.npz" in str(e.value) and "cifar-10-batches-py" in str(e.value) and "--data-dir" in str(e.value)
 
 
@@ -139,7 +140,7 @@ def test_corrupt_npz(tmp_path):
     (tmp_path / "cifar10" / "test.npz").write_bytes(b"PK\x03\x04 not really a zip")
     data._CACHE.clear()
     with pytest.raises(DataError, match="cannot read"):
-        data.load_cifar10("test", data_dir=tmp_path)
+        cifar10.load_cifar10("test", data_dir=tmp_path)
 
 
 def test_subset_prefixes_mix_classes_even_when_the_file_is_sorted_by_class(tmp_path, monkeypatch):

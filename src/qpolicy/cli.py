@@ -27,7 +27,29 @@ def _add_model(p: argparse.ArgumentParser, *, required: bool = True, help_text: 
     p.add_argument("--weights-dir", help="folder with pretrained weight files (default: $QPOLICY_HOME/models)")
     p.add_argument("--random-init", action="store_true", help="do not load pretrained weights: random ones, seeded "
                    "by --seed")
-    p.add_argument("--input-shape", help="per-sample input shape C,H,W for models outside the zoo")
+    p.add_argument("--weights", metavar="FILE", help="weights to load into the model: a state_dict, a checkpoint "
+                   "holding one (state_dict / model_state_dict / model), or .safetensors")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the model factory (repeatable; VALUE is parsed as JSON when it can be)")
+    p.add_argument("--input-shape", help="per-sample input shape C,H,W (default: the model's input_shape, else the "
+                   "data's)")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (see `qpolicy list datasets`)")
+    g.add_argument("--data", metavar="SPEC", help="cifar10 (default), imagefolder:DIR, npz:PATH, "
+                   "package.module:factory or path/to/file.py:factory")
+    g.add_argument("--data-dir", help="folder of downloaded data sets (default: $QPOLICY_HOME/datasets)")
+    g.add_argument("--image-size", metavar="H[,W]", help="resize image-folder images to this size (default: as "
+                   "stored)")
+    g.add_argument("--channels", type=int, choices=[1, 3], help="1 (grayscale) or 3 (RGB); default: as stored")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean of pixels in [0, 1] to subtract (default: "
+                   "the data set's; none for image folders and arrays)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std to divide by (default: the data set's)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out for validation "
+                   "when the data has no val split (default 0.1)")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="share of each class held out for the test "
+                   "when the data has no test split (default 0.2)")
 
 
 def _add_search_opts(p: argparse.ArgumentParser) -> None:
@@ -41,8 +63,8 @@ def _add_search_opts(p: argparse.ArgumentParser) -> None:
 
 def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     _add_model(p)
+    _add_data(p)
     if data:
-        p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
         p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
         p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of this many test images")
@@ -51,7 +73,7 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 
 def _add_run_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
+    _add_data(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
@@ -183,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="run items on a local Ray with this many CPUs (default: serial)")
     p.add_argument("--ray-address", help="join an existing Ray cluster: auto or HOST:PORT")
     p.add_argument("--trained-dir", help="cache of trained models (resnet8, defenses)")
-    p.add_argument("--data-dir", help="data folder (default: $QPOLICY_HOME/datasets)")
+    _add_data(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
 
@@ -227,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="the least-damage policy within a budget")
     p.add_argument("table", nargs="?", help="sensitivity table JSON (or give --model and --metric)")
     _add_model(p, required=False, help_text="analyze this model first (zoo name or package.module:factory)")
-    p.add_argument("--data-dir")
+    _add_data(p)
     p.add_argument("--device", default="auto")
     _add_analyze(p)
     p.add_argument("--budget", action="append", required=True,
@@ -271,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="evaluate on a local Ray with this many CPUs (default: serial)")
     p.add_argument("--ray-address", help="evaluate on an existing Ray cluster: auto or HOST:PORT")
     _add_model(p, required=False, help_text="model to evaluate (default: the table's zoo model)")
-    p.add_argument("--data-dir")
+    _add_data(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of this many test images")
@@ -329,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", help="write the evaluation JSON (what `qpolicy report` reads)")
     _add_run_opts(e)
 
-    p = sub.add_parser("list", help="registered metrics, strategies, models, attacks or defenses")
-    p.add_argument("what", choices=["metrics", "strategies", "models", "attacks", "defenses"])
+    p = sub.add_parser("list", help="registered metrics, strategies, models, datasets, attacks or defenses")
+    p.add_argument("what", choices=["metrics", "strategies", "models", "datasets", "attacks", "defenses"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return parser
@@ -431,24 +453,88 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
+def _model_args(items: list[str]) -> dict[str, Any]:
+    from .errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--model-arg must be KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _source(args: argparse.Namespace):
+    """The data set of ``--data`` and its options (built once per command)."""
+    cached = getattr(args, "_data_source", None)
+    if cached is not None:
+        return cached
+    from .datasets import DataOptions, source
+
+    size = _int_list(getattr(args, "image_size", None), "--image-size")
+    if size is not None and len(size) == 1:
+        size = (size[0], size[0])
+    options = DataOptions(data_dir=getattr(args, "data_dir", None), image_size=size,
+                          channels=getattr(args, "channels", None),
+                          mean=_float_list(getattr(args, "mean", None), "--mean"),
+                          std=_float_list(getattr(args, "std", None), "--std"),
+                          val_fraction=getattr(args, "val_fraction", 0.1),
+                          test_fraction=getattr(args, "test_fraction", 0.2))
+    args._data_source = source(getattr(args, "data", None), options)
+    return args._data_source
+
+
+def _float_list(text: str | None, what: str) -> tuple[float, ...] | None:
+    from .errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers such as 0.5 or 0.485,0.456,0.406, got "
+                          f"{text!r}") from None
+
+
 def _load_model(args: argparse.Namespace):
     from . import models
-    from .errors import UnknownNameError
+    from .errors import ConfigError, UnknownNameError
 
     shape = _shape(args.input_shape)
+    kwargs = _model_args(getattr(args, "model_arg", []))
+    weights = getattr(args, "weights", None)
+    if weights is not None and not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights}: no such file")
     if ":" in args.model:
-        model = models.from_reference(args.model)
+        model = models.from_reference(args.model, **kwargs)
+        if weights is not None:
+            models.load_weights(model, weights)
+        elif not args.random_init:
+            log.warning("model %s: no --weights given, so its weights are the factory's", args.model)
     elif args.model in models.REGISTRY:
         import torch
 
+        if kwargs:
+            raise ConfigError(f"--model-arg is for a model factory (module:factory); zoo model {args.model!r} takes "
+                              "none")
         with torch.random.fork_rng():  # --random-init: the same weights for the same --seed, run after run
             torch.manual_seed(getattr(args, "seed", 0) or 0)
-            model = models.load(args.model, pretrained=not args.random_init, weights_dir=args.weights_dir,
-                                trained_dir=getattr(args, "trained_dir", None))
+            model = models.load(args.model, pretrained=not args.random_init and weights is None,
+                                weights_dir=args.weights_dir, trained_dir=getattr(args, "trained_dir", None))
+        if weights is not None:
+            models.load_weights(model, weights)
     else:
         raise UnknownNameError("model", args.model, models.names())
     if shape is not None:
         model.input_shape = shape
+    elif getattr(model, "input_shape", None) is None and hasattr(args, "data"):
+        src = _source(args)
+        if src.input_shape is not None:  # costs are computed at the data's real input size
+            model.input_shape = src.input_shape
     return model
 
 
@@ -487,25 +573,35 @@ def _policy(args: argparse.Namespace, model):
 def _loaders(args: argparse.Namespace, *, calib: bool):
     from . import data
 
-    test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
+    test = data.loader(_source(args), "test", batch_size=args.batch_size, limit=args.limit)
     cal = None
     if calib:
-        cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
-                                data_dir=args.data_dir)
+        cal = data.calib_loader(_source(args), batches=_calib_config(args).batches_needed, seed=args.seed)
     return test, cal
 
 
 def _preflight(model, loader) -> None:
-    """One batch through the model before any work: shapes, output and label range (qpolicy.preflight)."""
-    from .preflight import preflight
+    """One batch through the model before any work: shapes, output and label range (qpolicy.preflight). A model
+    that declares no input shape takes the data's (what its costs are computed at)."""
+    import torch
 
+    from .preflight import preflight
+    from .task import task_of
+
+    if getattr(model, "input_shape", None) is None:
+        try:
+            x = task_of(loader).inputs(next(iter(loader)))
+        except Exception:  # noqa: BLE001 - preflight reports what is wrong with the data, in one line
+            x = None
+        if torch.is_tensor(x) and x.dim() >= 2:
+            model.input_shape = tuple(x.shape[1:])
     preflight(model, loader)
 
 
 def _preflight_split(model, args: argparse.Namespace, split: str) -> None:
     from . import data
 
-    _preflight(model, data.loader("cifar10", split, batch_size=2, limit=2, data_dir=args.data_dir))
+    _preflight(model, data.loader(_source(args), split, batch_size=2, limit=2))
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
@@ -608,8 +704,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model = _load_model(args)
     policy = _policy(args, model)
     test, cal = _loaders(args, calib=True)
-    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit,
-                        seed=args.seed, data_dir=args.data_dir)
+    train = data.loader(_source(args), "train", batch_size=args.train_batch_size, limit=args.train_limit,
+                        seed=args.seed)
     _preflight(model, test)
     run, _ = finetune_policy(model, policy, train=train, test=test, calib=cal, out_dir=args.out, config=config,
                              calib_config=_calib_config(args), resume=args.resume, device=args.device)
@@ -647,12 +743,12 @@ def cmd_train_noise(args: argparse.Namespace) -> int:
         raise ConfigError("a model outside the zoo has no cache name: give --out RUN_FOLDER")
     out = Path(args.out) if args.out else noise_model_dir(args.model, config.sigma, args.trained_dir)
     model = _load_model(args)
-    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit, seed=args.seed,
-                        data_dir=args.data_dir)
+    train = data.loader(_source(args), "train", batch_size=args.train_batch_size, limit=args.train_limit,
+                        seed=args.seed)
     _preflight(model, train)
     res = train_noise(model, train, config=config, out_dir=out, resume=args.resume, device=args.device,
                       model_name=args.model)
-    val = evaluate(model, data.loader("cifar10", "val", batch_size=500, limit=1000, data_dir=args.data_dir),
+    val = evaluate(model, data.loader(_source(args), "val", batch_size=500, limit=1000),
                    device=args.device, desc="val")
     obj = {"model": args.model, "sigma": config.sigma, "out": str(out), "weights": str(out / "weights.pt"),
            "train": res.to_dict(), "val_top1_clean": val.top1}
@@ -697,8 +793,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if defense is None:
         args.random_init = True
     model = _load_model(args)
-    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit, seed=args.seed,
-                        data_dir=args.data_dir)
+    train = data.loader(_source(args), "train", batch_size=args.train_batch_size, limit=args.train_limit,
+                        seed=args.seed)
     _preflight(model, train)
     if defense is not None:
         res = defense.train(model, train, options, config=config, out_dir=out, resume=args.resume,
@@ -715,7 +811,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{resumed}, {res.seconds:.0f} s, last epoch loss {res.history[-1]['loss']:.4f}\nwrote "
               f"{out / 'weights.pt'}")
         return 0
-    val = evaluate(model, data.loader("cifar10", "val", batch_size=500, data_dir=args.data_dir), device=args.device,
+    val = evaluate(model, data.loader(_source(args), "val", batch_size=500), device=args.device,
                    desc="val")
     obj["val_top1"] = val.top1
     resumed = f" (resumed from epoch {res.resumed_from['epoch']})" if res.resumed_from else ""
@@ -768,13 +864,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if policy is not None:
         from . import data
 
-        cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
-                                data_dir=args.data_dir)
+        cal = data.calib_loader(_source(args), batches=_calib_config(args).batches_needed, seed=args.seed)
     res = attack_model(model, policy, attack=args.attack, eps=eps, params=params, out_dir=args.out,
                        images=args.images, split=args.split, transfer=args.transfer, preprocess=pre,
                        defense=args.defense, chunk=args.chunk, resume=args.resume, calib=cal,
                        calib_config=_calib_config(args) if policy is not None else None, seed=args.seed,
-                       device=args.device, model_name=args.model, data_dir=args.data_dir)
+                       device=args.device, model_name=args.model)
     lines = [f"{args.model} | {_policy_label(policy)} | {args.attack}"
              + (" (transfer from float)" if args.transfer else "") + (f" | defense {args.defense}" if args.defense
                                                                       else "")]
@@ -852,8 +947,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if policy is not None:
         from . import data
 
-        cal = data.calib_loader("cifar10", batches=_calib_config(args).batches_needed, seed=args.seed,
-                                data_dir=args.data_dir)
+        cal = data.calib_loader(_source(args), batches=_calib_config(args).batches_needed, seed=args.seed)
     images = args.images if args.images is not None else (len(reference["records"]) if reference is not None else 100)
     split = reference.get("split", args.split) if reference is not None else args.split
     res = certify_model(model, policy, config=config, out_dir=args.out, split=split, images=images,
@@ -926,8 +1020,7 @@ def _analyze(args: argparse.Namespace):
     bits = _int_list(args.bits, "--bits")
     model = _load_model(args)
     # plain, shuffled training images: metrics take the batches they need (te: those of one label)
-    train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=args.seed,
-                        data_dir=args.data_dir)
+    train = data.loader(_source(args), "train", batch_size=128, shuffle=True, augment=False, seed=args.seed)
     _preflight(model, train)
     name = args.model if ":" not in args.model else None
     return analyze(model, train, metric=metric, bits=bits, seed=args.seed, model_name=name)
@@ -965,8 +1058,8 @@ def cmd_search_differentiable(args: argparse.Namespace, budget) -> int:
                        truncation=args.truncation, momentum=args.momentum, checkpoint_every=args.checkpoint_every,
                        seed=args.seed)
     model = _load_model(args)
-    train = data.loader("cifar10", "train", batch_size=args.train_batch_size, seed=args.seed, data_dir=args.data_dir)
-    calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
+    train = data.loader(_source(args), "train", batch_size=args.train_batch_size, seed=args.seed)
+    calib = data.calib_loader(_source(args), seed=args.seed)
     _preflight(model, train)
     res = search_differentiable(model, budget, method=args.strategy, train=train, calib=calib, config=config,
                                 out_dir=args.out, resume=args.resume, device=args.device,
@@ -1005,11 +1098,9 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
     config = SelectConfig(metrics=metrics, bits=_int_list(args.bits, "--bits"), metric_batches=args.calib_batches,
                           seed=args.seed, **given)
     model = _load_model(args)
-    val = data.loader("cifar10", "val", batch_size=250, data_dir=args.data_dir)
-    calib = data.calib_loader("cifar10", batches=max(config.bn_batches, config.act_batches), seed=args.seed,
-                              data_dir=args.data_dir)
-    train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=args.seed,
-                        data_dir=args.data_dir)
+    val = data.loader(_source(args), "val", batch_size=250)
+    calib = data.calib_loader(_source(args), batches=max(config.bn_batches, config.act_batches), seed=args.seed)
+    train = data.loader(_source(args), "train", batch_size=128, shuffle=True, augment=False, seed=args.seed)
     _preflight(model, val)
     res = search_validated(model, budget, calib=calib, val=val, metric_data=train, calib_config=calib_config,
                            config=config, act_bits=choices["act_bits"],
@@ -1048,7 +1139,7 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
     from .robust.noise import check_sigma
 
     model = _noise_base(args, check_sigma(args.sigma))
-    calib = data.calib_loader("cifar10", seed=args.seed, data_dir=args.data_dir)
+    calib = data.calib_loader(_source(args), seed=args.seed)
     _preflight(model, calib)
     res = search_arq(model, budget, calib=calib, out_dir=args.out, sigma=args.sigma, config=config,
                      act_bits=choices["act_bits"], weight_bits=_int_list(args.weight_bits, "--weight-bits"),
@@ -1081,8 +1172,8 @@ def cmd_search_qfa(args: argparse.Namespace, budget) -> int:
     config = QFASearchConfig(samples=args.samples, val_images=args.qfa_val_images, generations=args.generations,
                              population=args.population, seed=args.seed)
     model = _load_model(args)
-    val = data.loader("cifar10", "val", batch_size=250, limit=config.val_images, data_dir=args.data_dir)
-    calib = data.calib_loader("cifar10", batches=16, seed=args.seed, data_dir=args.data_dir)
+    val = data.loader(_source(args), "val", batch_size=250, limit=config.val_images)
+    calib = data.calib_loader(_source(args), batches=16, seed=args.seed)
     _preflight(model, val)
     front_out = str(Path(args.out).with_suffix("")) + "_front.json" if args.out else None
     res = search_qfa(model, budget, supernet=args.supernet, calib=calib, val=val, config=config, device=args.device,
@@ -1170,8 +1261,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             raise ConfigError("the table names no model: give --model to evaluate the front")
         model = _load_model(args)
         cfg = CalibConfig()
-        test = data.loader("cifar10", "test", batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
-        calib = data.calib_loader("cifar10", batches=cfg.batches_needed, seed=args.seed, data_dir=args.data_dir)
+        test = data.loader(_source(args), "test", batch_size=args.batch_size, limit=args.limit)
+        calib = data.calib_loader(_source(args), batches=cfg.batches_needed, seed=args.seed)
         _preflight(model, test)
         partial = Path(str(args.out) + ".points.json") if args.out else None  # finished points: a rerun resumes
         front = evaluate_front(model, front, test=test, calib=calib, calib_config=cfg, device=args.device,
@@ -1282,10 +1373,9 @@ def cmd_supernet(args: argparse.Namespace) -> int:
                            epochs=args.epochs, lr=args.lr, random_subnets=args.random_subnets,
                            act_quantizer=args.act_quantizer, checkpoint_every=args.checkpoint_every, seed=args.seed)
         model = _load_model(args)
-        train = data.loader("cifar10", "train", batch_size=args.train_batch_size, limit=args.train_limit,
-                            seed=args.seed, data_dir=args.data_dir)
-        calib = data.calib_loader("cifar10", batches=max(config.calib_batches, config.bn_batches), seed=args.seed,
-                                  data_dir=args.data_dir)
+        train = data.loader(_source(args), "train", batch_size=args.train_batch_size, limit=args.train_limit,
+                            seed=args.seed)
+        calib = data.calib_loader(_source(args), batches=max(config.calib_batches, config.bn_batches), seed=args.seed)
         _preflight(model, train)
         res = train_qfa(model, train, calib=calib, config=config, out_dir=args.out, resume=args.resume,
                         device=args.device, model_name=args.model if ":" not in args.model else None)
@@ -1315,9 +1405,9 @@ def cmd_supernet(args: argparse.Namespace) -> int:
                                                                          first_last=args.first_last,
                                                                          model_name=args.model)
     policy.validate(model)
-    calib = data.calib_loader("cifar10", batches=max(config.calib_batches, config.bn_batches), data_dir=args.data_dir)
+    calib = data.calib_loader(_source(args), batches=max(config.calib_batches, config.bn_batches))
     plain = subnet_model(net, policy, calib, config)
-    split = data.loader("cifar10", args.split, batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir)
+    split = data.loader(_source(args), args.split, batch_size=args.batch_size, limit=args.limit)
     res = evaluate(plain, split, device=args.device)
     from .costs import policy_cost
     from .layers import quantizable_layers
@@ -1341,6 +1431,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .search import STRATEGIES
     from .sensitivity import METRICS
 
+    if args.what == "datasets":
+        from . import datasets
+
+        rows = {n: datasets.REGISTRY.get(n) for n in datasets.names()}
+        obj = {"datasets": {n: {"summary": p.summary, "default": p.default} for n, p in rows.items()},
+               "also": "package.module:FACTORY or path/to/file.py:FACTORY (a function returning the splits)"}
+        lines = [f"{n:12s} {p.summary}{' (default)' if p.default else ''}" for n, p in rows.items()]
+        lines.append(f"{'MODULE:FN':12s} {obj['also']}")
+        _emit(args, obj, "\n".join(lines))
+        return 0
     if args.what in ("attacks", "defenses"):
         from .robust.attacks import ATTACKS
         from .robust.defenses import DEFENSES

@@ -1,4 +1,4 @@
-"""Top-1 accuracy and loss of a classifier on a data set."""
+"""The task metric (top-1 for a classifier) and loss of a model on a data set."""
 
 from __future__ import annotations
 
@@ -8,24 +8,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
 from .progress import progress
+from .task import batch_size, move, task_of
 
 __all__ = ["EvalResult", "evaluate", "resolve_device"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalResult:
-    """Accuracy of one evaluation. ``top1`` is in percent."""
+    """One evaluation: the task's metric (mean over samples; higher is better) and mean loss.
 
-    top1: float
+    ``top1`` (percent) and ``correct`` are set for classification (the metric is top-1) and None otherwise."""
+
+    top1: float | None
     loss: float
-    correct: int
+    correct: int | None
     total: int
     seconds: float
+    metric: float | None = None
+    metric_name: str = "top1"
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            object.__setattr__(self, "metric", None if self.top1 is None else self.top1 / 100.0)
+
+    @property
+    def score(self) -> float:
+        """The figure to report: top-1 in percent for classification, else the mean metric."""
+        return self.top1 if self.top1 is not None else float(self.metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -47,10 +60,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[Any], *, device: str | torch.device | None = None,
              desc: str = "evaluate") -> EvalResult:
-    """Top-1 (%) and mean cross-entropy of ``model`` over ``data`` (batches of ``(x, y)``).
+    """The task's metric and mean loss of ``model`` over ``data`` (default task: top-1 (%) and cross-entropy
+    on ``(x, y)`` batches; see :mod:`qpolicy.task`).
 
     The model runs in eval mode; its mode and device are restored afterwards.
     """
+    task = task_of(data)
     dev = resolve_device(device)
     was_training = model.training
     p = next(model.parameters(), None)
@@ -58,20 +73,24 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: str | torch.devic
     model.eval().to(dev)
     total = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)  # accumulated on the device: no per-batch sync
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    metric_sum = torch.zeros((), dtype=torch.float64, device=dev)
     start = time.perf_counter()
     try:
         total_batches = len(data) if hasattr(data, "__len__") else None
-        for x, y in progress(data, desc=desc, total=total_batches):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            logits = model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            total += y.numel()
+        for batch in progress(data, desc=desc, total=total_batches):
+            batch = move(batch, dev)
+            out = task.run(model, batch)
+            loss_sum += task.loss(out, batch).sum()
+            metric_sum += task.metric(out, batch).sum()
+            total += batch_size(batch)
     finally:
         model.train(was_training).to(home)
     if total == 0:
         raise ConfigError("evaluation data yielded no samples")
-    n_correct = int(correct)
-    return EvalResult(top1=100.0 * n_correct / total, loss=float(loss_sum) / total, correct=n_correct, total=total,
-                      seconds=time.perf_counter() - start)
+    metric = float(metric_sum) / total
+    if task.is_classification:
+        n_correct = round(float(metric_sum))
+        return EvalResult(top1=100.0 * n_correct / total, loss=float(loss_sum) / total, correct=n_correct,
+                          total=total, seconds=time.perf_counter() - start)
+    return EvalResult(top1=None, loss=float(loss_sum) / total, correct=None, total=total,
+                      seconds=time.perf_counter() - start, metric=metric, metric_name=task.metric_name)

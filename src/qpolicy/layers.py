@@ -102,7 +102,10 @@ def model_input_shape(model: nn.Module, input_shape: tuple[int, ...] | None = No
 
 
 def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[LayerInfo]:
-    """Every quantizable layer with its size, MACs and shapes, from one forward pass of a single sample.
+    """Every quantizable layer with its size, MACs and shapes, from one forward pass of a single sample: zeros of
+    ``input_shape`` (the argument, else ``model.input_shape``), or, for a model whose input is not one tensor (a
+    dict, several tensors, token ids), ``model.example_inputs``: one sample's inputs with a batch dimension of 1,
+    called as :func:`qpolicy.task.call` does (tuple: positional, dict: keyword).
 
     The model is left as it was: same parameters, buffers and train/eval mode (the pass runs in eval mode
     under ``torch.no_grad`` and the hooks are removed in ``finally``).
@@ -112,7 +115,10 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
     """
     import torch
 
-    shape = model_input_shape(model, input_shape)
+    from .task import call, move
+
+    example = getattr(model, "example_inputs", None) if input_shape is None else None
+    shape = None if example is not None else model_input_shape(model, input_shape)
     modules = quantizable_modules(model)
     seen: dict[str, dict[str, Any]] = {}
     order: list[str] = []
@@ -140,10 +146,15 @@ def quantizable_layers(model: nn.Module, input_shape: tuple[int, ...] | None = N
     handles = [m.register_forward_hook(make_hook(n)) for n, m in modules]
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros((1, *shape), device=device, dtype=dtype))
+            if example is not None:
+                call(model, move(example, device))
+            else:
+                model(torch.zeros((1, *shape), device=device, dtype=dtype))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:  # a wrong input shape, in the user's forward
         from .errors import PreflightError, first_line
 
+        if example is not None:
+            raise PreflightError(f"the model does not take its example_inputs: {first_line(e)[:300]}") from None
         raise PreflightError(f"the model does not take an input of shape {'x'.join(map(str, shape))} (per sample; "
                              f"--input-shape or model.input_shape): {first_line(e)[:300]}") from None
     finally:

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._validate import require_ints
@@ -53,11 +52,12 @@ from .evaluate import resolve_device
 from .layers import quantizable_layers
 from .policy import LayerBits, Policy, versions
 from .progress import progress
-from .quant.apply import apply_policy, batch_inputs
+from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
 from .search.base import STRATEGIES, Choice, Problem, SearchResult, build_problem, fits, ties_hold, total_cost
 from .search.baselines import uniform_pairs
 from .sensitivity import METRICS, SensitivityTable, analyze
+from .task import Data, batch_size, cut, move, tail, task_of
 
 __all__ = ["SelectConfig", "search_validated", "Candidate"]
 
@@ -221,6 +221,10 @@ def _uniform_candidates(problem: Problem, k: int) -> list[tuple[str, dict[str, C
     return out
 
 
+def _same(inputs: Any) -> Any:
+    return inputs
+
+
 class _Scorer:
     """Validation loss and top-1 of a policy under PTQ, with the calibration and validation batches held once."""
 
@@ -228,42 +232,62 @@ class _Scorer:
                  config: SelectConfig, device: str | None):
         self.model, self.layers, self.device = model, layers, device
         n_cal = max(config.bn_batches, config.act_batches)
-        self.calib = [batch_inputs(b) for b in itertools.islice(calib, n_cal)]
-        if not self.calib:
+        self.task = task_of(val)
+        self.scale = 100.0 if self.task.is_classification else 1.0  # top-1 in percent; another task's metric as is
+        cal_task = task_of(calib)
+        # the model inputs of the calibration batches, held once (apply_policy calls them as they are)
+        self.calib = Data([cal_task.inputs(b) for b in itertools.islice(calib, n_cal)], transform=_same)
+        if not len(self.calib):
             raise ConfigError("the calibration data yielded no batch")
         self.config = dataclasses.replace(calib_config, batches=min(config.act_batches, len(self.calib)),
                                           bn_batches=min(config.bn_batches, len(self.calib)))
-        xs, ys, n, want = [], [], 0, config.val_images + config.confirm_images
-        for x, y in val:
-            take = min(len(y), want - n)
-            xs.append(x[:take])
-            ys.append(y[:take])
+        want = config.val_images + config.confirm_images
+        batches, n = [], 0
+        for b in val:
+            take = min(batch_size(b), want - n)
+            batches.append(cut(b, take))
             n += take
             if n >= want:
                 break
         if not n:
             raise ConfigError("the validation data yielded no images")
-        x_all, y_all = torch.cat(xs), torch.cat(ys)
         self.images = min(n, config.val_images)
         # the confirmation images are the ones after the scoring images (none when the split is that small)
-        self.val = list(zip(x_all[: self.images].split(250), y_all[: self.images].split(250), strict=True))
-        self.confirm = list(zip(x_all[self.images:].split(250), y_all[self.images:].split(250), strict=True))
+        if self.task.is_classification:  # re-batched by 250 (what the published figures were measured with)
+            x_all, y_all = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+            self.val = list(zip(x_all[: self.images].split(250), y_all[: self.images].split(250), strict=True))
+            self.confirm = list(zip(x_all[self.images:].split(250), y_all[self.images:].split(250), strict=True))
+        else:  # the user's batches as they are, the one across the boundary cut in two
+            self.val, self.confirm, seen = [], [], 0
+            for b in batches:
+                k = batch_size(b)
+                head = max(0, min(k, self.images - seen))
+                if head:
+                    self.val.append(cut(b, head))
+                if head < k:
+                    self.confirm.append(tail(b, head))
+                seen += k
         self.confirm_images = n - self.images
+        if self.confirm_images < config.confirm_images:
+            log.warning("the validation split has %d images: %d score the candidates and %d (of the %d asked) "
+                        "confirm the winner%s", n, self.images, self.confirm_images, config.confirm_images,
+                        "; the confirmation step is skipped" if not self.confirm_images else "")
         self.evaluations = 0
         self.memo: dict[tuple, tuple[float, float]] = {}
 
     @torch.no_grad()
     def _measure(self, assign: Mapping[str, Choice], data) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image cross-entropy and correctness of the policy's PTQ model on ``data``."""
+        """Per-image loss and score (correctness for a classifier) of the policy's PTQ model on ``data``."""
         policy = Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assign.items()})
         qmodel = apply_policy(self.model, policy, calib=self.calib, config=self.config, learnable=False).eval()
         dev = resolve_device(self.device)
         qmodel.to(dev)
         losses, correct = [], []
-        for x, y in data:
-            logits = qmodel(x.to(dev))
-            losses.append(F.cross_entropy(logits, y.to(dev), reduction="none").double().cpu())
-            correct.append(logits.argmax(1).cpu() == y)
+        for b in data:
+            b = move(b, dev)
+            out = self.task.run(qmodel, b)
+            losses.append(self.task.loss(out, b).double().cpu())
+            correct.append(self.task.metric(out, b).cpu())
         return torch.cat(losses), torch.cat(correct)
 
     def __call__(self, assign: Mapping[str, Choice]) -> tuple[float, float]:
@@ -271,7 +295,7 @@ class _Scorer:
         if key not in self.memo:
             self.evaluations += 1
             loss, correct = self._measure(assign, self.val)
-            self.memo[key] = (float(loss.mean()), 100.0 * float(correct.double().mean()))
+            self.memo[key] = (float(loss.mean()), self.scale * float(correct.double().mean()))
         return self.memo[key]
 
     def confirm_(self, assign: Mapping[str, Choice]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,7 +307,7 @@ class _Scorer:
 def _score_item(score: _Scorer, item: Sequence[tuple[str, Choice]]) -> tuple[float, float]:
     """One candidate's validation loss and top-1 (a run_many task: the scorer is the shared object)."""
     loss, correct = score._measure(dict(item), score.val)
-    return float(loss.mean()), 100.0 * float(correct.double().mean())
+    return float(loss.mean()), score.scale * float(correct.double().mean())
 
 
 def _confirm(score: _Scorer, best: Candidate, uniform: list[Candidate], p_max: float

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from qpolicy.datasets.cifar10 import MEAN as CIFAR10_MEAN
+from qpolicy.datasets.cifar10 import STD as CIFAR10_STD
 from qpolicy.errors import ConfigError, UnknownNameError
 from qpolicy.robust.defenses import DEFENSES, parse_options
 from qpolicy.robust.defenses.adversarial import pgd_linf, sinkhorn_divergence
@@ -61,7 +63,6 @@ def test_sinkhorn_divergence_golden_values():
 def test_pgd_linf_stays_in_the_ball_and_the_image_range():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
-    from qpolicy.data import CIFAR10_MEAN, CIFAR10_STD
 
     mean = torch.tensor(CIFAR10_MEAN).view(1, -1, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, -1, 1, 1)
@@ -120,7 +121,7 @@ def _tiny_data(n=32, batch=16):
     imgs = (torch.rand(n, 8, 8, 3, generator=g) * 255).to(torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=g)
     ds = ArrayDataset(images=imgs, labels=labels, classes=tuple(map(str, range(10))), source="tiny")
-    return ArrayLoader(ds, batch_size=batch, shuffle=True, seed=0)
+    return ArrayLoader(ds, batch_size=batch, shuffle=True, seed=0, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 
 class _Killed(Exception):

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from qpolicy.data import ArrayDataset, ArrayLoader
+from qpolicy.datasets import cifar10
 from qpolicy.errors import PolicyError, UnknownNameError
 from qpolicy.sensitivity import METRICS, SensitivityTable, analyze, monotone
 from qpolicy.testing import TinyConvNet, random_dataset
@@ -12,7 +13,7 @@ BITS = (2, 3, 4, 8)
 def _calib():
     ds = random_dataset(64)
     balanced = ArrayDataset(images=ds.images, labels=torch.arange(64) % 4, classes=ds.classes, source="test")
-    return ArrayLoader(balanced, batch_size=32)
+    return ArrayLoader(balanced, batch_size=32, mean=cifar10.MEAN, std=cifar10.STD)
 
 
 def _fragile_model():

@@ -2,12 +2,12 @@
 
 Weights are found in ``--weights-dir`` > ``$QPOLICY_HOME/models`` > ``~/.cache/qpolicy/models``, checked against
 the sha256 prefix in their file name (``resnet20-12fca82f.th``), and downloaded from the canonical URL when
-missing. A user model is any ``nn.Module``, or from the CLI a ``package.module:factory`` reference.
+missing. A user model is any ``nn.Module``, or from the CLI a ``package.module:factory`` or ``file.py:factory``
+reference with ``--weights FILE`` and ``--model-arg KEY=VALUE``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from .._imports import import_reference
 from ..errors import ConfigError, WeightsError, first_line
 from ..paths import download, models_dir, sha256_file
 from ..registry import Registry
@@ -142,18 +143,60 @@ def resolve_weights(model_spec: ModelSpec, weights_dir: str | os.PathLike | None
     return path
 
 
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a ``{"state_dict": ...}`` or bare state-dict file into ``model`` (``module.`` prefixes removed)."""
+    """Load weights into ``model``: a bare state dict, a checkpoint holding one (under ``state_dict``,
+    ``model_state_dict``, ``model``, ``net`` or ``weights``), or a ``.safetensors`` file; ``module.`` prefixes
+    (DataParallel) are removed. Files are read without unpickling code (``weights_only``).
+
+    Raises:
+        WeightsError: unreadable file, no state dict in it, or keys/shapes that do not fit the model (one line).
+    """
     import torch
 
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise WeightsError(f"{path} is a safetensors file: pip install safetensors") from None
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
     except Exception as e:  # torch raises many types for truncated/corrupt files
         raise WeightsError(f"cannot read weights file {path}: {first_line(e)}") from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise WeightsError(f"weights file {path} holds no state dict")
+    state = obj
+    if isinstance(obj, dict):
+        for key in _STATE_KEYS:
+            if isinstance(obj.get(key), dict):
+                state = obj[key]
+                break
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"weights file {path} holds no state dict (a mapping of parameter names to tensors, "
+                           f"bare or under one of {', '.join(_STATE_KEYS)})")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]  # BN fills it in
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise WeightsError(f"weights file {path} does not fit the model: keys {'; '.join(parts)}")
+    bad = [f"{k} {tuple(state[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items() if k in state
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise WeightsError(f"weights file {path} does not fit the model: shapes differ for {len(bad)} tensors, "
+                           f"e.g. {bad[0]}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -188,18 +231,14 @@ def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike |
 
 
 def from_reference(ref: str, **kwargs: Any) -> nn.Module:
-    """Build a user model from ``package.module:factory`` (the factory is called with ``kwargs``)."""
-    mod_name, sep, attr = ref.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ConfigError(f"model reference must look like package.module:factory, got {ref!r}")
+    """Build a user model from ``package.module:factory`` (importable from the current folder too) or
+    ``path/to/file.py:factory``; the factory is called with ``kwargs``."""
+    factory = import_reference(ref, "model")
     try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import {mod_name!r} for model {ref!r}: {e}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"{mod_name!r} has no callable {attr!r} (model {ref!r})")
-    model = factory(**kwargs)
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model factory {ref} does not take the arguments {sorted(kwargs)}: {first_line(e)}") \
+            from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module")
     return model

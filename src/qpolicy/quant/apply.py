@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from .._modes import eval_mode
-from ..errors import CalibrationError, ConfigError
+from ..errors import CalibrationError
 from ..policy import Policy
+from ..task import CLASSIFICATION, Task, call, move, task_of
 from .fake_quant import ActQuantizer, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
 
 __all__ = ["apply_policy", "calibrate_", "calibrate_bn_and_acts_", "quantizers", "batch_inputs"]
@@ -21,13 +22,9 @@ __all__ = ["apply_policy", "calibrate_", "calibrate_bn_and_acts_", "quantizers",
 log = logging.getLogger(__name__)
 
 
-def batch_inputs(batch: Any) -> torch.Tensor:
-    """The input tensor of a batch that is a tensor or an ``(inputs, targets, ...)`` tuple."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise ConfigError(f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}")
+def batch_inputs(batch: Any, task: Task = CLASSIFICATION) -> Any:
+    """The model inputs of a batch under ``task`` (default: a tensor, or the first element of ``(x, y, ...)``)."""
+    return task.inputs(batch)
 
 
 def quantizers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -40,7 +37,7 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def _reestimate_bn(model: nn.Module, batches: list[Any]) -> None:
     """Recompute every BatchNorm's running mean/var as the plain average over ``batches``."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
@@ -52,7 +49,7 @@ def _reestimate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
         bn.train()
     try:
         for x in batches:
-            model(x)
+            call(model, x)
     finally:
         for bn in bns:
             bn.momentum = momenta[bn]
@@ -87,7 +84,8 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
         return model
     device = _device(model)
     n_bn = config.bn_batches if config.bn_reestimate else 0
-    batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches_needed)]
+    task = task_of(calib)
+    batches = [move(task.inputs(b), device) for b in itertools.islice(calib, config.batches_needed)]
     if not batches:
         raise CalibrationError("the calibration data yielded no batch")
     calibrate_bn_and_acts_(model, acts, batches, config)
@@ -96,7 +94,7 @@ def calibrate_(model: nn.Module, calib: Iterable[Any] | None, config: CalibConfi
     return model
 
 
-def calibrate_bn_and_acts_(model: nn.Module, acts: list[ActQuantizer], batches: list[torch.Tensor],
+def calibrate_bn_and_acts_(model: nn.Module, acts: list[ActQuantizer], batches: list[Any],
                            config: CalibConfig) -> None:
     """Steps 2-3 of :func:`calibrate_`: BatchNorm statistics re-estimated with the activation quantizers passing
     their inputs through, then the activation quantizers observe ``batches[:config.batches]``. Eval mode; the
@@ -111,7 +109,7 @@ def calibrate_bn_and_acts_(model: nn.Module, acts: list[ActQuantizer], batches: 
                 a.enabled = True
                 a.start_calibration_(config)
             for x in batches[: config.batches]:
-                model(x)
+                call(model, x)
             for a in acts:
                 a.finish_calibration_()
     finally:
@@ -132,8 +130,8 @@ def apply_policy(
     Args:
         model: Float model.
         policy: Bits per quantizable layer; must name exactly the model's quantizable layers.
-        calib: Batches (tensors or ``(x, y)`` tuples) for activation calibration; required when any layer
-            quantizes activations.
+        calib: Batches for calibration (tensors, ``(x, y)`` tuples, or a :class:`qpolicy.Data` whose
+            ``transform`` gives the model inputs); required when any layer quantizes activations.
         config: Calibration rules; default :class:`CalibConfig` (MSE-optimal clipping).
         learnable: Make step sizes trainable parameters (LSQ) for fine-tuning.
 

@@ -142,8 +142,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
             certificate. Episodes stay in order (the agent learns from each before the next), and the results
             equal the serial ones.
     """
-    from ..data import load_cifar10, validation_indices
-    from ..robust.certify import certify_model, pixel_images, spaced_indices
+    from ..robust.certify import certify_model, pixel_images, spaced_indices, split_size
     from ..robust.irs import IncrementalCertifier, IRSConfig
     from ..robust.noise import NoisyBatches, check_sigma
     from ..robust.smoothing import Smooth, SmoothConfig, certify_dataset, certify_records, summarize
@@ -171,7 +170,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
         calib_config = CalibConfig(batches=config.calib_batches, bn_batches=config.bn_batches, seed=config.seed)
 
         # the float model's certificates on the validation images (resumable on its own)
-        n_val = len(validation_indices(len(load_cifar10("train", data_dir=data_dir))))
+        n_val = split_size("val", data_dir)
         positions = spaced_indices(n_val, config.val_images)
         imgs, labels, file_idx = pixel_images("val", positions, data_dir=data_dir)
         ref_cfg = SmoothConfig(sigma=sigma, n0=100, n=config.reference_n, alpha=config.alpha, seed=config.seed)

@@ -327,8 +327,9 @@ class _Context:
             base = self.float_model(name, defense)
             policy = Policy.from_dict(self.shared["policies"][name][qnn])
             torch.manual_seed(self.shared["config"]["seed"])
-            self.models[key] = apply_policy(base, policy, calib=calib_loader(
-                "cifar10", seed=self.shared["config"]["seed"], data_dir=self.shared.get("data_dir"))).eval()
+            calib = calib_loader(self.shared.get("data"), seed=self.shared["config"]["seed"],
+                                 data_dir=self.shared.get("data_dir"))
+            self.models[key] = apply_policy(base, policy, calib=calib).eval()
         return self.models[key]
 
     def target(self, name: str, defense: str, qnn: str) -> nn.Module:
@@ -411,7 +412,7 @@ def _evaluate_item(shared: Mapping[str, Any], item: Mapping[str, Any]) -> dict[s
         from ..evaluate import evaluate
 
         if pre is None:
-            test = loader("cifar10", "test", batch_size=500, limit=shared["config"]["clean_images"],
+            test = loader(shared.get("data"), "test", batch_size=500, limit=shared["config"]["clean_images"],
                           data_dir=shared.get("data_dir"))
             ev = evaluate(target, test)
             return {"top1": ev.top1, "images": ev.total, "seconds": time.perf_counter() - t}
@@ -513,7 +514,7 @@ def run_robustness(config: RobustnessConfig, *, out_dir: str | os.PathLike, work
             continue
         table = None
         if "mixed" in config.qnns:
-            table = analyze(model, calib_loader("cifar10", seed=config.seed, data_dir=data_dir), metric="fisher",
+            table = analyze(model, calib_loader(None, seed=config.seed, data_dir=data_dir), metric="fisher",
                             bits=(2, 3, 4, 5, 6, 8), model_name=name)
         policies[name] = {q: qnn_policy(model, q, model_name=name, table=table).to_dict() for q in config.qnns
                           if q != "float"}

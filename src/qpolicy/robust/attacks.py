@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import CIFAR10_MEAN, CIFAR10_STD
+from ..datasets import normalization
 from ..errors import ConfigError, close_matches, shorten
 from ..registry import Registry
 
@@ -48,9 +48,11 @@ class PixelModel(nn.Module):
     model's input normalization, then the model. Inputs of any float dtype are cast to float32 (ART's Boundary,
     HopSkipJump and pre-processing pass float64)."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+    def __init__(self, model: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  preprocess: nn.Module | None = None):
         super().__init__()
+        if mean is None or std is None:  # the default data set's normalization
+            mean, std = normalization()
         self.model = model
         self.preprocess = preprocess
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import LOADER_SPLITS, load_cifar10, validation_indices
+from ..data import LOADER_SPLITS
+from ..datasets import DataOptions, source
 from ..errors import ConfigError
 from .irs import IncrementalCertifier, IRSConfig
 from .smoothing import Smooth, SmoothConfig, certify_dataset
@@ -27,11 +28,18 @@ __all__ = ["certify_model", "pixel_images", "spaced_indices", "split_size", "bas
 log = logging.getLogger(__name__)
 
 
-def split_size(split: str, data_dir: str | os.PathLike | None = None) -> int:
-    """How many images ``split`` ("test" or "val", the held-out training images) has."""
-    if split == "test":
-        return len(load_cifar10("test", data_dir=data_dir))
-    return len(validation_indices(len(load_cifar10("train", data_dir=data_dir))))
+def _split(split: str, data_dir: str | os.PathLike | None, data: Any):
+    src = source(data, DataOptions(data_dir=str(data_dir) if data_dir else None))
+    if src.split_fn is None:
+        raise ConfigError(f"certification needs images in memory (a registered data set), not the loaders of "
+                          f"{src.spec!r}")
+    return src.split(split)
+
+
+def split_size(split: str, data_dir: str | os.PathLike | None = None, data: Any = None) -> int:
+    """How many images ``split`` ("test" or "val", the held-out training images) of ``data`` (a data spec;
+    default: the default data set) has."""
+    return len(_split(split, data_dir, data)[1])
 
 
 def spaced_indices(size: int, images: int) -> list[int]:
@@ -44,15 +52,15 @@ def spaced_indices(size: int, images: int) -> list[int]:
     return list(range(0, step * images, step))
 
 
-def pixel_images(split: str, indices: Iterable[int], *, data_dir: str | os.PathLike | None = None
+def pixel_images(split: str, indices: Iterable[int], *, data_dir: str | os.PathLike | None = None, data: Any = None
                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Images (N x 3 x H x W in [0, 1]) and labels of ``split`` at positions ``indices``; the returned indices are
     positions in the underlying file ("val": the held-out training images), which is what seeds the noise."""
     if split not in LOADER_SPLITS or split == "train":
         raise ConfigError(f"certify on 'val' or 'test', got {split!r}")
-    ds = load_cifar10("test" if split == "test" else "train", data_dir=data_dir)
+    ds, idx = _split(split, data_dir, data)
     pos = torch.tensor(list(indices), dtype=torch.long)
-    file_idx = pos if split == "test" else validation_indices(len(ds))[pos]
+    file_idx = idx[pos]
     imgs = ds.images[file_idx].permute(0, 3, 1, 2).float() / 255.0
     return imgs, ds.labels[file_idx], [int(i) for i in file_idx]
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._io import atomic_torch_save
 from .._validate import require_ints, require_numbers
-from ..data import CIFAR10_STD
+from ..datasets import normalization
 from ..errors import ConfigError
 from ..paths import trained_dir
 from ..train import TrainOutcome, TrainSpec, train
@@ -81,13 +81,15 @@ class NoiseTrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def pixel_noise_scale(sigma: float, std: Sequence[float] = CIFAR10_STD) -> torch.Tensor:
-    """Per-channel factor (1, C, 1, 1) that turns N(0, 1) into pixel-unit noise of ``sigma`` on normalized images."""
+def pixel_noise_scale(sigma: float, std: Sequence[float] | None = None) -> torch.Tensor:
+    """Per-channel factor (1, C, 1, 1) that turns N(0, 1) into pixel-unit noise of ``sigma`` on normalized images
+    (``std``: the normalization's; default: the default data set's)."""
     sigma = check_sigma(sigma)
+    std = normalization()[1] if std is None else std
     return torch.tensor([sigma / s for s in std], dtype=torch.float32).view(1, -1, 1, 1)
 
 
-def gaussian_noise(sigma: float, std: Sequence[float] = CIFAR10_STD
+def gaussian_noise(sigma: float, std: Sequence[float] | None = None
                    ) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
     """A batch transform of the engine: add N(0, sigma^2) pixel-unit noise to normalized images (``e / std``).
 
@@ -158,7 +160,7 @@ class NoisyBatches:
     set on noisy inputs, and re-estimating them on clean images would fit the wrong distribution.
     """
 
-    def __init__(self, data: Iterable[Any], sigma: float, *, seed: int = 0, std: Sequence[float] = CIFAR10_STD):
+    def __init__(self, data: Iterable[Any], sigma: float, *, seed: int = 0, std: Sequence[float] | None = None):
         self.data, self.sigma, self.seed = data, check_sigma(sigma), seed
         self.scale = pixel_noise_scale(self.sigma, std)
 

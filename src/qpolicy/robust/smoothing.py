@@ -34,7 +34,7 @@ from torch import nn
 
 from .._io import read_json, write_json
 from .._validate import require_ints, require_probability
-from ..data import CIFAR10_MEAN, CIFAR10_STD
+from ..datasets import normalization
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import resolve_device
 from .noise import check_sigma
@@ -145,12 +145,14 @@ class Smooth:
         base: The base classifier (its mode and device are left as they are; it runs in eval mode here).
         num_classes: Number of classes.
         sigma: Noise standard deviation, pixel units.
-        mean, std: The normalization the base expects, per channel.
+        mean, std: The normalization the base expects, per channel (default: the default data set's).
         device: Where the noise and forward passes run ("auto": CUDA when available).
     """
 
-    def __init__(self, base: nn.Module, num_classes: int, sigma: float, *, mean: Sequence[float] = CIFAR10_MEAN,
-                 std: Sequence[float] = CIFAR10_STD, device: str | torch.device | None = None):
+    def __init__(self, base: nn.Module, num_classes: int, sigma: float, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, device: str | torch.device | None = None):
+        if mean is None or std is None:  # the default data set's normalization
+            mean, std = normalization()
         self.base = base
         self.num_classes = int(num_classes)
         self.sigma = check_sigma(sigma)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..layers import LayerInfo
-from ..quant.apply import batch_inputs
 from ..quant.primitives import fake_quantize, mse_scale, scale_from_absmax
+from ..task import call, cut, move, task_of
 
 __all__ = ["frozen_copy", "batches_of", "capture_inputs", "quantize_weight", "quantize_act", "act_scale",
            "layer_forward", "bn_after", "bn_matched", "bn_stats"]
@@ -29,21 +29,21 @@ def frozen_copy(model: nn.Module, layers: Sequence[LayerInfo]) -> tuple[nn.Modul
     return m, {li.name: m.get_submodule(li.name) for li in layers}, next(m.parameters()).device
 
 
-def batches_of(calib: Iterable[Any], n: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def batches_of(calib: Iterable[Any], n: int, device: torch.device) -> list[tuple[Any, Any]]:
+    """``(model inputs, batch)`` of the first ``n`` batches of ``calib``, on ``device``, under its task
+    (:func:`qpolicy.task.task_of`)."""
+    task = task_of(calib)
     out = []
     for b in itertools.islice(calib, n):
-        x = batch_inputs(b).to(device)
-        y = b[1].to(device) if isinstance(b, (tuple, list)) and len(b) > 1 else None
-        out.append((x, y))
+        b = move(b, device)
+        out.append((task.inputs(b), b))
     if not out:
         raise ValueError("the calibration data yielded no batch")
     return out
 
 
 @torch.no_grad()
-def capture_inputs(
-    model: nn.Module, layers: Sequence[LayerInfo], xs: Sequence[torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def capture_inputs(model: nn.Module, layers: Sequence[LayerInfo], xs: Sequence[Any]) -> dict[str, torch.Tensor]:
     """The input of every layer (first call) on the batches ``xs``, concatenated along the batch axis."""
     seen: dict[str, list[torch.Tensor]] = {li.name: [] for li in layers}
     handles = []
@@ -57,7 +57,7 @@ def capture_inputs(
         handles.append(mod.register_forward_hook(hook))
     try:
         for x in xs:
-            model(x)
+            call(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -101,7 +101,7 @@ def layer_forward(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def bn_after(model: nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor) -> dict[str, nn.Module]:
+def bn_after(model: nn.Module, layers: Sequence[LayerInfo], x: Any) -> dict[str, nn.Module]:
     """The BatchNorm each layer's output goes into directly (conv -> BN), found by one traced forward on ``x``.
     Layers whose output goes elsewhere first (or nowhere) are left out."""
     # Each output is kept (not just its id) until the trace ends: a freed tensor's id can be given to a later
@@ -124,7 +124,7 @@ def bn_after(model: nn.Module, layers: Sequence[LayerInfo], x: torch.Tensor) -> 
         from .._modes import eval_mode
 
         with eval_mode(model):
-            model(x[:2])
+            call(model, cut(x, 2))
     finally:
         for h in handles:
             h.remove()

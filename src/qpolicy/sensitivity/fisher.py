@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..task import batch_size, call, task_of, with_grad
 from ._common import batches_of, bn_after, bn_matched, frozen_copy, layer_forward, quantize_act, quantize_weight
 from .base import METRICS, BatchMetric
 
@@ -35,11 +34,10 @@ class FisherMetric(BatchMetric):
         act = {n: dict.fromkeys(bits, 0.0) for n in mods}
         total = 0
         followed: dict | None = None
-        for x, y in batches_of(calib, self.batches, device):
+        task = task_of(calib)
+        for x, batch in batches_of(calib, self.batches, device):
             if followed is None:
                 followed = bn_after(m, layers, x) if self.bn_reestimate else {}
-            if y is None:
-                raise ConfigError("the fisher metric needs labelled batches (x, y)")
             seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
             handles = []
             for n, mod in mods.items():
@@ -49,12 +47,12 @@ class FisherMetric(BatchMetric):
                         seen[n] = (inputs[0].detach(), out)
                 handles.append(mod.register_forward_hook(hook))
             try:
-                x = x.clone().requires_grad_(True)  # so every layer output is in the graph
-                F.cross_entropy(m(x), y, reduction="sum").backward()  # per-sample gradients dL_i/dy_i
+                x = with_grad(x)  # so every layer output is in the graph
+                task.loss(call(m, x), batch).sum().backward()  # per-sample gradients dL_i/dy_i
             finally:
                 for h in handles:
                     h.remove()
-            total += y.numel()
+            total += batch_size(batch)
             with torch.no_grad():
                 for n, (xin, out) in seen.items():
                     mod, g2, y0 = mods[n], out.grad.pow(2), out.detach()

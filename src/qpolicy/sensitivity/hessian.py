@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..task import call, task_of, with_grad
 from ._common import batches_of, frozen_copy, quantize_act, quantize_weight
 from .base import METRICS, BatchMetric
 
@@ -43,9 +43,8 @@ class HessianMetric(BatchMetric):
         tr_w = {n: 0.0 for n in mods}
         tr_a = {n: 0.0 for n in mods}
         inputs_seen: dict[str, torch.Tensor] = {}
-        for x, y in batches_of(calib, self.batches, device):
-            if y is None:
-                raise ConfigError("the hessian metric needs labelled batches (x, y)")
+        task = task_of(calib)
+        for x, batch in batches_of(calib, self.batches, device):
             acts: dict[str, torch.Tensor] = {}
             handles = []
             for n, mod in mods.items():
@@ -54,8 +53,8 @@ class HessianMetric(BatchMetric):
                         acts[n] = args[0]
                 handles.append(mod.register_forward_pre_hook(pre))
             try:
-                x = x.clone().requires_grad_(True)  # so the first layer's input is in the graph too
-                loss = F.cross_entropy(m(x), y)
+                x = with_grad(x)  # so the first layer's input is in the graph too
+                loss = task.loss(call(m, x), batch).mean()
             finally:
                 for h in handles:
                     h.remove()

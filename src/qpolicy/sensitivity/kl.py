@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .._modes import eval_mode
+from ..errors import ConfigError
 from ..quant.primitives import fake_quantize
+from ..task import task_of
 from ._common import act_scale, batches_of, bn_after, bn_stats, capture_inputs, layer_forward, quantize_weight
 from .base import METRICS, BatchMetric
 
@@ -35,6 +37,9 @@ class KLMetric(BatchMetric):
     @torch.no_grad()
     def score(self, model, calib, *, layers, bits, seed):
         device = next(model.parameters()).device
+        if not task_of(calib).is_classification:
+            raise ConfigError("the kl metric compares class distributions (softmax of logits): it is for "
+                              "classifiers; for another task use fisher, hessian or qerror")
         xs = [x for x, _ in batches_of(calib, self.batches, device)]
         weight = {li.name: dict.fromkeys(bits, 0.0) for li in layers}
         act = {li.name: dict.fromkeys(bits, 0.0) for li in layers}

@@ -32,7 +32,7 @@ class QErrorMetric(BatchMetric):
         # no copy needed: the model only runs forward in eval mode, with hooks removed afterwards
         m = model
         device = next(m.parameters()).device
-        xs = [x for x, _ in batches_of(calib, self.batches, device)]
+        xs = [x for x, _ in batches_of(calib, self.batches, device)]  # model inputs (the loss is not used)
         with eval_mode(m):
             inputs = capture_inputs(m, layers, xs)
         followed = bn_after(m, layers, xs[0]) if self.bn_reestimate else {}

@@ -47,6 +47,7 @@ import torch
 
 from .._modes import eval_mode
 from ..errors import ConfigError
+from ..task import task_of
 from .base import METRICS
 
 __all__ = ["TEMetric", "birth_times", "birth_times_reference", "channel_entropy", "square_maps"]
@@ -247,6 +248,9 @@ class TEMetric:
         return {k: v for k, v in asdict(self).items() if k != "name"}
 
     def same_label_batch(self, calib, device) -> torch.Tensor:
+        if not task_of(calib).is_classification:
+            raise ConfigError("the te metric needs a same-label minibatch: it is for classifiers; for another "
+                              "task use fisher, hessian or qerror")
         xs, have = [], 0
         for batch in calib:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:

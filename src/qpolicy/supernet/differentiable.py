@@ -193,9 +193,11 @@ def _split(train: Any, seed: int, limit: int | None, held: int, batch_size: int)
     held = min(held, half // 2)
     if half - held < 1:
         raise ConfigError("the training data needs at least 4 images for the two halves")
+    same = {"mean": train.mean, "std": train.std, "pad": train.pad, "flip": train.flip}  # the loader's data set
     make = lambda ix, s: ArrayLoader(train.dataset, batch_size=batch_size, shuffle=True,  # noqa: E731
-                                     augment=train.augment, seed=s, indices=ix)
-    scoring = ArrayLoader(train.dataset, batch_size=256, shuffle=False, augment=False, indices=idx[len(idx) - held:])
+                                     augment=train.augment, seed=s, indices=ix, **same)
+    scoring = ArrayLoader(train.dataset, batch_size=256, shuffle=False, augment=False, indices=idx[len(idx) - held:],
+                          **same)
     return make(idx[:half], seed), make(idx[half:len(idx) - held], seed + 1), scoring
 
 

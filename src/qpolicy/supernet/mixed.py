@@ -35,8 +35,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers import LayerInfo, quantizable_layers
 from ..policy import LayerBits, Policy
-from ..quant.apply import batch_inputs, calibrate_bn_and_acts_
+from ..quant.apply import calibrate_bn_and_acts_
 from ..quant.fake_quant import ACT_QUANTIZERS, CalibConfig, QuantConv2d, QuantLinear, WeightQuantizer
+from ..task import move, task_of
 
 __all__ = ["MixedQuantLayer", "Supernet", "build_supernet"]
 
@@ -261,7 +262,8 @@ class Supernet(nn.Module):
         supernet with its (uniform) weight mixture, then every activation candidate from its layer's inputs."""
         config = config or CalibConfig()
         device = next(self.parameters()).device
-        batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, config.batches_needed)]
+        task = task_of(calib)
+        batches = [move(task.inputs(b), device) for b in itertools.islice(calib, config.batches_needed)]
         if not batches:
             raise ConfigError("the calibration data yielded no batch")
         acts = [q for _, m in self.mixed_layers() for q in m.act_quants]

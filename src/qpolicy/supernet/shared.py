@@ -36,8 +36,9 @@ from .._validate import require_ints, require_numbers
 from ..bits import check_bits
 from ..errors import CheckpointError, ConfigError, first_line
 from ..policy import LayerBits, Policy
-from ..quant.apply import batch_inputs, calibrate_bn_and_acts_
+from ..quant.apply import calibrate_bn_and_acts_
 from ..quant.fake_quant import ActQuantizer, CalibConfig
+from ..task import CLASSIFICATION, Task, call, move, task_of
 from ..train import CHECKPOINT_NAME, Hook, TrainOutcome, TrainSpec, check_resume, load_checkpoint, train
 from .mixed import Supernet, build_supernet
 
@@ -147,8 +148,20 @@ def _set(net: Supernet, assignment: Assignment) -> None:
         m.keep["act"] = [c == a for c in m.bits["act"]]
 
 
-def _kd(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
+def _kd(student: Any, teacher: Any, t: float, task: Task = CLASSIFICATION) -> torch.Tensor:
+    """Distillation: KL of the temperature-``t`` softmaxes for a classifier; for another task the mean squared
+    difference of the outputs (their tensors, in order)."""
+    if task.is_classification:
+        return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
+    pairs = zip(_tensors(student), _tensors(teacher), strict=True)
+    return sum(F.mse_loss(s.float(), q.float()) for s, q in pairs)
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if torch.is_tensor(out):
+        return [out]
+    values = out.values() if isinstance(out, Mapping) else out
+    return [t for v in values for t in _tensors(v)]
 
 
 class _Sandwich(Hook):
@@ -158,7 +171,7 @@ class _Sandwich(Hook):
     name = "sandwich"
 
     def __init__(self, net: Supernet, teacher: nn.Module, config: QFAConfig):
-        self.net, self.teacher, self.config = net, teacher, config
+        self.net, self.teacher, self.config, self.task = net, teacher, config, CLASSIFICATION
         self.rng = random.Random(config.seed)
         self.candidates = _candidates(net)
         self.current: list[Assignment] = []
@@ -170,17 +183,18 @@ class _Sandwich(Hook):
         self.current = sandwich(self.rng, self.candidates, self.config.random_subnets)
         _set(self.net, self.current[0])
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Distillation of the largest subnet (the engine adds its cross-entropy) plus cross-entropy and
-        distillation of every other subnet of the step."""
-        t = self.config.kd_temperature
+    def loss(self, model: nn.Module, x: Any, y: Any, logits: Any) -> torch.Tensor:
+        """Distillation of the largest subnet (the engine adds its task loss) plus task loss and distillation of
+        every other subnet of the step. ``x``: model inputs; ``y``: labels (classification) or the batch."""
+        t, task = self.config.kd_temperature, self.task
         with torch.no_grad():
-            teacher = self.teacher(x)
-        total = _kd(logits, teacher, t)
+            teacher = call(self.teacher, x)
+        total = _kd(logits, teacher, t, task)
         for assignment in self.current[1:]:
             _set(self.net, assignment)
-            out = self.net(x)
-            total = total + F.cross_entropy(out, y) + _kd(out, teacher, t)
+            out = call(self.net, x)
+            task_loss = F.cross_entropy(out, y) if task.is_classification else task.loss(out, y).mean()
+            total = total + task_loss + _kd(out, teacher, t, task)
         _set(self.net, self.current[0])
         self.last = float(total.detach())
         return total
@@ -239,6 +253,7 @@ def train_qfa(model: nn.Module, train_data: Iterable[Any], *, calib: Iterable[An
 
     teacher.to(resolve_device(device))
     hook = _Sandwich(net, teacher, config)
+    hook.task = task_of(train_data)
     spec = TrainSpec(
         epochs=config.epochs, lr=config.lr,
         optimizer=torch.optim.SGD(_param_groups(net, config.weight_decay), lr=config.lr, momentum=config.momentum,
@@ -281,7 +296,8 @@ def subnet_model(net: Supernet, policy: Policy, calib: Iterable[Any], config: QF
     plain = net.subnet(policy)
     cfg = config.calib_config()
     device = next(plain.parameters()).device
-    batches = [batch_inputs(b).to(device) for b in itertools.islice(calib, max(cfg.bn_batches, cfg.batches))]
+    task = task_of(calib)
+    batches = [move(task.inputs(b), device) for b in itertools.islice(calib, max(cfg.bn_batches, cfg.batches))]
     acts = [m for m in plain.modules() if isinstance(m, ActQuantizer) and type(m) is not ActQuantizer]
     calibrate_bn_and_acts_(plain, acts, batches, cfg)
     return plain

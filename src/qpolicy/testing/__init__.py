@@ -72,8 +72,11 @@ def random_dataset(n: int = 64, *, size: int = 8, num_classes: int = 4, seed: in
 
 def random_loader(n: int = 64, *, batch_size: int = 16, size: int = 8, num_classes: int = 4, seed: int = 0,
                   shuffle: bool = False, augment: bool = False) -> ArrayLoader:
+    from ..datasets import normalization
+
+    mean, std = normalization()  # the default data set's, as the zoo models expect
     return ArrayLoader(random_dataset(n, size=size, num_classes=num_classes, seed=seed), batch_size=batch_size,
-                       shuffle=shuffle, augment=augment, seed=seed)
+                       shuffle=shuffle, augment=augment, seed=seed, mean=mean, std=std)
 
 
 def write_cifar_npz(folder, *, train: int = 128, test: int = 64, seed: int = 0) -> None:

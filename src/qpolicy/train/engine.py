@@ -43,6 +43,7 @@ from .._io import atomic_torch_save
 from ..errors import CheckpointError, ConfigError, first_line
 from ..evaluate import resolve_device
 from ..progress import progress
+from ..task import batch_size, move, task_of
 from .distributed import all_reduce_grads, all_reduce_sum, global_batchnorm, shard, world
 
 __all__ = ["Hook", "TrainSpec", "TrainOutcome", "train", "load_checkpoint", "check_resume", "check_same_config",
@@ -214,6 +215,10 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
     The model is moved to ``device`` for the run and left in eval mode on its original device.
     """
     extra, settings = _plain(spec.extra, "extra"), _plain(spec.settings, "settings")
+    task = task_of(data)
+    if not task.is_classification and (spec.transforms or world()[1] > 1):
+        raise ConfigError("training transforms (noise, adversarial examples) and data-parallel training take "
+                          "(inputs, labels) classification batches; this data carries another task")
     rank, world_size = world()  # several processes under torchrun: data-parallel (qpolicy.train.distributed)
     dev = resolve_device(device)
     steps_per_epoch = len(data) if hasattr(data, "__len__") else None
@@ -266,7 +271,8 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
             t_epoch, first_step = time.perf_counter(), step
             # accumulated on the device: no per-step sync
             loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-            correct = torch.zeros((), dtype=torch.int64, device=dev)
+            # the task's metric summed: correct predictions for classification
+            correct = torch.zeros((), dtype=torch.int64 if task.is_classification else torch.float64, device=dev)
             seen = 0
             for h in spec.hooks:
                 h.start_epoch(epoch, step)
@@ -274,29 +280,40 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
             if rank == 0:
                 batches = progress(batches, desc=f"{spec.desc} {epoch + 1}/{spec.epochs}",
                                    total=steps_per_epoch - step)
-            for x, y in batches:
+            for batch in batches:
                 global_step = epoch * steps_per_epoch + step
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(spec.lr, global_step, total_steps)
                 for h in spec.hooks:
                     h.before_step(epoch, step, global_step, total_steps)
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                for t in whole_batch:  # random draws of one process, whatever the number of processes
-                    x, y = t(x, y, global_step)
-                x, y, share = shard(x, y)  # this process's part of the global batch (all of it alone)
-                for t in per_share:
-                    x, y = t(x, y, global_step)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight else logits.sum() * 0
-                for term in spec.loss_terms:
-                    loss = loss + term(model, x, y, logits)
+                if task.is_classification:
+                    x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True)
+                    for t in whole_batch:  # random draws of one process, whatever the number of processes
+                        x, y = t(x, y, global_step)
+                    x, y, share = shard(x, y)  # this process's part of the global batch (all of it alone)
+                    for t in per_share:
+                        x, y = t(x, y, global_step)
+                    logits = model(x)
+                    loss = (F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight
+                            else logits.sum() * 0)
+                    for term in spec.loss_terms:
+                        loss = loss + term(model, x, y, logits)
+                    n = y.numel()
+                else:  # the user's task (qpolicy.task): any batch structure, the user's per-sample loss
+                    batch, share = move(batch, dev), 1.0
+                    logits = task.run(model, batch)
+                    loss = task.loss(logits, batch).mean() * spec.task_loss_weight
+                    for term in spec.loss_terms:
+                        loss = loss + term(model, task.inputs(batch), batch, logits)
+                    n = batch_size(batch)
                 opt.zero_grad(set_to_none=True)
                 (loss * share if world_size > 1 else loss).backward()
                 all_reduce_grads(params)
                 opt.step()
-                loss_sum += loss.detach() * y.numel()
-                correct += (logits.argmax(1) == y).sum()
-                seen += y.numel()
+                loss_sum += loss.detach() * n
+                correct += (task.metric(logits.detach(), batch if not task.is_classification else (x, y))
+                            .sum().to(correct.dtype))
+                seen += n
                 step += 1
                 wanted = [h.after_step(epoch, step) for h in spec.hooks]
                 if step < steps_per_epoch and (any(wanted) or (spec.checkpoint_every
@@ -306,17 +323,18 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
             if world_size > 1:
                 totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
                                                      torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
-                loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2])
+                loss_sum, correct, seen = totals[0], totals[1].to(correct.dtype), int(totals[2])
             if first_step == 0:
                 full_epochs_seconds.append(seconds)
+            metric = float(correct) / max(seen, 1)
             record = {"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1),
-                      "top1": 100.0 * int(correct) / max(seen, 1), "lr_end": opt.param_groups[0]["lr"],
-                      "seconds": seconds, "steps_this_run": step - first_step}
+                      **({"top1": 100.0 * metric} if task.is_classification else {task.metric_name: metric}),
+                      "lr_end": opt.param_groups[0]["lr"], "seconds": seconds, "steps_this_run": step - first_step}
             for h in spec.hooks:
                 record.update(h.end_epoch(epoch))
             history.append(record)
-            log.info("%s %d: loss %.4f, train top-1 %.2f%%, %.1f s", spec.desc, epoch + 1, record["loss"],
-                     record["top1"], seconds)
+            log.info("%s %d: loss %.4f, train %s %.4g, %.1f s", spec.desc, epoch + 1, record["loss"],
+                     task.metric_name, record.get("top1", record.get(task.metric_name)), seconds)
             epoch, step = epoch + 1, 0
             save(epoch, 0)
     finally:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data import CIFAR10_MEAN, CIFAR10_STD
+from ...datasets import normalization
 from ...errors import ConfigError
 from . import DEFENSES, DefenseSpec
 
@@ -32,8 +32,9 @@ __all__ = ["PGDATConfig", "EnsembleATConfig", "SinkhornATConfig", "pgd_linf", "f
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(CIFAR10_MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(CIFAR10_STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    m, s = normalization()  # the default data set's: the zoo models these defenses train were trained on it
+    mean = torch.tensor(m, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(s, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return mean, std
 
 

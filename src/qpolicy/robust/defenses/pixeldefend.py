@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data import CIFAR10_MEAN, CIFAR10_STD
+from ...datasets import normalization
 from ...errors import ConfigError
 from ...progress import progress
 from . import DEFENSES, DefenseSpec
@@ -147,8 +147,9 @@ class PixelDefend(nn.Module):
 
 
 def _targets(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=x.device).view(1, -1, 1, 1)
+    m, s = normalization()  # the default data set's
+    mean = torch.tensor(m, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(s, device=x.device).view(1, -1, 1, 1)
     pix = ((x * std + mean).clamp(0, 1) * (LEVELS - 1)).round()
     return pix / (LEVELS - 1), pix.long()
 
