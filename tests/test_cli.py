@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from qpolicy import data
-from qpolicy.datasets import cifar10
 from qpolicy.cli import main
+from qpolicy.datasets import cifar10
 from qpolicy.policy import Policy
 from qpolicy.testing import write_cifar_npz
 

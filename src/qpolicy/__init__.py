@@ -40,6 +40,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "SelectConfig": (".select", "SelectConfig"),
     "search_validated": (".select", "search_validated"),
     "preflight": (".preflight", "preflight"),
+    "datasets": (".datasets", None),
+    "Data": (".task", "Data"),
+    "Task": (".task", "Task"),
+    "evaluate_policy": (".pipeline", "evaluate_policy"),
+    "write_evaluation": (".pipeline", "write_evaluation"),
+    "render_report": (".report", "render_report"),
 }
 
 __all__ = ["__version__", *_EXPORTS]

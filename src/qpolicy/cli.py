@@ -611,14 +611,9 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 
 
 def _policy_label(policy) -> str:
-    if policy is None:
-        return "float"
-    prov = policy.provenance
-    if prov.get("method") == "uniform":
-        return f"uniform {prov.get('spec')} (first/last: {prov.get('first_last')})"
-    if prov.get("method") == "search":
-        return f"{prov.get('metric')} + {prov.get('strategy')} policy under {prov.get('budget')}"
-    return f"{prov.get('method', 'policy')}"
+    from .pipeline import policy_label
+
+    return policy_label(policy)
 
 
 # ---- commands ----------------------------------------------------------------------------------------------------
@@ -674,19 +669,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.save_policy and policy is not None:
         policy.save(args.save_policy)
     a = res.accuracy
-    obj = {"model": args.model, "policy_label": _policy_label(policy), "top1": a.top1, "loss": a.loss,
-           "correct": a.correct, "total": a.total, "eval_seconds": a.seconds, "calib_seconds": res.calib_seconds,
-           "calib": calib_config.to_dict() if calib_config else None, "cost": res.cost.to_dict(per_layer=False),
-           "policy": res.policy.to_dict()}
+    obj = res.record(model=args.model, data=_source(args).to_dict())
+    score = (f"top-1 {a.top1:.2f}% ({a.correct}/{a.total})" if a.top1 is not None
+             else f"{a.metric_name} {a.metric:.6g} ({a.total} samples)")
     text = (f"{args.model} | {_policy_label(policy)}"
             + (f" | calib {args.calib}, {args.calib_batches} batches, {res.calib_seconds:.1f} s" if policy else "")
-            + f"\ntop-1 {a.top1:.2f}% ({a.correct}/{a.total}), loss {a.loss:.4f}, {a.seconds:.1f} s"
+            + f"\n{score}, loss {a.loss:.4f}, {a.seconds:.1f} s"
             + f"\n{res.cost.summary()}")
     if args.out:
         from ._io import write_json
 
-        write_json(args.out, {"format": "qpolicy.evaluation", "version": 1, **obj})
-    _emit(args, obj, text)
+        write_json(args.out, obj)
+    _emit(args, {k: v for k, v in obj.items() if k not in ("format", "version")}, text)
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ from .qat.finetune import FinetuneConfig, FinetuneResult, check_resume, finetune
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
 
-__all__ = ["PolicyEvaluation", "evaluate_policy", "QATRun", "finetune_policy", "float_policy", "evaluate_front",
-           "evaluate_policies"]
+__all__ = ["PolicyEvaluation", "evaluate_policy", "write_evaluation", "policy_label", "QATRun", "finetune_policy",
+           "float_policy", "evaluate_front", "evaluate_policies"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,39 @@ class PolicyEvaluation:
         return {"model": self.policy.model, "policy": self.policy.to_dict(), "accuracy": self.accuracy.to_dict(),
                 "cost": self.cost.to_dict(), "calib": self.calib.to_dict() if self.calib else None,
                 "calib_seconds": self.calib_seconds}
+
+    def record(self, *, model: str | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The evaluation record (``format: qpolicy.evaluation``) that ``qpolicy evaluate -o`` writes and
+        ``qpolicy report`` / :func:`qpolicy.render_report` read; ``data``: what the data was (a
+        :meth:`qpolicy.datasets.DataSource.to_dict`)."""
+        a = self.accuracy
+        return {"format": "qpolicy.evaluation", "version": 1, "model": model or self.policy.model,
+                "policy_label": policy_label(self.policy), "top1": a.top1, "metric": a.metric,
+                "metric_name": a.metric_name, "loss": a.loss, "correct": a.correct, "total": a.total,
+                "eval_seconds": a.seconds, "calib_seconds": self.calib_seconds,
+                "calib": self.calib.to_dict() if self.calib else None, "cost": self.cost.to_dict(per_layer=False),
+                "policy": self.policy.to_dict(), "data": dict(data) if data else None}
+
+
+def write_evaluation(path: str | Path, evaluation: PolicyEvaluation, *, model: str | None = None,
+                     data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``evaluation``'s record (:meth:`PolicyEvaluation.record`) atomically to ``path``; returns it. Put
+    it in a run folder beside policies and sensitivity tables and :func:`qpolicy.render_report` shows it."""
+    rec = evaluation.record(model=model, data=data)
+    write_json(path, rec)
+    return rec
+
+
+def policy_label(policy: Policy | None) -> str:
+    """A short human description of a policy from its provenance ("uniform w4a8 (first/last: 8)", ...)."""
+    if policy is None:
+        return "float"
+    prov = policy.provenance
+    if prov.get("method") == "uniform":
+        return f"uniform {prov.get('spec')} (first/last: {prov.get('first_last')})"
+    if prov.get("method") == "search":
+        return f"{prov.get('metric')} + {prov.get('strategy')} policy under {prov.get('budget')}"
+    return f"{prov.get('method', 'policy')}"
 
 
 def evaluate_policy(model: nn.Module, policy: Policy | None, *, test: Iterable[Any], calib: Iterable[Any] | None = None,
@@ -117,7 +150,7 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
     if not resume:
         before = evaluate(qmodel, test, device=device, desc="before")
         policy.save(out / "policy.json")
-    log.info("before fine-tuning: top-1 %.2f%%", before.top1)
+    log.info("before fine-tuning: %s %.4g", before.metric_name, before.score)
     result = finetune(qmodel, train, config=config, out_dir=out, resume=resume, device=device,
                       extra={"policy": policy.to_dict(), "before": before.to_dict()})
     after = evaluate(qmodel, test, device=device, desc="after")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from qpolicy.datasets.cifar10 import MEAN as CIFAR10_MEAN, STD as CIFAR10_STD
+from qpolicy.datasets.cifar10 import MEAN as CIFAR10_MEAN
+from qpolicy.datasets.cifar10 import STD as CIFAR10_STD
 from qpolicy.errors import ConfigError, UnknownNameError
 from qpolicy.robust.attacks import (
     ATTACKS,

@@ -159,8 +159,11 @@ def collect(root: str | Path) -> RunContents:
                     raise ValueError("'findings' must be a list")
                 out.findings.append((rel, data["findings"]))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "top1" in data:
+                score = (_top1(data["top1"]) if data["top1"] is not None  # another task: its metric, as it is
+                         else _number(data.get("metric"), "metric"))
                 out.evaluations.append((rel, {"policy": Policy.from_dict(data["policy"], source=rel),
-                                              "top1": _top1(data["top1"]), "cost": _cost(data.get("cost"))}))
+                                              "top1": score, "cost": _cost(data.get("cost")),
+                                              "metric_name": data.get("metric_name", "top1")}))
             elif isinstance(data, dict) and isinstance(data.get("policy"), dict) and "after" in data:
                 out.evaluations.append((rel, {"policy": Policy.from_dict(data["policy"], source=rel),
                                               "top1": _top1(data["after"]["top1"], "after.top1"),
