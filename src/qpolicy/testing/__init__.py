@@ -89,3 +89,42 @@ def write_cifar_npz(folder, *, train: int = 128, test: int = 64, seed: int = 0) 
         ds = random_dataset(n, size=32, num_classes=10, seed=seed + (split == "test"))
         np.savez(out / f"{split}.npz", images=ds.images.numpy(), labels=ds.labels.numpy(),
                  classes=np.array([f"class{i}" for i in range(10)]), files=np.array([f"{i}.png" for i in range(n)]))
+
+
+def digits_arrays(size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 real handwritten digits (8x8, shipped with scikit-learn, no download) as uint8 images
+    (N, size, size) scaled from 0..16 to 0..255 (nearest-neighbour upscaled when ``size`` > 8) and labels 0..9."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    if size != 8:
+        if size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {size}")
+        imgs = imgs.repeat(size // 8, axis=1).repeat(size // 8, axis=2)
+    return imgs, d.target.astype(np.int64)
+
+
+def write_digits(folder, *, fmt: str = "imagefolder", size: int = 8, limit: int | None = None) -> str:
+    """Write the digits (:func:`digits_arrays`) under ``folder`` as an image folder (``<class>/<i>.png``) or as
+    one npz file (``digits.npz``: images, labels, classes); returns the ``--data`` spec that reads them."""
+    from pathlib import Path
+
+    imgs, labels = digits_arrays(size)
+    if limit is not None:
+        imgs, labels = imgs[:limit], labels[:limit]
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    if fmt == "npz":
+        path = root / "digits.npz"
+        np.savez(path, images=imgs, labels=labels, classes=np.array([str(i) for i in range(10)]))
+        return f"npz:{path}"
+    if fmt != "imagefolder":
+        raise ValueError(f"fmt must be imagefolder or npz, got {fmt!r}")
+    from PIL import Image
+
+    for i, (im, y) in enumerate(zip(imgs, labels, strict=True)):
+        d = root / str(int(y))
+        d.mkdir(exist_ok=True)
+        Image.fromarray(im).save(d / f"{i:04d}.png")
+    return f"imagefolder:{root}"
