@@ -113,7 +113,8 @@ class TwoInputNet(nn.Module):
 
 def test_a_model_fed_by_dict_batches(tmp_path):
     x, y = _digits(1)
-    batches = [{"image": xb, "scale": torch.ones(len(xb), 1), "label": yb} for xb, yb in zip(x.split(50), y.split(50))]
+    batches = [{"image": xb, "scale": torch.ones(len(xb), 1), "label": yb}
+               for xb, yb in zip(x.split(50), y.split(50), strict=True)]
     torch.manual_seed(0)
     model = TwoInputNet()
     opt = torch.optim.Adam(model.parameters(), 2e-2)
