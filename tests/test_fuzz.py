@@ -474,6 +474,45 @@ def test_bad_input_corpus_of_the_training_robustness_and_supernet_commands(tmp_p
                   "w8a8", *TINY_TRAIN, "--out", str(fresh)]):
         cases.append((f"{argv[0]} 4-class model on 10-class data", [*argv, "--quiet"], fresh, True))
 
+    # 2b. --data, --weights and --model-arg on every data command: one line before any work, nothing left behind
+    import torch
+
+    from qpolicy.testing import write_digits
+
+    digits = write_digits(tmp_path / "digits", limit=60)
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    torch.save({"state_dict": {"conv.weight": torch.zeros(3)}}, tmp_path / "foreign.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    (tmp_path / "empty_dir").mkdir()
+    np_bad = tmp_path / "bad.npz"
+    np_bad.write_bytes(b"PK\x03\x04 truncated")
+    bad_data = ["cifar100", "", ":", "imagefolder", f"imagefolder:{tmp_path / 'nowhere'}",
+                f"imagefolder:{tmp_path / 'empty_dir'}", f"npz:{np_bad}", "npz:", "nomodule_q:fn", "qpolicy:nothing",
+                f"{tmp_path / 'nofile.py'}:fn", "x" * 5000, "cifar10:extra", digits]  # digits: 1x8x8, not 3x32x32
+    bad_weights = [str(tmp_path / "garbage.pt"), str(tmp_path / "foreign.pt"), str(tmp_path / "list.pt"),
+                   str(tmp_path / "nowhere.pt"), str(tmp_path), ""]
+    bad_args = ["width", "=3", "1x=2", "x" * 5000, "num_classes=3"]  # TinyConvNet takes no num_classes
+    data_cmds = [["evaluate", *R, "--limit", "8"], ["analyze", *R, "-o", str(fresh / "t.json")],
+                 ["search", *R, "--budget", "bitops=0.3", "--val-images", "8", "-o", str(fresh / "p.json")],
+                 [*ft[:-3], "--out", str(fresh)], [*tn[:-3], "--out", str(fresh)],
+                 ["supernet", "train", *R, *TINY_TRAIN, "-o", str(fresh)], at[:-1], ex[:-1],
+                 ["train", "--model", "resnet8", *TINY_TRAIN, "--out", str(fresh)]]
+    for argv in data_cmds:
+        for spec in bad_data:
+            cases.append((f"{argv[0]} --data {spec[:20]!r}", [*argv, "--data", spec, "--quiet"], fresh, True))
+        for w in bad_weights:
+            cases.append((f"{argv[0]} --weights {Path(w).name[:20]!r}", [*argv, "--weights", w, "--quiet"], fresh,
+                          True))
+        for bad_opt in (["--image-size", "0"], ["--image-size", "x"], ["--channels", "2"], ["--mean", "a"],
+                        ["--std", "0"], ["--val-fraction", "1.5"], ["--test-fraction", "nan"]):
+            cases.append((f"{argv[0]} {' '.join(bad_opt)}", [*argv, "--data", digits, *bad_opt, "--quiet"], fresh,
+                          True))
+    user = ["evaluate", "--model", "qpolicy.testing:TinyConvNet", "--input-shape", "3,32,32", "--limit", "8"]
+    for a in bad_args:
+        cases.append((f"--model-arg {a[:12]!r}", [*user, "--model-arg", a, "--quiet"], None, True))
+    cases.append(("--model-arg on a zoo model", ["evaluate", *R, "--limit", "8", "--model-arg", "depth=3", "--quiet"],
+                  None, True))
+
     # 3. odd policies for export (valid ones may succeed; none may crash): float layers, 16-bit activations, a policy
     # of another model, one layer missing or extra
     from qpolicy.models import load

@@ -472,7 +472,8 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     seconds = time.perf_counter() - t0
     layers_bits = {n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in best.assignment.items()}
     cost = policy_cost(layers, layers_bits)
-    selection = {"split": "val", "images": score.images, "criterion": "cross-entropy (lower is better)",
+    criterion = "cross-entropy" if score.task.is_classification else "the task's loss_fn"
+    selection = {"split": "val", "images": score.images, "criterion": f"{criterion} (lower is better)",
                  "calib": score.config.to_dict(), "evaluations": score.evaluations, "refine_rounds": rounds,
                  "metric_seconds": metric_seconds,
                  "best_uniform": best_uniform.to_dict() if best_uniform else None, "confirmation": confirmation,

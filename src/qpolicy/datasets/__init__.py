@@ -139,7 +139,8 @@ class DataSource:
     def user_loader(self, name: str) -> Iterable[Any]:
         if name not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
-        assert self.loaders is not None  # noqa: S101 (internal: only called for loader sources)
+        if self.loaders is None:
+            raise ConfigError(f"data {self.spec!r} holds images in memory: use qpolicy.data.loader(source, split)")
         if name not in self.loaders:
             raise DataError(f"data {self.spec!r} has no {name!r} split (it has {', '.join(self.loaders)}); "
                             f"qpolicy needs train (calibration, metrics, training), val (every choice) and test "

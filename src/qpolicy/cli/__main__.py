@@ -1,0 +1,7 @@
+"""``python -m qpolicy.cli`` (what ``torchrun -m qpolicy.cli`` runs)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
