@@ -69,7 +69,7 @@ def __dir__() -> list[str]:
 # Names that are both a submodule and a public function (``qpolicy.search``, ``qpolicy.evaluate``): importing the
 # submodule binds it on the package, which would hide the function. The function keeps the name, as it did when
 # this package imported everything eagerly; the submodule is still in sys.modules for ``from qpolicy.search import``.
-_SHADOWED = {"search", "evaluate"}
+_SHADOWED = {"search", "evaluate", "preflight"}
 
 
 class _Package(types.ModuleType):
