@@ -17,7 +17,7 @@ endif
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup demo test test-slow bench bench-ptq bench-qat bench-overhead bench-search bench-mpq bench-export \
-	bench-robust bench-qfa bench-attacks resnet8 resnet8-defenses lint clean
+	bench-robust bench-qfa bench-attacks bench-digits resnet8 resnet8-defenses lint clean
 
 setup: $(STAMP)
 
@@ -59,10 +59,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=15
 
-bench: bench-ptq bench-overhead bench-qat bench-search bench-export
+bench: bench-ptq bench-digits bench-overhead bench-qat bench-search bench-export
 
 bench-ptq: $(STAMP)
 	$(PY) benchmarks/uniform_ptq.py
+
+bench-digits: $(STAMP)
+	$(PY) benchmarks/digits.py
 
 bench-overhead: $(STAMP)
 	$(PY) benchmarks/overhead.py
