@@ -151,3 +151,11 @@ def test_a_model_fed_by_dict_batches(tmp_path):
         qp.preflight(model, bad)
     with pytest.raises(PreflightError, match="transform failed"):
         qp.preflight(model, qp.Data(batches, transform=lambda b: b["nope"], loss_fn=lambda o, b: o[:, 0]))
+
+
+def test_data_survives_pickling_as_ray_ships_it():
+    import pickle
+
+    d = qp.Data([torch.zeros(2, 3)], transform=abs)  # a module-level function: plain pickle can ship it
+    e = pickle.loads(pickle.dumps(d))
+    assert len(e) == 1 and torch.equal(next(iter(e)), torch.zeros(2, 3)) and e.task.transform is abs

@@ -202,8 +202,9 @@ class Data:
         task: A ready :class:`Task` instead of the four above.
     """
 
-    def __new__(cls, loader: Iterable[Any], **kwargs: Any) -> Data:
+    def __new__(cls, loader: Iterable[Any] | None = None, **kwargs: Any) -> Data:
         # a loader without len() gives a Data without len(), so `hasattr(data, "__len__")` stays truthful
+        # (``loader`` is None when pickle re-creates the object: its class is already the right one)
         return super().__new__(_SizedData if cls is Data and hasattr(loader, "__len__") else cls)
 
     def __init__(self, loader: Iterable[Any], *, transform: Callable[[Any], Any] | None = None,
