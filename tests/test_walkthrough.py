@@ -86,3 +86,6 @@ def test_mismatches_are_one_line_and_exit_2(walk, capsys, monkeypatch):
         code, out, err = run(capsys, "evaluate", *argv, "--limit", "8")
         line = err.strip().splitlines()[-1]  # a warning may come first (no --weights given)
         assert code == 2 and words in line and "\n" not in line and "Traceback" not in line, (argv, err)
+    # attacks and certificates still work in the default data set's pixel space: they refuse another one
+    code, out, err = run(capsys, "attack", "--model", "./mynet.py:factory", *digits, "--attack", "fgsm", "-o", "a")
+    assert code == 2 and "runs on the default data set (cifar10) only" in err and not (walk / "a").exists()

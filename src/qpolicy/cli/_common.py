@@ -331,3 +331,14 @@ def _first_last_search(text: str) -> int | None:
     if bits is None or len(bits) != 1:
         raise ConfigError(f"--first-last must be one bit-width or 'search', got {shorten(text)}")
     return check_bits(bits[0], "--first-last")  # BitWidthError: a ConfigError
+
+
+def _default_data_only(args: argparse.Namespace, what: str) -> None:
+    """Refuse another --data for commands whose pixel-space images and noise are still the default data set's."""
+    from ..datasets import default_spec
+    from ..errors import ConfigError
+
+    spec = getattr(args, "data", None)
+    if spec is not None and spec != default_spec():
+        raise ConfigError(f"{what} runs on the default data set ({default_spec()}) only so far: its pixel-space "
+                          f"images, noise and normalization are that data set's; --data {spec} is not supported")

@@ -13,6 +13,7 @@ from ._common import (
     _add_run_opts,
     _calib_config,
     _check_policy_args,
+    _default_data_only,
     _emit,
     _load_model,
     _noise_base,
@@ -109,6 +110,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..robust.attacks import AttackConfig
     from ..robust.defenses import DEFENSES, parse_options
 
+    _default_data_only(args, "attack")
     _check_policy_args(args)
     eps = _eps_list(args.eps)
     params = parse_options(args.param)
@@ -178,6 +180,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from ..robust.smoothing import SmoothConfig, load_certify
     from ..runner import check_address, check_workers
 
+    _default_data_only(args, "certify")
     _check_policy_args(args)
     check_workers(args.workers)  # before any work
     check_address(args.ray_address)

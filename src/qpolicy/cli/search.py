@@ -12,6 +12,7 @@ from ._common import (
     _add_data,
     _add_model,
     _add_search_opts,
+    _default_data_only,
     _emit,
     _first_last_search,
     _int_list,
@@ -308,6 +309,7 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
     from ..rl.arq import ARQConfig, search_arq
     from ..rl.ddpg import DDPGConfig
 
+    _default_data_only(args, "the arq search")
     if args.table or not args.model or not args.out:
         raise ConfigError("--strategy arq measures policies on the model: give --model and -o RUN_FOLDER (no "
                           "sensitivity table)")

@@ -14,6 +14,7 @@ from ._common import (
     _add_run_opts,
     _calib_config,
     _check_policy_args,
+    _default_data_only,
     _emit,
     _join_torchrun,
     _load_model,
@@ -118,6 +119,7 @@ def cmd_train_noise(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
     from ..robust.noise import NoiseTrainConfig, noise_model_dir, train_noise
 
+    _default_data_only(args, "train-noise")
     config = NoiseTrainConfig(sigma=args.sigma, epochs=args.epochs, lr=args.lr, checkpoint_every=args.checkpoint_every,
                               seed=args.seed)
     if ":" in args.model and not args.out:
