@@ -26,6 +26,19 @@ from ._common import (
 )
 
 
+def _add_training_run(p: argparse.ArgumentParser, run_name: str) -> None:
+    """The flags of a training run that is cached (or written to --out), checkpointed and resumable."""
+    p.add_argument("--train-batch-size", type=int, default=128)
+    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
+    p.add_argument("--trained-dir", help="cache of trained models (default $QPOLICY_TRAINED or ~/.cache/qpolicy/"
+                   f"trained); the run goes to TRAINED_DIR/{run_name}")
+    p.add_argument("--out", help="run folder instead of the cache (checkpoint.pt, weights.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    _add_run_opts(p)
+
+
 def add_parsers(sub: Any) -> None:
     """Add this family's subcommands to ``sub``."""
     p = sub.add_parser("finetune", help="quantization-aware fine-tuning under a policy (checkpointed, resumable)")
@@ -49,19 +62,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation, pixel units (default 0.25)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--train-batch-size", type=int, default=128)
-    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
-    p.add_argument("--trained-dir", help="cache of trained models (default $QPOLICY_TRAINED or ~/.cache/qpolicy/"
-                   "trained); the run goes to TRAINED_DIR/MODEL-noiseSIGMA")
-    p.add_argument("--out", help="run folder instead of the cache (checkpoint.pt, weights.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
-    _add_run_opts(p)
+    _add_training_run(p, "MODEL-noiseSIGMA")
 
     p = sub.add_parser("train", help="train a float model from random weights (a zoo model without public "
-                       "weights, or your "
-                       "model file on your --data), or a train-based adversarial defense (checkpointed, resumable)")
+                       "weights, or your model file on your --data), or a train-based adversarial defense "
+                       "(checkpointed, resumable)")
     _add_model(p)
     p.add_argument("--defense", help="a train-based defense (see `qpolicy list defenses`); default: plain training "
                    "from random weights")
@@ -71,15 +76,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 from scratch, 0.01 for a defense)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="SGD with Nesterov momentum "
                    "(default) or AdamW")
-    p.add_argument("--train-batch-size", type=int, default=128)
-    p.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between mid-epoch checkpoints (0: off)")
-    p.add_argument("--trained-dir", help="cache of trained models (default $QPOLICY_TRAINED or ~/.cache/qpolicy/"
-                   "trained); the run goes to TRAINED_DIR/MODEL[-DEFENSE]")
-    p.add_argument("--out", help="run folder instead of the cache (checkpoint.pt, weights.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
-    _add_run_opts(p)
+    _add_training_run(p, "MODEL[-DEFENSE]")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
