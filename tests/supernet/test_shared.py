@@ -6,7 +6,8 @@ import torch
 from qpolicy.errors import CheckpointError, ConfigError, UnknownNameError
 from qpolicy.policy import LayerBits, Policy
 from qpolicy.quant import CalibConfig, apply_policy
-from qpolicy.quant.batchquant import BatchQuantizer
+from qpolicy.quant.batchquant import BatchQuantizer, batch_range
+from qpolicy.supernet.mixed import build_supernet
 from qpolicy.supernet.shared import QFAConfig, load_qfa, sandwich, subnet_model, train_qfa
 from qpolicy.testing import TinyConvNet, random_loader
 
@@ -93,3 +94,33 @@ def test_config_rejects_bad_values():
         QFAConfig(weight_bits=())
     with pytest.raises(UnknownNameError, match="did you mean"):
         QFAConfig(act_quantizer="batchquat")
+
+
+def test_a_subnet_is_recalibrated_quantized_as_it_was_trained():
+    # A subnet's BatchNorm statistics and BatchQuant ranges are those of the quantized subnet (quantizers on, as in
+    # training), not of a float network: with one calibration batch, each BatchNorm's running mean/var is the
+    # statistics of what reaches it in the quantized forward pass, and each BatchQuant range is its input's range.
+    model = TinyConvNet()
+    calib = random_loader(16, batch_size=16)
+    config = QFAConfig(weight_bits=(2, 8), act_bits=(2, 8), first_last=None, calib_batches=1, bn_batches=1)
+    net = build_supernet(model, weight_bits=config.weight_bits, act_bits=config.act_bits, first_last=None,
+                         calib=calib, calib_config=config.calib_config())
+    policy = Policy(layers={n: LayerBits(weight_bits=2, act_bits=2) for n in ("conv1", "dw", "pw", "fc")})
+    plain = subnet_model(net, policy, calib, config)
+    seen = {}
+    watched = [m for m in plain.modules() if isinstance(m, (torch.nn.BatchNorm2d, BatchQuantizer))]
+    hooks = [m.register_forward_pre_hook(lambda m, i: seen.__setitem__(m, i[0].detach())) for m in watched]
+    plain(next(iter(calib))[0])
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 6  # 2 BatchNorms, 4 BatchQuant quantizers
+    for m, x in seen.items():
+        if isinstance(m, BatchQuantizer):
+            lo, hi = batch_range(x)
+            # (eval-mode BatchNorm divides by the unbiased variance, training mode by the biased one: 5e-4 here)
+            assert torch.allclose(m.running_min, lo, rtol=2e-3, atol=1e-5)
+            assert torch.allclose(m.running_max, hi, rtol=2e-3, atol=1e-5)
+        else:
+            mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+            assert torch.allclose(m.running_mean, mean, atol=1e-3 * float(var.max().sqrt()))
+            assert torch.allclose(m.running_var, var, rtol=1e-3)  # a float network's: off by 10-28% here

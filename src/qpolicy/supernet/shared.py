@@ -14,7 +14,9 @@ float model (``KL(softmax(t / T) || softmax(s / T)) T^2``). Checkpointed and res
 
 Evaluating a subnet (:func:`subnet_model`) builds the plain fake-quant model of the policy with the supernet's
 weights and step sizes (what :func:`qpolicy.apply_policy` builds), then re-estimates its BatchNorm statistics and
-BatchQuant running ranges on calibration batches: per-subnet statistics, as in the paper.
+BatchQuant running ranges on calibration batches: per-subnet statistics, as in the paper, measured in the quantized
+subnet as it was trained (quantizers on, batch statistics), not in a float network
+(:func:`recalibrate_quantized_`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from .._validate import require_ints, require_numbers
 from ..bits import check_bits
 from ..errors import CheckpointError, ConfigError, first_line
 from ..policy import LayerBits, Policy
-from ..quant.apply import calibrate_bn_and_acts_
-from ..quant.fake_quant import ActQuantizer, CalibConfig
+from ..quant.batchquant import BatchQuantizer
+from ..quant.fake_quant import CalibConfig
 from ..task import CLASSIFICATION, Task, call, move, task_of
 from ..train import CHECKPOINT_NAME, Hook, TrainOutcome, TrainSpec, check_resume, load_checkpoint, train
 from .mixed import Supernet, build_supernet
@@ -298,9 +300,40 @@ def subnet_model(net: Supernet, policy: Policy, calib: Iterable[Any], config: QF
     device = next(plain.parameters()).device
     task = task_of(calib)
     batches = [move(task.inputs(b), device) for b in itertools.islice(calib, max(cfg.bn_batches, cfg.batches))]
-    acts = [m for m in plain.modules() if isinstance(m, ActQuantizer) and type(m) is not ActQuantizer]
-    calibrate_bn_and_acts_(plain, acts, batches, cfg)
+    if not batches:
+        raise ConfigError("the calibration data yielded no batch")
+    recalibrate_quantized_(plain, batches)
     return plain
+
+
+@torch.no_grad()
+def recalibrate_quantized_(model: nn.Module, batches: Sequence[Any]) -> None:
+    """Re-estimate ``model``'s BatchNorm statistics and BatchQuant running ranges in the network as it was trained:
+    every quantizer on, BatchNorm and BatchQuant in training mode (batch statistics, batch ranges), each running
+    value the plain average over ``batches``; the other quantizers keep their learned step sizes. The model's modes
+    are restored (eval for the re-estimated modules)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bqs = [m for m in model.modules() if isinstance(m, BatchQuantizer)]
+    momenta = {m: m.momentum for m in (*bns, *bqs)}
+    was_training = model.training
+    model.eval()
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average: every batch weighs the same
+            bn.train()
+        for bq in bqs:
+            bq.train()
+        for k, x in enumerate(batches):
+            for bq in bqs:
+                bq.momentum = 1.0 / (k + 1)  # running range = the average batch range so far
+            call(model, x)
+    finally:
+        for m, mom in momenta.items():
+            m.momentum = mom
+        model.train(was_training)
+        for m in (*bns, *bqs):
+            m.eval()
 
 
 def policy_of(assignment: Mapping[str, tuple[int, int]], *, model: str | None = None, **provenance: Any) -> Policy:
