@@ -66,6 +66,9 @@ def test_train_noise_then_certify_float_quantized_and_incremental(capsys, home, 
     obj = json.loads(out)
     assert code == 0, err
     assert obj["method"] == "irs" and obj["summary"]["images"] == 2 and obj["cost"]["bitops_rel_w8a8"] < 0.3
+    # the stored certificates' alpha, the disagreement bound's and the fallback's: 1 - (alpha_f + 2 alpha)
+    alpha = obj["settings"]["config"]["alpha"]
+    assert obj["irs"]["fallback"] and obj["failure_probability"] == pytest.approx(2 * alpha + obj["irs"]["alpha"])
     code, out, err = run(capsys, "certify", *BASE, "--uniform", "w4a4", "--incremental", str(ref), "--n-p", "80",
                          "-o", str(tmp_path / "irs2"), "--quiet")
     assert code == 2 and "--record 80" in err

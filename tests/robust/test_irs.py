@@ -76,3 +76,9 @@ def test_reference_must_record_enough_samples(tmp_path):
         IncrementalCertifier(Smooth(f, 2, SIGMA, mean=ZERO, std=ONE, device="cpu"), ref, IRSConfig(n_p=500))
     with pytest.raises(ConfigError, match="same noise"):
         IncrementalCertifier(Smooth(f, 2, 0.3, mean=ZERO, std=ONE, device="cpu"), ref, IRSConfig(n_p=50))
+
+
+def test_a_certificate_records_its_failure_probability_by_the_union_bound(tmp_path):
+    # alpha_f (the stored certificate) + alpha (the zeta bound), + alpha_f again when the fallback may certify
+    assert IRSConfig(alpha=0.002, fallback=False).failure_probability(0.001) == pytest.approx(0.003)
+    assert IRSConfig(alpha=0.002, fallback=True).failure_probability(0.001) == pytest.approx(0.004)

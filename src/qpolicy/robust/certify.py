@@ -147,7 +147,10 @@ def certify_model(model: nn.Module, policy: Any = None, *, config: SmoothConfig,
             "policy": policy.to_dict() if policy is not None else None,
             "base": {"noise_sigma": getattr(model, "noise_sigma", None),
                      "weights": getattr(model, "noise_weights", None), "warning": warning},
-            "irs": irs.to_dict() if reference is not None and irs is not None else None}
+            "irs": irs.to_dict() if reference is not None and irs is not None else None,
+            # the probability that a certificate is wrong: Cohen et al.'s alpha, or IRS's union bound
+            "failure_probability": (irs.failure_probability(config.alpha) if reference is not None and irs is not None
+                                    else config.alpha)}
     if policy is not None:
         from ..costs import policy_cost
         from ..layers import quantizable_layers

@@ -8,10 +8,12 @@ upper bound on ``zeta`` from ``n_p`` shared-noise samples, ``f_p``'s smoothed cl
 ``zeta`` is small and ``n_p`` can be far below ``n``: the bound ``zeta_up`` from ``k`` disagreements in ``n_p``
 samples is tight when ``k`` is near 0, whereas estimating ``p_A`` directly needs ``n`` samples to be tight near 1.
 
-By the union bound an IRS certificate is wrong with probability at most ``alpha_f + alpha`` (the stored
-certificate's and this bound's); both are recorded. When IRS cannot certify (``f`` abstained, or ``p_A - zeta_up
-<= 1/2``) it falls back to certifying ``f_p`` from scratch (:meth:`Smooth.certify`), unless ``fallback`` is off,
-when the image counts as abstained (what the ARQ reward uses, to bound its cost).
+When IRS cannot certify (``f`` abstained, or ``p_A - zeta_up <= 1/2``) it falls back to certifying ``f_p`` from
+scratch (:meth:`Smooth.certify`, at the reference's ``alpha``), unless ``fallback`` is off, when the image counts as
+abstained (what the ARQ reward uses, to bound its cost). By the union bound over the bounds an image's certificate
+may rest on, a certificate is wrong with probability at most ``alpha_f + alpha`` without fallback (the stored
+certificate's and the ``zeta`` bound's) and ``alpha_f + alpha + alpha_f`` with it (the fallback's own bound, at the
+reference's ``alpha_f``); :meth:`IRSConfig.failure_probability` gives it and every IRS result records it.
 
 The stored certificate must carry ``f``'s classes on its first ``n_p`` estimation samples (``certify_dataset(...,
 record=n_p)``); ``f_p`` is evaluated on exactly those noise samples (same seed, image index and blocks).
@@ -60,6 +62,12 @@ class IRSConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def failure_probability(self, reference_alpha: float) -> float:
+        """The probability that an IRS certificate is wrong, by the union bound: the stored certificate's
+        ``reference_alpha`` (``alpha_f``), the ``zeta`` bound's ``alpha``, and with fallback the from-scratch
+        certification's (made at ``reference_alpha``)."""
+        return reference_alpha + self.alpha + (reference_alpha if self.fallback else 0.0)
 
 
 def check_reference(reference: dict[str, Any], n_p: int) -> SmoothConfig:
