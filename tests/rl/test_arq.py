@@ -7,7 +7,8 @@ import torch
 from qpolicy import data, models
 from qpolicy.budget import Budget
 from qpolicy.errors import CheckpointError
-from qpolicy.rl.arq import ARQConfig, search_arq
+from qpolicy.quant import CalibConfig
+from qpolicy.rl.arq import ARQConfig, arq_reward, search_arq
 from qpolicy.rl.ddpg import DDPGConfig
 from qpolicy.search import STRATEGIES
 from qpolicy.search.base import ModelStrategy
@@ -76,3 +77,21 @@ def test_arq_on_ray_equals_serial(home, tmp_path, local_ray):
     assert on_ray.policy.layers == serial.policy.layers
     assert {k: v for k, v in on_ray.extra["test"].items() if k != "seconds"} == \
         {k: v for k, v in serial.extra["test"].items() if k != "seconds"}
+
+
+def test_arq_reward_by_hand():
+    # 80% vs 100% smoothed accuracy, ACR 0.5 vs 1.0: 0.5 * -0.2 + 0.5 * -0.5
+    assert arq_reward(80.0, 0.5, 100.0, 1.0, 0.5) == pytest.approx(-0.35)
+    assert arq_reward(80.0, 0.5, 100.0, 1.0, 1.0) == pytest.approx(-0.2)
+    assert arq_reward(100.0, 1.0, 100.0, 1.0, 0.3) == 0.0
+
+
+def test_arq_rewards_what_it_measured_and_tests_the_ptq_it_searched(home, tmp_path):
+    res = _run(tmp_path / "a", 2, test_images=1, test_n=100)
+    arq = res.policy.provenance["arq"]
+    for h in res.extra["history"]:
+        fp = arq["fp_val_clean_accuracy"], arq["fp_val_acr"]
+        assert h["reward"] == pytest.approx(arq_reward(h["val_clean_accuracy"], h["val_acr"], *fp, 0.5))
+    # the final policy is certified on test with the PTQ every policy was rewarded with
+    test = json.loads((tmp_path / "a" / "test" / "certify.json").read_text())
+    assert test["calib"] == arq["calib"] == CalibConfig(batches=1, bn_batches=1).to_dict()

@@ -48,13 +48,18 @@ from ..train import CHECKPOINT_NAME, load_checkpoint
 from .ddpg import DDPG, DDPGConfig
 from .env import BitEnv
 
-__all__ = ["ARQConfig", "search_arq", "REWARD"]
+__all__ = ["ARQConfig", "search_arq", "arq_reward", "REWARD"]
 
 log = logging.getLogger(__name__)
 REWARD = ("R = w * (acc_q - acc_fp) / acc_fp + (1 - w) * (acr_q - acr_fp) / acr_fp; acc: smoothed clean accuracy, "
           "acr: average certified radius, on the validation images; q: the policy by incremental smoothing from "
           "the float model's certificates (no fallback), fp: the noise-trained float model")
 _FORMAT = "qpolicy.checkpoint.arq"
+
+
+def arq_reward(acc: float, acr: float, acc_fp: float, acr_fp: float, weight: float) -> float:
+    """The reward of :data:`REWARD`: the weighted relative losses of smoothed clean accuracy and ACR."""
+    return weight * (acc - acc_fp) / acc_fp + (1 - weight) * (acr - acr_fp) / acr_fp
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +73,8 @@ class ARQConfig:
         n_p: Shared-noise samples per image for a policy's incremental certificate.
         alpha: Failure probability of each bound.
         reward_weight: ``w`` of the reward (clean accuracy vs ACR).
-        calib_batches, bn_batches: Calibration batches (128 noisy training images) for each policy's PTQ.
+        calib_batches, bn_batches: Calibration batches (128 noisy training images) for each policy's PTQ: the
+            same PTQ in the search and in the final policy's test certificate (:meth:`calib_config`).
         test_images: Test images certifying the final policy (0: none), with ``test_n`` samples.
         test_n: Samples per test image for that certificate (n0 = 100).
         ddpg: Agent hyper-parameters (its ``seed`` is this config's ``seed``).
@@ -81,8 +87,8 @@ class ARQConfig:
     n_p: int = 300
     alpha: float = 0.001
     reward_weight: float = 0.5
-    calib_batches: int = 4
-    bn_batches: int = 8
+    calib_batches: int = 8
+    bn_batches: int = 32
     test_images: int = 100
     test_n: int = 1000
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
@@ -101,6 +107,10 @@ class ARQConfig:
             raise ConfigError(f"n_p ({self.n_p}) must not exceed reference_n ({self.reference_n})")
         if not isinstance(self.ddpg, DDPGConfig):
             raise ConfigError("ddpg must be a DDPGConfig")
+
+    def calib_config(self) -> CalibConfig:
+        """The PTQ of every policy ARQ measures, and of the policy it returns."""
+        return CalibConfig(batches=self.calib_batches, bn_batches=self.bn_batches, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ddpg"}
@@ -167,7 +177,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
                     "tie": tie}
         settings = json.loads(json.dumps(settings))
         noisy_calib = NoisyBatches(calib, sigma, seed=config.seed)
-        calib_config = CalibConfig(batches=config.calib_batches, bn_batches=config.bn_batches, seed=config.seed)
+        calib_config = config.calib_config()
 
         # the float model's certificates on the validation images (resumable on its own)
         n_val = split_size("val", data_dir)
@@ -200,8 +210,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
             irs = IncrementalCertifier(smooth, reference, irs_cfg)
             s = summarize(certify_records(imgs, labels, file_idx, certify_one=irs.certify, workers=workers,
                                           address=address))
-            w = config.reward_weight
-            reward = w * (s["clean_accuracy"] - acc_fp) / acc_fp + (1 - w) * (s["acr"] - acr_fp) / acr_fp
+            reward = arq_reward(s["clean_accuracy"], s["acr"], acc_fp, acr_fp, config.reward_weight)
             return {"reward": reward, "val_clean_accuracy": s["clean_accuracy"], "val_acr": s["acr"],
                     "samples": s["samples"], "seconds": time.perf_counter() - t}
 
@@ -262,6 +271,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
                     "val_images": config.val_images, "val_clean_accuracy": best["val_clean_accuracy"],
                     "val_acr": best["val_acr"], "fp_val_clean_accuracy": acc_fp, "fp_val_acr": acr_fp,
                     "reference_n": config.reference_n, "n_p": config.n_p, "alpha": config.alpha,
+                    "calib": calib_config.to_dict(),
                     "distinct_policies_measured": len(measured),
                     "noise_weights": getattr(model, "noise_weights", None)},
             "search_seconds": seconds,
@@ -273,7 +283,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
             test_dir = out / "test"
             test = certify_model(model, policy, config=tcfg, out_dir=test_dir, split="test", images=config.test_images,
                                  resume=(test_dir / "certify.json").exists(), calib=calib,
-                                 calib_config=CalibConfig(seed=config.seed), device=device, model_name=model_name,
+                                 calib_config=calib_config, device=device, model_name=model_name,
                                  workers=workers, address=address)
         policy.save(out / "policy.json")
         result = SearchResult(policy=policy, cost=cost, predicted_damage=-best["reward"], strategy="arq",

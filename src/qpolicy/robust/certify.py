@@ -20,6 +20,7 @@ from torch import nn
 from ..data import LOADER_SPLITS
 from ..datasets import DataOptions, source
 from ..errors import ConfigError
+from ..quant.fake_quant import CalibConfig
 from .irs import IncrementalCertifier, IRSConfig
 from .smoothing import Smooth, SmoothConfig, certify_dataset
 
@@ -152,6 +153,7 @@ def certify_model(model: nn.Module, policy: Any = None, *, config: SmoothConfig,
             "failure_probability": (irs.failure_probability(config.alpha) if reference is not None and irs is not None
                                     else config.alpha)}
     if policy is not None:
+        meta["calib"] = (calib_config or CalibConfig()).to_dict()  # the policy's PTQ
         from ..costs import policy_cost
         from ..layers import quantizable_layers
 
