@@ -39,8 +39,6 @@ def test_term_covers_convs_but_the_first_and_trains_kurtosis_down():
     assert term.names == ["dw", "pw"]
     expected = sum((float(kurtosis(model.get_submodule(n).weight.detach())) - 1.8) ** 2 for n in ("dw", "pw")) / 2
     assert float(term(model, None, None, None).detach()) == pytest.approx(expected, rel=1e-5)
-    folded = KurtosisTerm(model, KurtosisConfig(bn_folded=True))
-    assert set(folded.bn) <= {"dw", "pw"}
     before = layer_kurtosis(model, ["dw", "pw"])
     res = finetune(model, random_loader(64, batch_size=16), config=FinetuneConfig(
         epochs=3, lr=0.05, kurtosis_lambda=10.0, checkpoint_every=0))
@@ -57,3 +55,24 @@ def test_config_rejects_bad_values(kw, msg):
         KurtosisTerm(TinyConvNet(), KurtosisConfig(layers=("nope",)))
     with pytest.raises(ConfigError, match="kurtosis_lambda must be a finite number >= 0"):
         FinetuneConfig(kurtosis_lambda=-0.5)
+
+
+def test_bn_folded_term_regularizes_the_folded_weights():
+    # dw -> bn2 folds; pw has no BatchNorm after it. With per-channel BatchNorm scales far from 1 the folded weight's
+    # kurtosis is not the raw weight's.
+    model = TinyConvNet()
+    with torch.no_grad():
+        model.bn2.weight.copy_(torch.linspace(0.2, 3.0, 8))
+        model.bn2.running_var.copy_(torch.linspace(4.0, 0.5, 8))
+    folded = KurtosisTerm(model, KurtosisConfig(bn_folded=True))
+    plain = KurtosisTerm(model, KurtosisConfig(bn_folded=False))
+    assert set(folded.bn) == {"dw"} and folded.bn["dw"] is model.bn2
+    w = model.dw.weight.detach()
+    by_hand = w * (model.bn2.weight / torch.sqrt(model.bn2.running_var + model.bn2.eps)).detach().view(-1, 1, 1, 1)
+    got, raw = folded.values(model), plain.values(model)
+    assert got["dw"] == pytest.approx(float(kurtosis(by_hand)), rel=1e-6)
+    assert abs(got["dw"] - raw["dw"]) > 0.1
+    assert got["pw"] == raw["pw"]
+    # the term's gradient reaches the BatchNorm scale it folds in, and only in the folded term
+    folded(model, None, None, None).backward()
+    assert model.bn2.weight.grad is not None and model.bn2.weight.grad.abs().sum() > 0
