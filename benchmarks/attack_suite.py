@@ -65,6 +65,15 @@ def attack_table(results, cfg, model: str, defense: str, attacks: dict) -> str:
                     rows)
 
 
+def _cell(v):
+    """A findings table cell: floats to 4 digits, intervals as [lo, hi]."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        return f"[{v[0]:.4g}, {v[1]:.4g}]"
+    return "-" if v is None else v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
@@ -126,7 +135,7 @@ def main() -> None:
         if f["rows"]:
             keys = list(f["rows"][0])
             detail.append(f"**{f['finding']}: {f['verdict']}**\n\n" + md_table(keys, [
-                [f"{v:.4g}" if isinstance(v, float) else v for v in (row[k] for k in keys)] for row in f["rows"]]))
+                [_cell(row[k]) for k in keys] for row in f["rows"]]))
     sections.append("## The paper's findings, re-checked\n\n" + md_table(["finding", "verdict", "cases"], rows)
                     + "\n\n" + "\n\n".join(detail))
     # mixed policies: where do attacks bite?

@@ -18,6 +18,7 @@ from qpolicy.robust.adversarial import (
     load_robustness_config,
     qnn_policy,
 )
+from qpolicy.robust.attacks import summarize
 
 pytest.importorskip("art")
 
@@ -125,9 +126,13 @@ def _res(**kw):
     return {"kind": "attack", "defense": "none", "mode": "direct", "model": "m", **kw}
 
 
-def _summary(robust=0.0, success=100.0, l2=None, clean=90.0):
-    return {"summary": {"robust_accuracy": robust, "success_rate": success, "clean_accuracy": clean,
-                        "median_distortion": {"l0": None, "l1": None, "l2": l2, "linf": None}}}
+def _attacked(n=200, correct=180, robust=0, l2=None):
+    """Records of ``n`` images (label 0): the first ``correct`` classified correctly, the first ``robust`` of them
+    still correct after the attack; each successful example's L2 from ``l2`` (a float or a list by image)."""
+    recs = [{"label": 0, "clean": 0 if i < correct else 1, "adv": 0 if i < robust else 1, "l0": 0.0, "l1": 0.0,
+             "linf": 0.0,
+             "l2": float(l2[i] if isinstance(l2, list) else (l2 or 0.0))} for i in range(n)]
+    return {"summary": summarize(recs), "records": recs}
 
 
 def test_findings_rules_by_hand():
@@ -136,18 +141,49 @@ def test_findings_rules_by_hand():
                            defenses=("squeeze", "pgd_at"))
     m = "resnet20"
     results = [
-        _res(model=m, qnn="float", attack="deepfool", eps=None, result=_summary(l2=0.1)),
-        _res(model=m, qnn="int8", attack="deepfool", eps=None, result=_summary(l2=0.2)),
-        {"kind": "gradcos", "model": m, "defense": "none", "qnn": "int8", "result": {"mean": 0.95, "median": 0.96}},
-        # PGD takes 60 points at 0.002 and 85 at 0.008; squeezing recovers 30/60 = 0.5 and 1/85 of them
-        *[_res(model=m, qnn=q, attack="pgd", eps=e, result=_summary(robust=r))
-          for q in ("float", "int8") for e, r in ((0.0005, 85.0), (0.002, 30.0), (0.008, 5.0))],
-        *[_res(model=m, defense="squeeze", qnn=q, attack="pgd", eps=e, result=_summary(robust=r))
-          for q in ("float", "int8") for e, r in ((0.0005, 85.0), (0.002, 60.0), (0.008, 6.0))],
-        _res(model=m, defense="pgd_at", qnn="int8", attack="pgd", eps=0.008, result=_summary(success=40.0)),
+        # every DeepFool example at L2 0.1 on the float model, 0.2 on the QNN: the difference is 0.1 in every resample
+        _res(model=m, qnn="float", attack="deepfool", eps=None, result=_attacked(l2=0.1)),
+        _res(model=m, qnn="int8", attack="deepfool", eps=None, result=_attacked(l2=0.2)),
+        {"kind": "gradcos", "model": m, "defense": "none", "qnn": "int8",
+         "result": {"mean": 0.95, "median": 0.95, "images": 200, "cosines": [0.95] * 200}},
+        # PGD takes 90 - 30 = 60 points at 0.002 and 85 at 0.008; squeezing recovers 50/60 and 1/85 of them
+        *[_res(model=m, qnn=q, attack="pgd", eps=e, result=_attacked(robust=2 * r))
+          for q in ("float", "int8") for e, r in ((0.0005, 85), (0.002, 30), (0.008, 5))],
+        *[_res(model=m, defense="squeeze", qnn=q, attack="pgd", eps=e, result=_attacked(robust=2 * r))
+          for q in ("float", "int8") for e, r in ((0.0005, 85), (0.002, 80), (0.008, 6))],
+        # transfer fools 35% of the correct images, direct 40%: 0.35 - 0.5 * 0.40 = 0.15 > 0
+        _res(model=m, defense="pgd_at", qnn="int8", attack="pgd", eps=0.008, result=_attacked(robust=180 - 72)),
         _res(model=m, defense="pgd_at", qnn="int8", attack="pgd", eps=0.008, mode="transfer",
-             result=_summary(success=30.0)),
+             result=_attacked(robust=180 - 63)),
     ]
-    f = {x["finding"].split(" (")[0]: x for x in findings(results, cfg)}
-    verdicts = [x["verdict"] for x in f.values()]
-    assert verdicts == ["held", "not held", "held", "held"]
+    f = findings(results, cfg)
+    assert [x["verdict"] for x in f] == ["held", "not held", "held", "held"]
+    assert f[0]["rows"][0]["difference_interval"] == pytest.approx([0.1, 0.1])
+    assert f[1]["rows"][0]["mean_interval"] == pytest.approx([0.95, 0.95])
+    row = f[2]["rows"][0]
+    assert row["recovered_small"] == pytest.approx(50 / 60) and row["recovered_large"] == pytest.approx(1 / 85)
+    lo, hi = row["recovered_small_interval"]
+    assert 0.5 < lo < 50 / 60 < hi <= 1.0
+    lo, hi = f[3]["rows"][0]["transfer_minus_half_direct_interval"]
+    assert 0 < lo < 15 < hi
+
+
+def test_findings_are_undecided_when_the_interval_straddles_the_rule():
+    # the old suite's case: 33 successful DeepFool examples each, medians 0.1352 (QNN) vs 0.1349 (float) here, counted
+    # as "held"; with the images' spread, the difference is well inside its interval
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    base = rng.lognormal(np.log(0.133), 0.5, 40)
+    qnn = base * rng.lognormal(0.0, 0.3, 40)  # per image, the QNN's distance varies around the float one's
+    cfg = RobustnessConfig(models=("resnet20",), qnns=("float", "int8"), attacks={"deepfool": (None,)})
+    results = [_res(model="resnet20", qnn="float", attack="deepfool", eps=None, result=_attacked(40, 33, 0, list(base))),
+               _res(model="resnet20", qnn="int8", attack="deepfool", eps=None, result=_attacked(40, 33, 0, list(qnn)))]
+    row = findings(results, cfg)[0]["rows"][0]
+    assert row["qnn_l2"] > row["float_l2"]  # the point estimates still say "larger"
+    lo, hi = row["difference_interval"]
+    assert lo < 0 < hi and row["verdict"] == "undecided"
+    # a gradient-cosine result without per-image cosines (an old result file) cannot be decided either
+    results.append({"kind": "gradcos", "model": "resnet20", "defense": "none", "qnn": "int8",
+                    "result": {"mean": 0.5, "median": 0.5}})
+    assert findings(results, cfg)[1]["verdict"] == "undecided"

@@ -53,7 +53,7 @@ def _images(n: int = 4, value: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def test_registry_has_the_ten_attacks():
-    assert set(ATTACKS.names()) == {"autoattack", "boundary", "cw_l2", "cw_linf", "deepfool", "ead", "geoda", "jsma",
+    assert set(ATTACKS.names()) == {"apgd_square", "boundary", "cw_l2", "cw_linf", "deepfool", "ead", "geoda", "jsma",
                                     "pgd", "square_l2", "square_linf", "zoo"}
 
 

@@ -10,9 +10,11 @@ Each attack is a registered :class:`AttackSpec` with the paper's CIFAR-10 parame
 (``qpolicy list attacks``); :class:`AttackConfig` overrides them, type-checked. Two documented deviations from
 ART's defaults that the paper's numbers need: C&W L2 and EAD start from ``initial_const`` 1.0 (with ART's 0.01 /
 0.001 they move no image in 10 iterations), and GeoDA needs ``np.mat``, which numpy 2 removed (aliased to
-``np.asmatrix`` while it runs). AutoAttack is ART's composition with the sub-attacks built here so that their
-iterations and restarts are settings (defaults: APGD-CE and APGD-DLR with 100 iterations and 5 restarts, Square
-with 5000 queries, as AutoAttack's standard version).
+``np.asmatrix`` while it runs). ``apgd_square`` is ART's AutoAttack composition (the worst case over its
+sub-attacks per image) with the sub-attacks built here so that their iterations and restarts are settings:
+untargeted APGD-CE and APGD-DLR with 100 iterations and 5 restarts, and Square with 5000 queries. It is **not**
+standard AutoAttack (Croce and Hein 2020: APGD-CE, targeted APGD-T, targeted FAB-T, Square), whose targeted
+attacks it lacks, so its robust accuracy can be higher than standard AutoAttack's.
 
 Per image the result keeps the clean and adversarial predictions of the target and the distortion of the
 adversarial example (:func:`distortions`: L0, L1, L2, Linf of ``x_adv - x``); :func:`summarize` turns them into
@@ -239,10 +241,11 @@ def _numpy_mat() -> Iterator[None]:
 
 
 # ---- the attacks (the paper's CIFAR-10 parameters) --------------------------------------------------------------
-@_register("autoattack", defaults={"iterations": 100, "restarts": 5, "square_queries": 5000}, norm="linf",
+@_register("apgd_square", defaults={"iterations": 100, "restarts": 5, "square_queries": 5000}, norm="linf",
            uses_eps=True, black_box=False,
-           description="AutoAttack (Croce and Hein 2020): APGD-CE, APGD-DLR, Square; paper eps 0.004")
-def _autoattack(clf, eps, p):
+           description="APGD-CE + APGD-DLR (untargeted) + Square, worst case per image (ART's AutoAttack "
+                       "composition; not standard AutoAttack, which adds targeted APGD-T and FAB-T); paper eps 0.004")
+def _apgd_square(clf, eps, p):
     from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent, SquareAttack
 
     step = 2 * eps / 10 if eps else 0.0
