@@ -177,8 +177,8 @@ def test_findings_are_undecided_when_the_interval_straddles_the_rule():
     base = rng.lognormal(np.log(0.133), 0.5, 40)
     qnn = base * rng.lognormal(0.0, 0.3, 40)  # per image, the QNN's distance varies around the float one's
     cfg = RobustnessConfig(models=("resnet20",), qnns=("float", "int8"), attacks={"deepfool": (None,)})
-    results = [_res(model="resnet20", qnn="float", attack="deepfool", eps=None, result=_attacked(40, 33, 0, list(base))),
-               _res(model="resnet20", qnn="int8", attack="deepfool", eps=None, result=_attacked(40, 33, 0, list(qnn)))]
+    results = [_res(model="resnet20", qnn=q, attack="deepfool", eps=None, result=_attacked(40, 33, 0, list(v)))
+               for q, v in (("float", base), ("int8", qnn))]
     row = findings(results, cfg)[0]["rows"][0]
     assert row["qnn_l2"] > row["float_l2"]  # the point estimates still say "larger"
     lo, hi = row["difference_interval"]
