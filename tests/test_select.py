@@ -66,3 +66,34 @@ def test_select_config_checks():
         SelectConfig(val_images=0)
     with pytest.raises(ConfigError, match="at least one"):
         SelectConfig(metrics=(), uniform_candidates=0)
+
+
+def test_a_search_on_a_model_that_memorized_the_validation_images_warns_once(caplog, monkeypatch):
+    import logging
+
+    from qpolicy import select
+    from qpolicy.testing import TinyConvNet
+
+    monkeypatch.setattr(select, "_WARNED", set())
+
+    class Split(list):
+        split = "val"
+
+    model = TinyConvNet()
+    assert not select.warn_if_memorized(model, Split())  # a model trained here: nothing to say
+    model.sees_validation, model.zoo_name = True, "resnet20"
+    with caplog.at_level(logging.WARNING, logger="qpolicy.select"):
+        other = Split()
+        other.split = "select"
+        assert not select.warn_if_memorized(model, other)  # chosen on the test split's select half: fine
+        assert select.warn_if_memorized(model, Split())
+        assert not select.warn_if_memorized(model, Split())  # once
+    assert sum("trained on the validation images" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_published_resnets_say_they_saw_the_validation_split():
+    from qpolicy import models
+
+    assert models.spec("resnet20").sees_validation and "50,000" in models.spec("resnet20").trained_on
+    assert not models.spec("resnet8").sees_validation and "45,000" in models.spec("resnet8").trained_on
+    assert models.load("resnet20", pretrained=False).sees_validation is False  # random weights saw nothing

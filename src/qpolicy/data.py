@@ -26,7 +26,7 @@ __all__ = ["ArrayDataset", "ArrayLoader", "loader", "calib_loader", "LOADER_SPLI
 
 log = logging.getLogger(__name__)
 
-LOADER_SPLITS = ("train", "val", "test")
+LOADER_SPLITS = ("train", "val", "test", "select", "report")  # select/report: the halves of test
 VAL_SIZE = 5000
 VAL_SEED = 20_261_129  # fixed: the validation images are the same for every run and every seed
 
@@ -266,9 +266,11 @@ def loader(name: Any = None, split: str = "test", *, batch_size: int = 256, shuf
         perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))
         idx = idx[perm[:limit]]  # random order: any prefix is a random sample, even of a class-sorted file
     train = split == "train"
-    return ArrayLoader(ds, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
-                       augment=train if augment is None else augment, seed=seed, indices=idx, mean=src.mean,
-                       std=src.std, pad=src.pad, flip=src.flip)
+    out = ArrayLoader(ds, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
+                      augment=train if augment is None else augment, seed=seed, indices=idx, mean=src.mean,
+                      std=src.std, pad=src.pad, flip=src.flip)
+    out.split = split  # which split it reads (the validated search warns when a model memorized "val")
+    return out
 
 
 def calib_loader(name: Any = None, *, batches: int = 32, batch_size: int = 128, seed: int = 0,

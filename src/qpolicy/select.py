@@ -370,10 +370,33 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
                                  workers=workers, address=address, tables_dir=tables_dir)
 
 
+_WARNED: set[str] = set()
+
+
+def warn_if_memorized(model: nn.Module, val: Any) -> bool:
+    """Warn (once per model and process) when ``model``'s weights were trained on the validation images ``val``
+    reads (``model.sees_validation``: the published CIFAR ResNets); True when it warned."""
+    if not getattr(model, "sees_validation", False):
+        return False
+    split = getattr(getattr(val, "loader", val), "split", None)
+    if split not in (None, "val"):
+        return False  # e.g. the "select" half of the test split
+    name = getattr(model, "zoo_name", None) or type(model).__name__
+    if name in _WARNED:
+        return False
+    _WARNED.add(name)
+    log.warning("warning: %s's weights were trained on the validation images (all 50,000 training images): the "
+                "search's choices are made on memorized images and may not hold on test; choose on the 'select' half "
+                "of the test split (`--select-on select`, figures then on 'report') or use a model trained here",
+                name)
+    return True
+
+
 def _search_validated(model, budget, *, calib, val, metric_data, calib_config, config, act_bits, weight_bits,
                       first_last, tie, device, model_name, workers, address, tables_dir) -> SearchResult:
     from .runner import run_many
 
+    warn_if_memorized(model, val)
     config = config or SelectConfig()
     calib_config = calib_config or CalibConfig()
     t0 = time.perf_counter()

@@ -38,6 +38,20 @@ def test_every_registered_plugin_gives_three_disjoint_splits_the_loader_can_batc
     assert datasets.default_spec() == "cifar10"
 
 
+def test_select_and_report_are_fixed_stratified_halves_of_test(specs):
+    for name in datasets.names():
+        src = datasets.source(*specs[name])
+        ds, test = src.split("test")
+        _, sel = src.split("select")
+        _, rep = src.split("report")
+        assert sorted(sel.tolist() + rep.tolist()) == sorted(test.tolist()), name  # disjoint, together the test split
+        assert abs(len(sel) - len(rep)) <= len(ds.classes), name
+        for c in torch.unique(ds.labels[test]).tolist():  # each class halved (rounding: one image either way)
+            assert abs(int((ds.labels[sel] == c).sum()) - int((ds.labels[rep] == c).sum())) <= 1, (name, c)
+        assert torch.equal(datasets.source(*specs[name]).split("select")[1], sel)  # fixed
+        assert data.loader(src, "report", batch_size=5).split == "report"
+
+
 def test_image_folder_pixels_are_the_files_scaled_to_unit_range_and_the_split_is_stratified(specs):
     src = datasets.source(*specs["imagefolder"])
     assert src.input_shape == (1, 8, 8) and src.mean == (0.0,) and src.std == (1.0,)

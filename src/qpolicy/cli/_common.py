@@ -61,6 +61,9 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True, test: bool = T
     if data and test:
         p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
         p.add_argument("--limit", type=int, help="evaluate on a seeded random subset of this many test images")
+        p.add_argument("--split", default="test", choices=["test", "report"],
+                       help="the images reported: the test split (default) or 'report', the half of it a search "
+                       "with `--select-on select` did not choose on")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
 
@@ -223,7 +226,7 @@ def _policy(args: argparse.Namespace, model):
 def _loaders(args: argparse.Namespace, *, calib: bool):
     from .. import data
 
-    test = data.loader(_source(args), "test", batch_size=args.batch_size, limit=args.limit)
+    test = data.loader(_source(args), getattr(args, "split", "test"), batch_size=args.batch_size, limit=args.limit)
     cal = None
     if calib:
         cal = data.calib_loader(_source(args), batches=_calib_config(args).batches_needed, seed=args.seed)

@@ -62,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.save_policy and policy is not None:
         policy.save(args.save_policy)
     a = res.accuracy
-    obj = res.record(model=args.model, data=_source(args).to_dict())
+    obj = {**res.record(model=args.model, data=_source(args).to_dict()), "split": args.split}
     score = (f"top-1 {a.top1:.2f}% ({a.correct}/{a.total})" if a.top1 is not None
              else f"{a.metric_name} {a.metric:.6g} ({a.total} samples)")
     text = (f"{args.model} | {_policy_label(policy)}"

@@ -32,11 +32,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = [models.spec(n) for n in models.names()]
     obj = {"models": [{"name": s.name, "dataset": s.dataset, "input_shape": list(s.input_shape),
                        "pretrained": bool(s.weights), "weights": s.weights, "url": s.url,
-                       "reference_top1": s.reference_top1, "description": s.description} for s in rows]}
-    lines = [f"{'name':<18} {'dataset':<9} {'input':<12} {'weights':<24} description"]
+                       "reference_top1": s.reference_top1, "description": s.description,
+                       "trained_on": s.trained_on or None, "sees_validation": s.sees_validation} for s in rows]}
+    lines = [f"{'name':<18} {'dataset':<9} {'input':<12} {'weights':<24} {'test top-1':>10}  description"]
     for s in rows:
+        top1 = f"{s.reference_top1:.2f}" if s.reference_top1 is not None else "-"
         lines.append(f"{s.name:<18} {s.dataset:<9} {'x'.join(map(str, s.input_shape)):<12} "
-                     f"{s.weights or '-':<24} {s.description}")
+                     f"{s.weights or '-':<24} {top1:>10}  {s.description}")
+        if s.trained_on:
+            lines.append(f"{'':<18} trained on {s.trained_on}")
     _emit(args, obj, "\n".join(lines))
     return 0
 

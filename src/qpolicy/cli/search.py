@@ -54,6 +54,9 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--metrics", default="fisher,qerror", help="metrics whose ILP optimum is a candidate "
                    "(default fisher,qerror)")
     g.add_argument("--val-images", type=int, help="validation images scoring each policy (default 2000)")
+    g.add_argument("--select-on", default="val", choices=["val", "select"], help="the images every choice is made "
+                   "on: the validation split (default), or 'select', half of the test split, for a model trained on "
+                   "the validation images (the published ResNets); report it on the other half (`--split report`)")
     g.add_argument("--refine-evaluations", type=int, help="evaluations spent refining (0: none; default 8)")
     g.add_argument("--tables-dir", help="also write the metrics' sensitivity tables here (METRIC.json, what "
                    "`qpolicy report` plots)")
@@ -278,7 +281,7 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
     config = SelectConfig(metrics=metrics, bits=_int_list(args.bits, "--bits"), metric_batches=args.metric_batches,
                           seed=args.seed, **given)
     model = _load_model(args)
-    val = data.loader(_source(args), "val", batch_size=250)
+    val = data.loader(_source(args), args.select_on, batch_size=250)
     calib = data.calib_loader(_source(args), batches=max(config.bn_batches, config.act_batches), seed=args.seed)
     train = data.loader(_source(args), "train", batch_size=128, shuffle=True, augment=False, seed=args.seed)
     _preflight(model, val)

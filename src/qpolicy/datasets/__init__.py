@@ -23,9 +23,13 @@ from ..errors import ConfigError, DataError, UnknownNameError
 from ..registry import Registry
 
 __all__ = ["DataOptions", "DataSource", "DataPlugin", "REGISTRY", "register", "names", "source", "default_spec",
-           "SPLITS", "normalization"]
+           "SPLITS", "TEST_HALVES", "normalization"]
 
 SPLITS = ("train", "val", "test")
+# Two fixed, stratified halves of the test split, for models whose training set overlaps the validation split (the
+# published CIFAR ResNets): every choice on "select", figures reported on "report", neither seen in training.
+TEST_HALVES = ("select", "report")
+HALVES_SEED = 20_261_206
 
 
 def _floats(value: Sequence[float] | None, what: str) -> tuple[float, ...] | None:
@@ -129,14 +133,24 @@ class DataSource:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> tuple[Any, torch.Tensor]:
-        """``(ArrayDataset, indices)`` of split ``name`` (in-memory sources only)."""
-        if name not in SPLITS:
-            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
+        """``(ArrayDataset, indices)`` of split ``name`` (in-memory sources only); ``select`` and ``report`` are
+        the two halves of ``test`` (stratified by label, fixed seed)."""
+        if name not in SPLITS + TEST_HALVES:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS + TEST_HALVES)}, got {name!r}")
         if self.split_fn is None:
             raise ConfigError(f"data {self.spec!r} gives loaders, not images in memory")
+        if name in TEST_HALVES:
+            from ..data import stratified_split
+
+            ds, idx = self.split_fn("test")
+            halves = stratified_split(ds.labels[idx], [0.5], HALVES_SEED)
+            return ds, idx[halves[TEST_HALVES.index(name)]]
         return self.split_fn(name)
 
     def user_loader(self, name: str) -> Iterable[Any]:
+        if name in TEST_HALVES:
+            raise ConfigError(f"the {name!r} half of the test split needs images in memory; data {self.spec!r} "
+                              "gives its own loaders (split its test loader yourself)")
         if name not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {name!r}")
         if self.loaders is None:

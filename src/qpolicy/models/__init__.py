@@ -48,6 +48,10 @@ class ModelSpec:
         description: One line for ``qpolicy models``.
         trained_here: No public weights: ``qpolicy train --model NAME`` trains them into the trained-model cache,
             where :func:`load` finds them.
+        trained_on: What the (pretrained or trained-here) weights were trained on, in words.
+        sees_validation: The weights were trained on images of qpolicy's validation split (the published CIFAR
+            ResNets saw all 50,000 training images): choices made on that split are made on memorized images, so a
+            validated search on such a model warns once.
     """
 
     name: str
@@ -59,6 +63,8 @@ class ModelSpec:
     reference_top1: float | None = None
     description: str = ""
     trained_here: bool = False
+    trained_on: str = ""
+    sees_validation: bool = False
 
 
 REGISTRY: Registry[ModelSpec] = Registry("model")
@@ -89,6 +95,8 @@ for _depth, (_file, _top1) in _RESNET_WEIGHTS.items():
         url=_AKAMASTER + _file,
         reference_top1=_top1,
         description=f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), akamaster weights",
+        trained_on="all 50,000 CIFAR-10 training images (the published recipe): the validation split included",
+        sees_validation=True,
     ))
 register(ModelSpec(
     name="resnet8",
@@ -97,6 +105,7 @@ register(ModelSpec(
     dataset="cifar10",
     trained_here=True,
     description="MLPerf Tiny ResNet-8 for CIFAR-10 (78k parameters); weights trained here by `qpolicy train`",
+    trained_on="the 45,000 CIFAR-10 training images outside the validation split (`qpolicy train`)",
 ))
 register(ModelSpec(
     name="mobilenetv2_cifar",
@@ -227,6 +236,7 @@ def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike |
         log.info("model %s has no pretrained weights; using random initialization", name)
     model.input_shape = s.input_shape
     model.zoo_name = s.name
+    model.sees_validation = bool(pretrained and s.sees_validation)
     return model.eval()
 
 
