@@ -37,23 +37,27 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _reestimate_bn(model: nn.Module, batches: list[Any]) -> None:
-    """Recompute every BatchNorm's running mean/var as the plain average over ``batches``."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
+def _reestimate_bn(model: nn.Module, batches: list[Any], *, batchquant: bool = False) -> None:
+    """Recompute every BatchNorm's running mean/var as the plain average over ``batches`` (and with ``batchquant``
+    every BatchQuant quantizer's running range: the quantized network as it trains, batch statistics throughout)."""
+    from .batchquant import BatchQuantizer
+
+    kinds = (nn.modules.batchnorm._BatchNorm, BatchQuantizer) if batchquant else (nn.modules.batchnorm._BatchNorm,)
+    mods = [m for m in model.modules() if isinstance(m, kinds) and getattr(m, "track_running_stats", True)]
+    if not mods:
         return
-    momenta = {bn: bn.momentum for bn in bns}
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average: every batch weighs the same
-        bn.train()
+    momenta = {m: m.momentum for m in mods}
+    for m in mods:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+        m.train()
     try:
         for x in batches:
             call(model, x)
     finally:
-        for bn in bns:
-            bn.momentum = momenta[bn]
-            bn.eval()
+        for m in mods:
+            m.momentum = momenta[m]
+            m.eval()
 
 
 @torch.no_grad()

@@ -63,6 +63,13 @@ class BatchQuantizer(ActQuantizer):
         self.momentum = momentum
         self.register_buffer("running_min", torch.zeros(()))
         self.register_buffer("running_max", torch.zeros(()))
+        self._seen = 0  # batches averaged since reset_running_stats (momentum None: a cumulative average)
+
+    def reset_running_stats(self) -> None:
+        """Forget the running range (as BatchNorm's method of the same name)."""
+        self.running_min.zero_()
+        self.running_max.zero_()
+        self._seen = 0
 
     def start_calibration_(self, config: CalibConfig) -> None:
         self.observing = True
@@ -102,8 +109,10 @@ class BatchQuantizer(ActQuantizer):
         if self.training:
             lo, hi = self._batch_range(x)
             with torch.no_grad():
-                self.running_min.lerp_(lo, self.momentum)
-                self.running_max.lerp_(hi, self.momentum)
+                weight = self.momentum if self.momentum is not None else 1.0 / (self._seen + 1)
+                self._seen += 1
+                self.running_min.lerp_(lo, weight)
+                self.running_max.lerp_(hi, weight)
         else:
             lo, hi = self.running_min, self.running_max
         s, z = self.qparams(lo, hi)

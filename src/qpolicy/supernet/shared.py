@@ -38,6 +38,7 @@ from .._validate import require_ints, require_numbers
 from ..bits import check_bits
 from ..errors import CheckpointError, ConfigError, first_line
 from ..policy import LayerBits, Policy
+from ..quant.apply import _reestimate_bn
 from ..quant.batchquant import BatchQuantizer
 from ..quant.fake_quant import CalibConfig
 from ..task import CLASSIFICATION, Task, call, move, task_of
@@ -310,30 +311,18 @@ def subnet_model(net: Supernet, policy: Policy, calib: Iterable[Any], config: QF
 def recalibrate_quantized_(model: nn.Module, batches: Sequence[Any]) -> None:
     """Re-estimate ``model``'s BatchNorm statistics and BatchQuant running ranges in the network as it was trained:
     every quantizer on, BatchNorm and BatchQuant in training mode (batch statistics, batch ranges), each running
-    value the plain average over ``batches``; the other quantizers keep their learned step sizes. The model's modes
-    are restored (eval for the re-estimated modules)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    bqs = [m for m in model.modules() if isinstance(m, BatchQuantizer)]
-    momenta = {m: m.momentum for m in (*bns, *bqs)}
+    value the plain average over ``batches``; the other quantizers keep their learned step sizes. The model's mode
+    is restored (eval for the re-estimated modules)."""
     was_training = model.training
     model.eval()
     try:
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative moving average: every batch weighs the same
-            bn.train()
-        for bq in bqs:
-            bq.train()
-        for k, x in enumerate(batches):
-            for bq in bqs:
-                bq.momentum = 1.0 / (k + 1)  # running range = the average batch range so far
-            call(model, x)
+        _reestimate_bn(model, list(batches), batchquant=True)
     finally:
-        for m, mom in momenta.items():
-            m.momentum = mom
         model.train(was_training)
-        for m in (*bns, *bqs):
-            m.eval()
+        if was_training:  # the re-estimated statistics are for inference
+            for m in model.modules():
+                if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchQuantizer)):
+                    m.eval()
 
 
 def policy_of(assignment: Mapping[str, tuple[int, int]], *, model: str | None = None, **provenance: Any) -> Policy:
