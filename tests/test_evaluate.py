@@ -16,6 +16,9 @@ def test_top1_and_loss_by_hand():
     assert (r.correct, r.total, r.top1) == (2, 4, 50.0)
     lp = torch.log_softmax(torch.tensor([2.0, 0.0]), 0)
     assert r.loss == pytest.approx(float(-(2 * lp[0] + 2 * lp[1]) / 4))
+    assert r.per_sample is None and "per_sample" not in r.to_dict()
+    each = evaluate(Const(), data, device="cpu", per_sample=True).per_sample
+    assert each.tolist() == [1.0, 1.0, 0.0, 0.0]  # in data order, across batches
 
 
 def test_restores_mode_and_does_not_change_weights():

@@ -118,6 +118,15 @@ def test_evaluate_policies_evaluates_each_distinct_policy_once(tmp_path):
     out = evaluate_policies(model, [a, b, a], test=data, calib=data, calib_config=CalibConfig(batches=1,
                             bn_batches=1), device="cpu", results=tmp_path / "r.json", stats=stats)
     assert stats.computed == 2 and out[0] == out[2] and [set(r) for r in out] == [{"top1", "eval_seconds"}] * 3
+    # per-sample outcomes: a separate result (the cached ones have none), agreeing with the top-1
+    from qpolicy.stats import unpack_outcomes
+
+    each = evaluate_policies(model, [a, b], test=data, calib=data, calib_config=CalibConfig(batches=1, bn_batches=1),
+                             device="cpu", results=tmp_path / "r.json", per_sample=True)
+    for r, plain in zip(each, out, strict=False):
+        v = unpack_outcomes(r["per_sample"])
+        assert len(v) == 32 and set(v) <= {0.0, 1.0} and 100 * v.mean() == pytest.approx(r["top1"]) and \
+            r["top1"] == plain["top1"]
 
 
 def test_cli_workers_only_where_something_is_distributed(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,10 @@ __all__ = ["EvalResult", "evaluate", "resolve_device"]
 class EvalResult:
     """One evaluation: the task's metric (mean over samples; higher is better) and mean loss.
 
-    ``top1`` (percent) and ``correct`` are set for classification (the metric is top-1) and None otherwise."""
+    ``top1`` (percent) and ``correct`` are set for classification (the metric is top-1) and None otherwise.
+    ``per_sample`` (only with ``evaluate(..., per_sample=True)``, and never in :meth:`to_dict`): each sample's
+    metric in data order (1/0 correctness for a classifier), for paired comparisons of two models on the same
+    samples."""
 
     top1: float | None
     loss: float
@@ -30,6 +33,7 @@ class EvalResult:
     seconds: float
     metric: float | None = None
     metric_name: str = "top1"
+    per_sample: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -41,7 +45,7 @@ class EvalResult:
         return self.top1 if self.top1 is not None else float(self.metric)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "per_sample"}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -59,9 +63,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[Any], *, device: str | torch.device | None = None,
-             desc: str = "evaluate") -> EvalResult:
+             desc: str = "evaluate", per_sample: bool = False) -> EvalResult:
     """The task's metric and mean loss of ``model`` over ``data`` (default task: top-1 (%) and cross-entropy
-    on ``(x, y)`` batches; see :mod:`qpolicy.task`).
+    on ``(x, y)`` batches; see :mod:`qpolicy.task`). ``per_sample``: also keep each sample's metric
+    (:attr:`EvalResult.per_sample`).
 
     The model runs in eval mode; its mode and device are restored afterwards.
     """
@@ -74,6 +79,7 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: str | torch.devic
     total = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)  # accumulated on the device: no per-batch sync
     metric_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    kept: list[torch.Tensor] = []
     start = time.perf_counter()
     try:
         total_batches = len(data) if hasattr(data, "__len__") else None
@@ -81,16 +87,21 @@ def evaluate(model: nn.Module, data: Iterable[Any], *, device: str | torch.devic
             batch = move(batch, dev)
             out = task.run(model, batch)
             loss_sum += task.loss(out, batch).sum()
-            metric_sum += task.metric(out, batch).sum()
+            scores = task.metric(out, batch)
+            metric_sum += scores.sum()
+            if per_sample:
+                kept.append(scores.detach().double().cpu())
             total += batch_size(batch)
     finally:
         model.train(was_training).to(home)
     if total == 0:
         raise ConfigError("evaluation data yielded no samples")
     metric = float(metric_sum) / total
+    each = torch.cat(kept) if per_sample else None
     if task.is_classification:
         n_correct = round(float(metric_sum))
         return EvalResult(top1=100.0 * n_correct / total, loss=float(loss_sum) / total, correct=n_correct,
-                          total=total, seconds=time.perf_counter() - start)
+                          total=total, seconds=time.perf_counter() - start, per_sample=each)
     return EvalResult(top1=None, loss=float(loss_sum) / total, correct=None, total=total,
-                      seconds=time.perf_counter() - start, metric=metric, metric_name=task.metric_name)
+                      seconds=time.perf_counter() - start, metric=metric, metric_name=task.metric_name,
+                      per_sample=each)

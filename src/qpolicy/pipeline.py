@@ -88,8 +88,10 @@ def policy_label(policy: Policy | None) -> str:
 
 
 def evaluate_policy(model: nn.Module, policy: Policy | None, *, test: Iterable[Any], calib: Iterable[Any] | None = None,
-                    calib_config: CalibConfig | None = None, device: str | None = None) -> PolicyEvaluation:
-    """Quantize a copy of ``model`` under ``policy`` (None: float), calibrate it, and measure top-1 and cost."""
+                    calib_config: CalibConfig | None = None, device: str | None = None,
+                    per_sample: bool = False) -> PolicyEvaluation:
+    """Quantize a copy of ``model`` under ``policy`` (None: float), calibrate it, and measure top-1 and cost
+    (``per_sample``: keep each test sample's metric, :attr:`qpolicy.EvalResult.per_sample`)."""
     if policy is None:
         policy = float_policy(model, model_name=getattr(model, "zoo_name", None))
         qmodel, calib_config, seconds = model, None, 0.0
@@ -99,7 +101,7 @@ def evaluate_policy(model: nn.Module, policy: Policy | None, *, test: Iterable[A
         qmodel = apply_policy(model, policy, calib=calib, config=calib_config)
         seconds = time.perf_counter() - t
     cost = policy_cost(quantizable_layers(model), policy)
-    acc = evaluate(qmodel, test, device=device)
+    acc = evaluate(qmodel, test, device=device, per_sample=per_sample)
     return PolicyEvaluation(policy=policy, accuracy=acc, cost=cost, calib=calib_config, calib_seconds=seconds)
 
 
@@ -160,11 +162,18 @@ def finetune_policy(model: nn.Module, policy: Policy, *, train: Iterable[Any], t
     return run, qmodel
 
 
-def _evaluate_point(shared: dict[str, Any], item: dict[str, Any]) -> dict[str, float]:
-    """One policy's PTQ top-1 (a ``run_many`` task)."""
+def _evaluate_point(shared: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """One policy's PTQ top-1 (a ``run_many`` task), with its per-sample outcomes when ``shared`` asks."""
+    from .stats import pack_outcomes
+
+    keep = shared.get("per_sample", False)
     res = evaluate_policy(shared["model"], Policy.from_dict(item["policy"]), test=shared["test"],
-                          calib=shared["calib"], calib_config=shared["calib_config"], device=shared["device"])
-    return {"top1": res.accuracy.top1, "eval_seconds": res.accuracy.seconds}
+                          calib=shared["calib"], calib_config=shared["calib_config"], device=shared["device"],
+                          per_sample=keep)
+    out: dict[str, Any] = {"top1": res.accuracy.top1, "eval_seconds": res.accuracy.seconds}
+    if keep:
+        out["per_sample"] = pack_outcomes(res.accuracy.per_sample)
+    return out
 
 
 def _policy_key(item: dict[str, Any]) -> str:
@@ -172,16 +181,19 @@ def _policy_key(item: dict[str, Any]) -> str:
     import hashlib
     import json
 
-    return hashlib.sha1(json.dumps(item["policy"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps(item["policy"]["layers"], sort_keys=True).encode()).hexdigest()[:16] + \
+        ("+samples" if item.get("per_sample") else "")
 
 
 def evaluate_policies(model: nn.Module, policies: Iterable[Policy], *, test: Iterable[Any],
                       calib: Iterable[Any] | None, calib_config: CalibConfig | None = None,
                       device: str | None = None, workers: int | None = None, address: str | None = None,
                       results: str | Path | None = None, stats: Any = None,
-                      desc: str = "policies") -> list[dict[str, float]]:
+                      desc: str = "policies", per_sample: bool = False) -> list[dict[str, Any]]:
     """PTQ top-1 of many policies (``{"top1", "eval_seconds"}`` each, in order): a Pareto front, a random-policy
-    study, the columns of a benchmark.
+    study, the columns of a benchmark. ``per_sample`` adds each policy's per-sample outcomes on ``test``
+    (``"per_sample"``: :func:`qpolicy.stats.pack_outcomes`, read back with :func:`qpolicy.stats.unpack_outcomes`),
+    for paired intervals between policies (:func:`qpolicy.stats.paired_difference_interval`).
 
     The policies are evaluated by :func:`qpolicy.runner.run_many`: serially, or on Ray with ``workers`` > 1 or an
     ``address`` (the model and the calibration batches are shipped once); ``results`` keeps finished policies so
@@ -193,8 +205,9 @@ def evaluate_policies(model: nn.Module, policies: Iterable[Policy], *, test: Ite
 
     cfg = calib_config or CalibConfig()
     batches = list(itertools.islice(calib, cfg.batches_needed)) if calib is not None else None  # shipped once
-    shared = {"model": model, "test": test, "calib": batches, "calib_config": cfg, "device": device}
-    items = [{"policy": p.to_dict()} for p in policies]
+    shared = {"model": model, "test": test, "calib": batches, "calib_config": cfg, "device": device,
+              "per_sample": per_sample}
+    items = [{"policy": p.to_dict(), **({"per_sample": True} if per_sample else {})} for p in policies]
     unique = list({_policy_key(it): it for it in items}.values())
     out = run_many(_evaluate_point, unique, shared=shared, workers=workers, address=address, results=results,
                    key=_policy_key, desc=desc, stats=stats)

@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for m in ("qfa_compare", "_common"):
+    for m in ("qfa_compare", "search_quality", "_common"):
         sys.modules.pop(m, None)
 
 
@@ -23,3 +23,43 @@ def test_qfa_compare_arms_differ_in_the_activation_quantizer_only(bench):
     a, b = qfa_compare.arms().values()
     differ = [f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
     assert differ == ["act_quantizer"]
+
+
+def _row(budget, quantizer, uniform_ok, default_ok, seconds=30.0):
+    import numpy as np
+
+    from qpolicy.select import SelectConfig
+    from qpolicy.stats import pack_outcomes
+
+    u, d = np.asarray(uniform_ok, dtype=float), np.asarray(default_ok, dtype=float)
+    return {"model": "resnet20", "budget": budget, "quantizer": quantizer, "uniform": 100 * u.mean(),
+            "default": 100 * d.mean(), "margin": 100 * (d.mean() - u.mean()), "fisher": 50.0,
+            "per_sample": {"uniform": pack_outcomes(u), "default": pack_outcomes(d)}, "random": [],
+            "random_median": None, "default_seconds": seconds, "default_evaluations": 12,
+            "default_chosen": "refine round 1", "selection_best_other_minus_uniform_loss": -0.01,
+            "mac_groups": {"2359296": 16, "1179648": 2}, "select_on": "select", "report_images": len(u),
+            "policies": {"default": {"provenance": {"select": SelectConfig().to_dict()}}}}
+
+
+def test_search_quality_margins_are_paired_and_judged_against_the_goal(bench):
+    import numpy as np
+    import search_quality
+
+    base = (np.arange(2000) % 5 != 0).astype(float)  # 80% right
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:36]] = 1.0  # +1.8 points, only ever gaining: a tight paired interval
+    lo, hi = search_quality.margin_ci(_row("BitOPs of W4A4", "minmax", base, better))
+    se = 100 * np.sqrt(0.018 * 0.982 / 2000)  # 0.30 points, where unpaired it would be 1.3
+    assert lo == pytest.approx(1.8 - 1.96 * se, abs=0.1) and hi == pytest.approx(1.8 + 1.96 * se, abs=0.1)
+    # +1.8 [1.2, 2.4] against the +1.5 goal: undecided; against "never below": held
+    assert search_quality.goal_verdict(_row("BitOPs of W4A4", "minmax", base, better)) == (1.5, "undecided")
+    assert search_quality.goal_verdict(_row("BitOPs of W4A4", "ours", base, better)) == (0.0, "held")
+    worse = base.copy()
+    worse[np.flatnonzero(base == 1)[:60]] = 0.0  # -3 points
+    assert search_quality.goal_verdict(_row("BitOPs of W3A4", "ours", base, worse)) == (0.5, "not held")
+    rows = [_row("BitOPs of W3A4", "ours", base, worse), _row("BitOPs of W4A4", "ours", base, better, 75.0)]
+    table, notes = search_quality.render(rows, ["fisher"], 0)
+    assert ">= +0.5: not held (short by 3.50)" in table and "never below: held" in table
+    assert "-3.00 [" in table and "+1.80 [" in table
+    assert "took 30-75 s per row (goal <= 60 s: met in 1 of 2 rows)" in notes
+    assert "16 of its 18 free layers have the same MACs (the other 2: 2 x 1.18M)" in notes
