@@ -180,6 +180,9 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
                              + (f" (the other {n - top}: " + ", ".join(f"{v} x {int(k) / 1e6:.2f}M" for k, v in
                                                                           list(groups.items())[1:]) + ")"
                                 if n > top else ""))
+    held_out = r0.get("select_on", "val") == "val"
+    where = ("the validation split (held out of the training images here, but not of the published weights' "
+             "training set)" if held_out else "the 'select' half of the test split")
     notes = (f"CIFAR-10 test top-1 (%) after PTQ only, {split}. Margins carry a 95% paired bootstrap interval over "
              "the report images (both policies' per-image outcomes are stored). Goal column: issue 22's target for "
              "the row (+0.5 points at BitOPs of W3A4/W3A3 with `ours`, +1.5 at BitOPs of W4A4 and size of W4 with "
@@ -199,9 +202,9 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
              "its BN rule) solved by the ILP. Default search: `qpolicy search --model M --budget ...` "
              f"(`search_validated`: {' + '.join(sel['metrics'])} ILP candidates, the {sel['uniform_candidates']} "
              f"widest uniform policies, {sel['refine_evaluations']} refinement evaluations, each policy scored on "
-             f"{sel['val_images']:,} images of the validation split held out of the training images and calibrated "
+             f"{sel['val_images']:,} images of {where} and calibrated "
              f"like the row's quantizer ({sel['bn_batches']} BN + {sel['act_batches']} activation batches); the "
-             f"choice confirmed against every uniform candidate on {sel['confirm_images']:,} other validation images "
+             f"choice confirmed against every uniform candidate on {sel['confirm_images']:,} other images of it "
              f"(one-sided paired t-test on per-image loss, p < {sel['confirm_p']}, and top-1 at least theirs)). "
              "Random: seeded random policies that fill the budget. Default search below uniform: "
              + (", ".join(below) if below else "never") + ".")
