@@ -76,6 +76,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 from scratch, 0.01 for a defense)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="SGD with Nesterov momentum "
                    "(default) or AdamW")
+    p.add_argument("--teacher", metavar="MODEL", help="distill from this zoo model (Hinton et al. 2015) on the same "
+                   "training images: the student sees nothing the plain run would not")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature of the distillation")
+    p.add_argument("--kd-weight", type=float, default=0.9, help="the distillation term's share of the loss")
     _add_training_run(p, "MODEL[-DEFENSE]")
 
 
@@ -172,17 +176,34 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "weights: add --random-init to do that anyway")
     if defense is None:
         args.random_init = True
+    kd = teacher = None
+    if args.teacher is not None:
+        from ..train.distill import DistillConfig
+
+        if defense is not None:
+            raise ConfigError("--teacher distills a plain training run; it does not combine with --defense")
+        kd = DistillConfig(temperature=args.kd_temperature, weight=args.kd_weight)
+        models.spec(args.teacher)  # unknown names: "did you mean", before any work
     model = _load_model(args)
     train = data.loader(_source(args), "train", batch_size=args.train_batch_size, limit=args.train_limit,
                         seed=args.seed)
     _preflight(model, train)
+    if kd is not None:
+        teacher = _teacher(args.teacher, model, train)
     if defense is not None:
         res = defense.train(model, train, options, config=config, out_dir=out, resume=args.resume,
                             device=args.device, model_name=args.model, trained_dir=args.trained_dir)
+    elif kd is not None:
+        from ..train.distill import kd_term
+
+        res = train_float(model, train, config=config, out_dir=out, resume=args.resume, device=args.device,
+                          model_name=args.model, kind="distilled", loss_terms=(kd_term(teacher, kd),),
+                          task_loss_weight=1.0 - kd.weight, settings={"teacher": args.teacher, **kd.to_dict()})
     else:
         res = train_float(model, train, config=config, out_dir=out, resume=args.resume, device=args.device,
                           model_name=args.model)
-    what = f"{args.model} with defense {defense.name}" if defense else f"{args.model} from random weights"
+    what = f"{args.model} with defense {defense.name}" if defense else f"{args.model} from random weights" + (
+        f", distilled from {args.teacher}" if kd is not None else "")
     obj = {"model": args.model, "defense": variant, "out": str(out), "weights": str(out / "weights.pt"),
            "train": res.to_dict(), "val_top1": None}
     resumed = f" (resumed from epoch {res.resumed_from['epoch']})" if res.resumed_from else ""
@@ -200,6 +221,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{val.top1:.2f}%\nwrote {out / 'weights.pt'}")
     _emit(args, obj, text)
     return 0
+
+
+def _teacher(name: str, student: Any, train: Any) -> Any:
+    """The zoo model ``name`` with its weights, checked to give the student's output shape on a training batch."""
+    import itertools
+
+    import torch
+
+    from .. import models
+    from ..errors import ConfigError
+    from ..task import task_of
+
+    s = models.spec(name)
+    if not (s.weights or s.trained_here):
+        raise ConfigError(f"teacher {name} has no weights to distill from: use a zoo model with pretrained or "
+                          "trained-here weights (see `qpolicy models`)")
+    teacher = models.load(name)
+    x = task_of(train).inputs(next(itertools.islice(iter(train), 1)))[:2]
+    with torch.no_grad():
+        got, want = teacher.eval()(x).shape, student.eval()(x).shape
+    if got != want:
+        raise ConfigError(f"teacher {name} gives outputs of shape {tuple(got)[1:]}, the student "
+                          f"{tuple(want)[1:]}: distill from a model of the same task")
+    return teacher
 
 
 COMMANDS = {"finetune": cmd_finetune, "train-noise": cmd_train_noise, "train": cmd_train}

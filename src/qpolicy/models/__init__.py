@@ -46,8 +46,9 @@ class ModelSpec:
         url: Canonical download URL of the weights.
         reference_top1: Published float top-1 (%) of the pretrained weights on the test set.
         description: One line for ``qpolicy models``.
-        trained_here: No public weights: ``qpolicy train --model NAME`` trains them into the trained-model cache,
-            where :func:`load` finds them.
+        trained_here: No public weights: ``qpolicy train --model NAME`` (``recipe``) trains them into the
+            trained-model cache, where :func:`load` finds them.
+        recipe: The command that trains a ``trained_here`` model (default ``qpolicy train --model NAME``).
         trained_on: What the (pretrained or trained-here) weights were trained on, in words.
         sees_validation: The weights were trained on images of qpolicy's validation split (the published CIFAR
             ResNets saw all 50,000 training images): choices made on that split are made on memorized images, so a
@@ -63,6 +64,7 @@ class ModelSpec:
     reference_top1: float | None = None
     description: str = ""
     trained_here: bool = False
+    recipe: str = ""
     trained_on: str = ""
     sees_validation: bool = False
 
@@ -97,6 +99,23 @@ for _depth, (_file, _top1) in _RESNET_WEIGHTS.items():
         description=f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), akamaster weights",
         trained_on="all 50,000 CIFAR-10 training images (the published recipe): the validation split included",
         sees_validation=True,
+    ))
+# The same ResNets trained here on the 45,000 training images outside the validation split, distilled from the
+# published weights on those images only (issue 22): choices made on the validation split are then made on images
+# the model never saw. `make heldout-models` trains them (resumable).
+HELDOUT_EPOCHS = 100
+for _depth in (20, 32):
+    register(ModelSpec(
+        name=f"resnet{_depth}-heldout",
+        factory=lambda d=_depth: cifar_resnet(d),
+        input_shape=(3, 32, 32),
+        dataset="cifar10",
+        trained_here=True,
+        recipe=f"qpolicy train --model resnet{_depth}-heldout --teacher resnet{_depth} --epochs {HELDOUT_EPOCHS}",
+        description=f"CIFAR ResNet-{_depth} trained here without the validation images, distilled from "
+                    f"resnet{_depth} (`make heldout-models`)",
+        trained_on=f"the 45,000 CIFAR-10 training images outside the validation split, distilled from resnet{_depth}"
+                   " on those images only",
     ))
 register(ModelSpec(
     name="resnet8",
@@ -228,7 +247,8 @@ def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike |
         folder = trained_model_dir(name, trained=trained_dir)
         if not (folder / "weights.pt").is_file():
             raise WeightsError(f"no trained {name} in {folder}: it has no public weights; train it once with "
-                               f"`qpolicy train --model {name}` (or `make {name}`), or use --random-init")
+                               f"`{s.recipe or f'qpolicy train --model {name}'}` (or `make {name}`), or use "
+                               "--random-init")
         load_trained(model, folder)
     elif pretrained and s.weights:
         load_weights(model, resolve_weights(s, weights_dir, download_missing=download_missing))
