@@ -97,3 +97,38 @@ def test_published_resnets_say_they_saw_the_validation_split():
     assert models.spec("resnet20").sees_validation and "50,000" in models.spec("resnet20").trained_on
     assert not models.spec("resnet8").sees_validation and "45,000" in models.spec("resnet8").trained_on
     assert models.load("resnet20", pretrained=False).sees_validation is False  # random weights saw nothing
+
+
+def test_the_search_scores_the_ptq_that_is_deployed():
+    """Min-max activation ranges grow with the data they see: the scorer calibrates on the deployed number of
+    batches, so a policy's score is its deployed loss (old code: 2 batches, whatever was deployed)."""
+    import torch
+
+    from qpolicy.pipeline import evaluate_policy
+    from qpolicy.quant import CalibConfig
+    from qpolicy.select import _Scorer
+
+    torch.manual_seed(0)
+    m = TinyConvNet()
+    calib = [torch.randn(16, 3, 16, 16) * (1 + 2 * (i == 5)) for i in range(6)]  # batch 5 widens the ranges
+    val = random_loader(48, batch_size=16)
+    deployed = CalibConfig(weight_method="minmax", act_method="minmax", bn_reestimate=False, batches=6)
+    score = _Scorer(m, quantizable_layers(m), calib, val, deployed, SelectConfig(val_images=48, confirm_images=0),
+                    "cpu")
+    assert score.config.batches == 6 and len(score.calib) == 6
+    policy = uniform_policy(m, "w4a3")
+    loss, top1 = score({n: (b.weight_bits, b.act_bits) for n, b in policy.layers.items()})
+    ev = evaluate_policy(m, policy, test=val, calib=calib, calib_config=deployed, device="cpu")
+    assert loss == pytest.approx(ev.accuracy.loss, rel=1e-6) and top1 == pytest.approx(ev.accuracy.top1)
+    # on fewer batches (what the search used to score) the ranges, and the loss, differ
+    short = _Scorer(m, quantizable_layers(m), calib, val, deployed,
+                    SelectConfig(val_images=48, confirm_images=0, act_batches=2), "cpu")
+    assert short({n: (b.weight_bits, b.act_bits) for n, b in policy.layers.items()})[0] != pytest.approx(loss,
+                                                                                                      rel=1e-3)
+
+
+def test_select_config_rejects_bad_batch_counts():
+    with pytest.raises(ConfigError, match="act_batches"):
+        SelectConfig(act_batches=0)
+    with pytest.raises(ConfigError, match="act_samples"):
+        SelectConfig(act_samples=0)

@@ -282,7 +282,8 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
                           seed=args.seed, **given)
     model = _load_model(args)
     val = data.loader(_source(args), args.select_on, batch_size=250)
-    calib = data.calib_loader(_source(args), batches=max(config.bn_batches, config.act_batches), seed=args.seed)
+    # the loader `qpolicy evaluate` calibrates with: the scored policy's activation ranges are the deployed ones
+    calib = data.calib_loader(_source(args), batches=calib_config.batches_needed, seed=args.seed)
     train = data.loader(_source(args), "train", batch_size=128, shuffle=True, augment=False, seed=args.seed)
     _preflight(model, val)
     res = search_validated(model, budget, calib=calib, val=val, metric_data=train, calib_config=calib_config,
