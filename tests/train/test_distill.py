@@ -36,6 +36,7 @@ def test_kd_term_trains_the_student_only():
     assert float(loss.detach()) == pytest.approx(0.5 * float(kd_loss(logits.detach(), teacher(x), 3.0)), rel=1e-5)
     loss.backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert float(student.fc.weight.grad.abs().sum()) > 0  # the soft term reaches the student's last layer
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert not teacher.training and all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
