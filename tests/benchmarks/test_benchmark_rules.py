@@ -63,3 +63,48 @@ def test_search_quality_margins_are_paired_and_judged_against_the_goal(bench):
     assert "-3.00 [" in table and "+1.80 [" in table
     assert "took 30-75 s per row (goal <= 60 s: met in 1 of 2 rows)" in notes
     assert "16 of its 18 free layers have the same MACs (the other 2: 2 x 1.18M)" in notes
+
+
+def test_search_quality_names_a_longer_search_and_judges_no_speed_goal_on_it(bench):
+    import dataclasses
+
+    import numpy as np
+    import search_quality
+
+    from qpolicy.select import SelectConfig
+
+    base = (np.arange(1000) % 5 != 0).astype(float)
+    row = _row("BitOPs of W3A4", "ours", base, base, 140.0)
+    row["policies"]["default"]["provenance"]["select"] = dataclasses.replace(
+        SelectConfig(), refine_evaluations=48).to_dict()
+    _, notes = search_quality.render([row], ["fisher"], 0)
+    assert "the default search given 48 refinement evaluations instead of 8" in notes
+    assert "goal <= 60 s" not in notes  # the speed goal is the default search's, not a longer one's
+    _, default_notes = search_quality.render([_row("BitOPs of W3A4", "ours", base, base, 140.0)], ["fisher"], 0)
+    assert "Default search: `qpolicy search" in default_notes and "met in 0 of 1 rows" in default_notes
+
+
+def test_qfa_compare_claims_are_paired_per_policy_with_verdicts(bench):
+    import numpy as np
+    import qfa_compare
+
+    from qpolicy.stats import pack_outcomes
+
+    ptq = (np.arange(2000) % 4 != 0).astype(float)  # 75% right
+    gain = ptq.copy()
+    gain[np.flatnonzero(ptq == 0)[:100]] = 1.0  # +5 points, only gains: held
+    same = ptq.copy()
+    same[np.flatnonzero(ptq == 0)[:10]] = 1.0  # +1 gained,
+    same[np.flatnonzero(ptq == 1)[:10]] = 0.0  # -1 lost: +0.0, undecided
+    outcomes = {"a": {"supernet_batchquant": pack_outcomes(gain), "supernet_lsq": pack_outcomes(ptq),
+                      "ptq": pack_outcomes(ptq), "qat_1epoch": pack_outcomes(gain)},
+                "b": {"supernet_batchquant": pack_outcomes(same), "supernet_lsq": pack_outcomes(gain),
+                      "ptq": pack_outcomes(ptq)}}
+    claims = {c["comparison"]: c for c in qfa_compare.claim_rows(outcomes)}
+    lsq = claims["supernet_batchquant - supernet_lsq > 0"]
+    assert [r["verdict"] for r in lsq["rows"]] == ["held", "not held"]
+    assert lsq["verdict"] == "mixed (1 held, 1 not held of 2)" and lsq["median"] == pytest.approx(0.0)
+    ptq_claim = claims["supernet_batchquant - ptq > 0"]
+    assert [r["verdict"] for r in ptq_claim["rows"]] == ["held", "undecided"]
+    qat = claims["supernet_batchquant - qat_1epoch > -1"]  # only policy a was fine-tuned; +0.0 > -1 point: held
+    assert qat["policies"] == 1 and qat["verdict"] == "held"
