@@ -1,19 +1,21 @@
 """ARQ vs uniform vs fisher + ILP at equal BitOPs: clean and certified accuracy of the smoothed classifier.
 
     qpolicy train-noise --model resnet20 --sigma 0.25       # once
-    python benchmarks/certify_sanity.py                      # the float test reference (n = 10,000)
+    python benchmarks/certify_sanity.py --split report       # the float reference on the report half (n = 10,000)
     python benchmarks/arq_compare.py [--specs w4a4,w3a4] [--episodes 25]
 
 At the BitOPs of uniform W4A4 and of W3A4 (first/last layer 8 bits) three policies of the noise-trained ResNet-20:
 the uniform one, fisher + ILP (fisher on noisy training images) and ARQ's (DDPG, reward from the smoothed
-classifier's accuracy and ACR on 40 validation images). Every choice is made on validation or training images; the
-test split only reports. Each policy is PTQ'd the way ARQ rewarded it (``ARQConfig.calib_config``: MSE, BN
-re-estimation, on noisy calibration images) and every row, the float one included, is measured by the same two
-rules: clean test top-1 of the base classifier (10,000 images), and its smoothed classifier on every 100th test image
-certified (a) from scratch (Cohen et al., n = 10,000, as the float reference) and (b) by IRS from the float model's
-certificates (n_p = 1,000, no fallback: an image IRS cannot certify counts as abstained, a lower bound). Rule (a)
-compares quantization alone; (b) shows what the cheap incremental certificate costs on top (for the float row, IRS
-of the float model from its own certificates: IRS's slack alone).
+classifier's accuracy and ACR on 40 images of the 'select' half of the test split: the published ResNet-20 was trained
+on all 50,000 training images, the validation split included; ``--select-on val`` for a base trained here). Every
+choice is made there or on training images; the other half of the test split ('report') only reports. Each policy
+is PTQ'd the way ARQ rewarded it (``ARQConfig.calib_config``: MSE, BN re-estimation, on noisy calibration images)
+and every row, the float one included, is measured by the same two rules: clean top-1 of the base classifier on
+every report image, and its smoothed classifier on 100 evenly spaced report images certified (a) from scratch
+(Cohen et al., n = 10,000, as the float reference) and (b) by IRS from the float model's certificates (n_p = 1,000,
+no fallback: an image IRS cannot certify counts as abstained, a lower bound). Rule (a) compares quantization alone;
+(b) shows what the cheap incremental certificate costs on top (for the float row, IRS of the float model from its
+own certificates: IRS's slack alone).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from certify_sanity import reference_dir
 
 import qpolicy as qp
 from qpolicy.pipeline import evaluate_policy
+from qpolicy.rl.arq import SELECT_SPLITS as ARQ_SPLITS
 from qpolicy.rl.arq import ARQConfig, search_arq
 from qpolicy.rl.ddpg import DDPGConfig
 from qpolicy.robust.certify import certify_model
@@ -46,13 +49,16 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--n-p", type=int, default=1000, help="IRS samples per test image")
     ap.add_argument("--out", default="runs/bench/arq")
+    ap.add_argument("--select-on", default="select", choices=["val", "select"],
+                    help="where ARQ's reward images come from (report on the test split's other half, or all of it)")
     args = ap.parse_args()
     model = load_noise_model(qp.models.load("resnet20"), noise_model_dir("resnet20", args.sigma))
-    reference = load_certify(reference_dir(args.sigma))
+    report = ARQ_SPLITS[args.select_on]
+    reference = load_certify(reference_dir(args.sigma, report))
     cfg = SmoothConfig(**reference["settings"]["config"])
     images = len(reference["records"])
     calib = qp.data.calib_loader("cifar10")
-    test = qp.data.loader("cifar10", "test", batch_size=500)
+    test = qp.data.loader("cifar10", report, batch_size=500)
     layers = qp.quantizable_layers(model)
     fisher = qp.analyze(model, NoisyBatches(qp.data.loader("cifar10", "train", batch_size=128, shuffle=True,
                                                            augment=False), args.sigma),
@@ -62,7 +68,7 @@ def main() -> None:
 
     def certify_both(slug: str, policy) -> dict:
         """The two rules, the same for every row: from scratch (the float row's is the reference itself) and IRS."""
-        kw = dict(config=cfg, split="test", images=images, resume=True, calib=calib, calib_config=calib_config,
+        kw = dict(config=cfg, split=report, images=images, resume=True, calib=calib, calib_config=calib_config,
                   model_name="resnet20")
         scratch = reference if policy is None else certify_model(model, policy, out_dir=Path(args.out) / slug
                                                                  / "scratch", **kw)
@@ -95,6 +101,7 @@ def main() -> None:
         t = time.perf_counter()
         arq = search_arq(model, budget, calib=calib, out_dir=Path(args.out) / f"search_{spec}", sigma=args.sigma,
                          config=ARQConfig(episodes=args.episodes, val_images=args.val_images, test_images=0,
+                                          select_on=args.select_on,
                                           ddpg=DDPGConfig(warmup=args.warmup)),
                          resume=True, model_name="resnet20")
         results.append(measure("ARQ (DDPG)", arq.policy, spec, time.perf_counter() - t, args.episodes))
@@ -113,11 +120,13 @@ def main() -> None:
     table = md_table(["policy", "budget", "BitOPs / W8A8", "base top-1 (clean test) %",
                       *(f"{c} ({rule})" for rule in ("from scratch", "IRS") for c in
                         ("smoothed acc. %", "ACR", "cert. r=0.25 %", "r=0.5 %")), "search s", "episodes"], rows)
-    notes = (f"Noise-trained ResNet-20 (sigma = {cfg.sigma:g}). Smoothed figures on {images} test images (every "
-             f"{10000 // images}th), every row by both rules: from scratch (n = {cfg.n:,}) and by IRS from the float "
+    notes = (f"Noise-trained ResNet-20 (sigma = {cfg.sigma:g}). Rewards on {args.val_images} {args.select_on} "
+             f"images, figures on the {report} split: base top-1 on all {len(test.indices):,} of its images, smoothed "
+             f"figures on {images} of them, evenly spaced; every row by both rules: from scratch (n = {cfg.n:,}) and "
+             "by IRS from the float "
              f"certificates (n_p = {args.n_p:,}, no fallback: lower bounds; a certificate holds with probability "
              f"1 - (alpha_f + alpha)). Compare rows within one rule. ARQ: {args.episodes} episodes "
-             f"({args.warmup} random warm-up), reward on {args.val_images} validation images (IRS, n_p = 300, "
+             f"({args.warmup} random warm-up), reward on {args.val_images} {args.select_on} images (IRS, n_p = 300, "
              "reference n = 2,000), reward R = 0.5 * relative accuracy loss + 0.5 * relative ACR loss (our choice; "
              "the paper gives none). HAQ/ARQ run hundreds of episodes on a GPU; this is a CPU-sized search.")
     write(f"arq_compare_sigma{args.sigma:g}", {"results": results, "reference": str(reference_dir(args.sigma)),

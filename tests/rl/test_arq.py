@@ -6,7 +6,8 @@ import torch
 
 from qpolicy import data, models
 from qpolicy.budget import Budget
-from qpolicy.errors import CheckpointError
+from qpolicy.datasets import source
+from qpolicy.errors import CheckpointError, ConfigError
 from qpolicy.quant import CalibConfig
 from qpolicy.rl.arq import ARQConfig, arq_reward, search_arq
 from qpolicy.rl.ddpg import DDPGConfig
@@ -95,3 +96,19 @@ def test_arq_rewards_what_it_measured_and_tests_the_ptq_it_searched(home, tmp_pa
     # the final policy is certified on test with the PTQ every policy was rewarded with
     test = json.loads((tmp_path / "a" / "test" / "certify.json").read_text())
     assert test["calib"] == arq["calib"] == CalibConfig(batches=1, bn_batches=1).to_dict()
+
+
+def test_arq_rewards_on_the_select_half_and_certifies_on_the_report_half(home, tmp_path):
+    res = _run(tmp_path / "a", 1, test_images=2, test_n=100, select_on="select")
+    src = source("cifar10")
+    select, report = ({int(i) for i in src.split(s)[1]} for s in ("select", "report"))
+    ref = json.loads((tmp_path / "a" / "reference" / "certify.json").read_text())
+    test = json.loads((tmp_path / "a" / "test" / "certify.json").read_text())
+    assert ref["split"] == "select" and test["split"] == "report"
+    assert {int(r["index"]) for r in ref["records"]} <= select and {int(r["index"]) for r in test["records"]} <= report
+    assert res.policy.provenance["arq"]["select_on"] == "select"
+
+
+def test_arq_refuses_an_unknown_selection_split():
+    with pytest.raises(ConfigError, match="select_on must be one of val, select"):
+        ARQConfig(select_on="test")

@@ -56,7 +56,8 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--val-images", type=int, help="validation images scoring each policy (default 2000)")
     g.add_argument("--select-on", default="val", choices=["val", "select"], help="the images every choice is made "
                    "on: the validation split (default), or 'select', half of the test split, for a model trained on "
-                   "the validation images (the published ResNets); report it on the other half (`--split report`)")
+                   "the validation images (the published ResNets); report it on the other half (`--split report`; ARQ "
+                   "certifies its policy there)")
     g.add_argument("--refine-evaluations", type=int, help="evaluations spent refining (0: none; default 8)")
     g.add_argument("--tables-dir", help="also write the metrics' sensitivity tables here (METRIC.json, what "
                    "`qpolicy report` plots)")
@@ -320,7 +321,8 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
     choices = _search_choices(args)
     config = ARQConfig(episodes=args.episodes, val_images=args.arq_val_images, reference_n=args.reference_n,
                        n_p=args.n_p, reward_weight=args.reward_weight, test_images=args.test_images,
-                       test_n=args.test_n, ddpg=DDPGConfig(warmup=args.warmup), seed=args.seed)
+                       test_n=args.test_n, ddpg=DDPGConfig(warmup=args.warmup), seed=args.seed,
+                       select_on=args.select_on)
     from ..robust.noise import check_sigma
 
     model = _noise_base(args, check_sigma(args.sigma))

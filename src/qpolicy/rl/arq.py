@@ -3,7 +3,9 @@ certified robustness of a randomized-smoothing classifier, by reinforcement lear
 
 An episode walks the layers (:class:`~qpolicy.rl.env.BitEnv`), the DDPG agent (:class:`~qpolicy.rl.ddpg.DDPG`)
 picks each searched side's bits, the action wall brings the policy within the BitOPs (or any) budget, and the policy
-is rewarded by its smoothed classifier on ``val_images`` validation images (never test):
+is rewarded by its smoothed classifier on ``val_images`` validation images (never test; ``select_on="select"``:
+the 'select' half of the test split, for a base trained on the validation images, and the final certificate on the
+'report' half):
 
 * the noise-trained float model is certified once on those images (:mod:`qpolicy.robust.smoothing`, ``reference_n``
   samples, recording its classes on the first ``n_p``): its smoothed clean accuracy ``acc_fp`` and ACR ``acr_fp``;
@@ -57,6 +59,9 @@ REWARD = ("R = w * (acc_q - acc_fp) / acc_fp + (1 - w) * (acr_q - acr_fp) / acr_
 _FORMAT = "qpolicy.checkpoint.arq"
 
 
+SELECT_SPLITS = {"val": "test", "select": "report"}  # where ARQ rewards policies -> where it certifies the result
+
+
 def arq_reward(acc: float, acr: float, acc_fp: float, acr_fp: float, weight: float) -> float:
     """The reward of :data:`REWARD`: the weighted relative losses of smoothed clean accuracy and ACR."""
     return weight * (acc - acc_fp) / acc_fp + (1 - weight) * (acr - acr_fp) / acr_fp
@@ -69,6 +74,9 @@ class ARQConfig:
     Args:
         episodes: Episodes in total, warm-up included.
         val_images: Validation images rewarding each policy.
+        select_on: Where those images come from: "val" (the validation split; the final certificate on "test") or
+            "select" (half of the test split, for a base whose training set held the validation images: the
+            published CIFAR ResNets; the final certificate on the other half, "report").
         reference_n: Samples certifying the float model on them (n0 = 100).
         n_p: Shared-noise samples per image for a policy's incremental certificate.
         alpha: Failure probability of each bound.
@@ -83,6 +91,7 @@ class ARQConfig:
 
     episodes: int = 30
     val_images: int = 40
+    select_on: str = "val"
     reference_n: int = 2000
     n_p: int = 300
     alpha: float = 0.001
@@ -98,6 +107,9 @@ class ARQConfig:
         require_ints(self, ("episodes", "val_images", "reference_n", "n_p", "calib_batches", "bn_batches"),
                      minimum=1)
         require_ints(self, ("test_images", "seed"), minimum=0)
+        if self.select_on not in SELECT_SPLITS:
+            raise ConfigError(f"select_on must be one of {', '.join(SELECT_SPLITS)} (the images ARQ rewards "
+                              f"policies on), got {self.select_on!r}")
         require_ints(self, ("test_n",), minimum=100)
         require_probability(self, ("alpha",))
         if isinstance(self.reward_weight, bool) or not isinstance(self.reward_weight, (int, float)) or \
@@ -180,15 +192,16 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
         calib_config = config.calib_config()
 
         # the float model's certificates on the validation images (resumable on its own)
-        n_val = split_size("val", data_dir)
+        n_val = split_size(config.select_on, data_dir)
         positions = spaced_indices(n_val, config.val_images)
-        imgs, labels, file_idx = pixel_images("val", positions, data_dir=data_dir)
+        imgs, labels, file_idx = pixel_images(config.select_on, positions, data_dir=data_dir)
         ref_cfg = SmoothConfig(sigma=sigma, n0=100, n=config.reference_n, alpha=config.alpha, seed=config.seed)
         smooth_fp = Smooth(model, 10, sigma, device=device)
         ref_dir = out / "reference"
         reference = certify_dataset(smooth_fp, imgs, labels, file_idx, ref_cfg, out_dir=ref_dir,
                                     resume=(ref_dir / "certify.json").exists(), record=config.n_p,
-                                    meta={"model": model_name, "split": "val", "method": "rs", "policy": None},
+                                    meta={"model": model_name, "split": config.select_on, "method": "rs",
+                                          "policy": None},
                                     workers=workers, address=address)
         fp = reference["summary"]
         acc_fp, acr_fp = fp["clean_accuracy"], fp["acr"]
@@ -268,7 +281,8 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
             "tie": tie, "seed": config.seed, "cost": cost.to_dict(per_layer=False),
             "arq": {"reward": REWARD, "reward_weight": config.reward_weight, "sigma": sigma,
                     "episodes": config.episodes, "best_episode": best["episode"], "best_reward": best["reward"],
-                    "val_images": config.val_images, "val_clean_accuracy": best["val_clean_accuracy"],
+                    "val_images": config.val_images, "select_on": config.select_on,
+                    "val_clean_accuracy": best["val_clean_accuracy"],
                     "val_acr": best["val_acr"], "fp_val_clean_accuracy": acc_fp, "fp_val_acr": acr_fp,
                     "reference_n": config.reference_n, "n_p": config.n_p, "alpha": config.alpha,
                     "calib": calib_config.to_dict(),
@@ -281,7 +295,8 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
         if config.test_images:
             tcfg = SmoothConfig(sigma=sigma, n0=100, n=config.test_n, alpha=config.alpha, seed=config.seed)
             test_dir = out / "test"
-            test = certify_model(model, policy, config=tcfg, out_dir=test_dir, split="test", images=config.test_images,
+            test = certify_model(model, policy, config=tcfg, out_dir=test_dir, split=SELECT_SPLITS[config.select_on],
+                                 images=config.test_images,
                                  resume=(test_dir / "certify.json").exists(), calib=calib,
                                  calib_config=calib_config, device=device, model_name=model_name,
                                  workers=workers, address=address)
