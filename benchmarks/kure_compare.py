@@ -6,7 +6,10 @@ over random mixed policies. Does "one model to rule them all" hold on ResNet-20?
 
 Both models start from the pretrained ResNet-20 and are fine-tuned on the training images (validation images held
 out) with the same SGD schedule and seed; KURE adds lambda * mean (Kurt[W_l] - 1.8)^2 over every Conv2d but the
-first. Every number below is measured on the CIFAR-10 test split; nothing is chosen on it.
+first. Every number below is measured on the CIFAR-10 test split; nothing is chosen on it. Each of the paper's claims
+(Shkolnik et al. 2020) is judged from paired intervals: PTQ top-1 KURE - plain per policy (images resampled), the
+loss under step-size errors KURE - plain (the drop from the calibrated step, per image), and the spread over random
+policies (the policies resampled, paired by policy): held / not held / undecided.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ import copy
 import statistics
 import time
 
+import numpy as np
 import torch
 from _common import md_table, write
 
 import qpolicy as qp
 from qpolicy.quant.fake_quant import WeightQuantizer
 from qpolicy.sensitivity import SensitivityTable
+from qpolicy.stats import (
+    bootstrap_interval,
+    overall_verdict,
+    pack_outcomes,
+    paired_difference_interval,
+    unpack_outcomes,
+    verdict,
+)
 from qpolicy.train.kurtosis import kure_layers, layer_kurtosis
 
 SPECS = ["w8a8", "w6a6", "w5a5", "w4a8", "w3a8", "w2a8", "w4a4", "w3a4"]
@@ -68,14 +80,16 @@ def main() -> None:
         print(label, fit[label]["float_top1"], flush=True)
     kurt = {"pretrained": layer_kurtosis(base, names), **{k: layer_kurtosis(m, names) for k, m in models.items()}}
 
-    ptq, rows = {}, []
+    ptq, rows, per = {}, [], {}
     for spec in SPECS:
         row = [spec.upper()]
         for calib_name, cfg in CALIBS.items():
             for label, m in models.items():
                 q = qp.apply_policy(m, qp.uniform_policy(m, spec), calib=calib, config=cfg)
-                top1 = qp.evaluate(q, test).top1
+                ev = qp.evaluate(q, test, per_sample=True)
+                top1 = ev.top1
                 ptq[f"{spec}|{calib_name}|{label}"] = top1
+                per[f"{spec}|{calib_name}|{label}"] = pack_outcomes(ev.per_sample)
                 row.append(f"{top1:.2f}")
         rows.append(row)
         print(row, flush=True)
@@ -85,7 +99,11 @@ def main() -> None:
     for calib_name, cfg in CALIBS.items():
         for label, m in models.items():
             q = qp.apply_policy(m, qp.uniform_policy(m, "w4a4"), calib=calib, config=cfg)
-            vals = {f"{d:+.0%}": qp.evaluate(perturbed(q, d), test).top1 for d in PERTURB}
+            vals = {}
+            for d in PERTURB:
+                ev = qp.evaluate(perturbed(q, d), test, per_sample=True)
+                vals[f"{d:+.0%}"] = ev.top1
+                per[f"w4a4{d:+.0%}|{calib_name}|{label}"] = pack_outcomes(ev.per_sample)
             base_top1 = ptq[f"w4a4|{calib_name}|{label}"]
             pert[f"{calib_name}|{label}"] = {"unperturbed": base_top1, **vals}
             prow.append([f"{label}, {calib_name}", f"{base_top1:.2f}", *(f"{v:.2f}" for v in vals.values())])
@@ -105,6 +123,13 @@ def main() -> None:
                      f"{statistics.pstdev(vals):.2f}"])
         print(srow[-1], flush=True)
     spread_table = md_table(["model", "min", "median", "max", "std"], srow)
+    claims = kure_claims(per, spread)
+    claim_table = md_table(["claim", "rows", "held / not held / undecided", "verdict", "figures [95% CI]"],
+                           [[c["claim"], len(c["rows"]), " / ".join(str(sum(r["verdict"] == v for r in c["rows"]))
+                                                                     for v in ("held", "not held", "undecided")),
+                             c["verdict"], "; ".join(f"{r['row']}: {r['value']:+.2f} "
+                                                     + (f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]" if r["ci"] else "")
+                                                     for r in c["rows"])] for c in claims])
 
     regularized = kure_layers(base)
     krow = [[n, f"{kurt['pretrained'][n]:.2f}", f"{kurt['plain'][n]:.2f}", f"{kurt['KURE'][n]:.2f}",
@@ -119,11 +144,64 @@ def main() -> None:
              f"Random "
              f"mixed policies: {args.randoms} seeded random policies at the BitOPs of W4A4 (ours calibration), "
              f"top-1 on {args.random_images} test images.")
-    table_md = (f"## PTQ top-1 (%)\n\n{ptq_table}\n\n## W4A4 under step-size errors (top-1 %)\n\n{pert_table}\n\n"
+    notes += (" Claims: a row is held when its 95% interval is above 0 (KURE better), not held when below, else "
+              "undecided; a claim is held only when every row is.")
+    table_md = (f"## Claims\n\n{claim_table}\n\n"
+                f"## PTQ top-1 (%)\n\n{ptq_table}\n\n## W4A4 under step-size errors (top-1 %)\n\n{pert_table}\n\n"
                 f"## {args.randoms} random mixed policies at the BitOPs of W4A4 (top-1 %)\n\n{spread_table}\n\n"
                 f"## Kurtosis per layer\n\n{kurt_table}")
     write("kure_compare", {"fit": fit, "kurtosis": kurt, "ptq": ptq, "perturbation": pert, "random_policies": spread,
-                           "settings": vars(args)}, table_md, notes)
+                           "claims": claims, "per_sample": per, "settings": vars(args)}, table_md, notes)
+
+
+LOW_BITS = ("w4a8", "w3a8", "w2a8", "w4a4", "w3a4")  # where the paper says KURE helps PTQ
+
+
+def kure_claims(per: dict[str, dict], spread: dict[str, list[float]]) -> list[dict]:
+    """The paper's claims from the stored per-image outcomes (``SPEC|CALIB|MODEL``, perturbed W4A4 as
+    ``w4a4+5%|CALIB|MODEL``) and the random policies' top-1 per model: each row's KURE - plain figure, its paired
+    95% interval and verdict (above 0: held)."""
+    def get(key):
+        return unpack_outcomes(per[key])
+
+    claims = []
+    rows = []
+    for spec in LOW_BITS:
+        for calib_name in CALIBS:
+            k, p = f"{spec}|{calib_name}|KURE", f"{spec}|{calib_name}|plain"
+            if k in per and p in per:
+                a, b = get(k), get(p)
+                ci = paired_difference_interval(a, b, scale=100.0)
+                rows.append({"row": f"{spec.upper()} {calib_name}", "value": 100.0 * float(a.mean() - b.mean()),
+                             "ci": ci, "verdict": verdict(ci, 0.0)})
+    claims.append({"claim": "KURE raises PTQ top-1 at 4 bits and below (points, KURE - plain)", "rows": rows})
+    rows = []
+    for calib_name in CALIBS:
+        keys = [f"w4a4{d:+.0%}|{calib_name}|{{}}" for d in PERTURB]
+        if all(k.format(m) in per for k in keys for m in ("KURE", "plain")) and \
+                all(f"w4a4|{calib_name}|{m}" in per for m in ("KURE", "plain")):
+            # per image: the mean over step errors of (perturbed - calibrated), KURE minus plain
+            drop = {m: np.mean([get(k.format(m)) for k in keys], axis=0) - get(f"w4a4|{calib_name}|{m}")
+                    for m in ("KURE", "plain")}
+            ci = paired_difference_interval(drop["KURE"], drop["plain"], scale=100.0)
+            rows.append({"row": f"W4A4 {calib_name}", "value": 100.0 * float((drop["KURE"] - drop["plain"]).mean()),
+                         "ci": ci, "verdict": verdict(ci, 0.0)})
+    claims.append({"claim": "KURE makes PTQ robust to step-size errors (mean drop over +-1..10%, KURE - plain, "
+                            "points; above 0: KURE drops less)", "rows": rows})
+    rows = []
+    if "KURE" in spread and "plain" in spread and len(spread["KURE"]) > 1:
+        k, p = np.asarray(spread["KURE"]), np.asarray(spread["plain"])
+        ci = bootstrap_interval(lambda i: float(np.std(p[i]) - np.std(k[i])), len(k))
+        rows.append({"row": "std over random policies, plain - KURE", "value": float(np.std(p) - np.std(k)),
+                     "ci": ci, "verdict": verdict(ci, 0.0)})
+        ci = bootstrap_interval(lambda i: float(np.median(k[i] - p[i])), len(k))
+        rows.append({"row": "median over random policies of KURE - plain", "value": float(np.median(k - p)),
+                     "ci": ci, "verdict": verdict(ci, 0.0)})
+    claims.append({"claim": "One model for many bit-widths: random mixed policies spread less and score higher "
+                            "with KURE", "rows": rows})
+    for c in claims:
+        c["verdict"] = overall_verdict([r["verdict"] for r in c["rows"]])
+    return claims
 
 
 if __name__ == "__main__":

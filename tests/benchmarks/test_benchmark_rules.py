@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for m in ("qfa_compare", "search_quality", "_common"):
+    for m in ("qfa_compare", "search_quality", "kure_compare", "_common"):
         sys.modules.pop(m, None)
 
 
@@ -108,3 +108,36 @@ def test_qfa_compare_claims_are_paired_per_policy_with_verdicts(bench):
     assert [r["verdict"] for r in ptq_claim["rows"]] == ["held", "undecided"]
     qat = claims["supernet_batchquant - qat_1epoch > -1"]  # only policy a was fine-tuned; +0.0 > -1 point: held
     assert qat["policies"] == 1 and qat["verdict"] == "held"
+
+
+def test_kure_claims_from_stored_outcomes_by_hand(bench):
+    import kure_compare
+    import numpy as np
+
+    from qpolicy.stats import pack_outcomes
+
+    plain = (np.arange(2000) % 4 != 0).astype(float)  # 75% right
+    kure = plain.copy()
+    kure[np.flatnonzero(plain == 0)[:100]] = 1.0  # +5 points on every image it changes
+    per = {}
+    for calib in kure_compare.CALIBS:
+        for spec in kure_compare.LOW_BITS:
+            per[f"{spec}|{calib}|plain"], per[f"{spec}|{calib}|KURE"] = pack_outcomes(plain), pack_outcomes(kure)
+        per[f"w4a4|{calib}|plain"], per[f"w4a4|{calib}|KURE"] = pack_outcomes(plain), pack_outcomes(kure)
+        for d in kure_compare.PERTURB:  # plain loses 4 points under every step error, KURE none
+            hurt = plain.copy()
+            hurt[np.flatnonzero(plain == 1)[:80]] = 0.0
+            per[f"w4a4{d:+.0%}|{calib}|plain"], per[f"w4a4{d:+.0%}|{calib}|KURE"] = pack_outcomes(hurt), \
+                pack_outcomes(kure)
+    spread = {"plain": [80.0, 60.0, 85.0, 70.0] * 5, "KURE": [84.0, 83.0, 85.0, 82.0] * 5}
+    ptq, steps, rnd = kure_compare.kure_claims(per, spread)
+    assert ptq["verdict"] == "held" and len(ptq["rows"]) == 2 * len(kure_compare.LOW_BITS)
+    assert ptq["rows"][0]["value"] == pytest.approx(5.0)
+    assert steps["verdict"] == "held" and steps["rows"][0]["value"] == pytest.approx(4.0)
+    std_row, median_row = rnd["rows"]
+    assert std_row["value"] == pytest.approx(np.std(spread["plain"]) - np.std(spread["KURE"]))
+    assert median_row["value"] == pytest.approx(np.median(np.subtract(spread["KURE"], spread["plain"])))
+    assert std_row["verdict"] == "held"
+    # KURE worse everywhere: not held
+    worse = {k: (pack_outcomes(plain) if k.endswith("KURE") else pack_outcomes(kure)) for k in per}
+    assert kure_compare.kure_claims(worse, {})[0]["verdict"] == "not held"
