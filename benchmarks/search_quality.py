@@ -149,7 +149,8 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
         goal, met = goal_verdict(rec)
         goal_text = f">= +{goal:.1f}: {met}" if goal else f"never below: {met}"
         if goal and met != "held":
-            goal_text += f" (short by {goal - rec['margin']:.2f})"
+            goal_text += (f" (short by {goal - rec['margin']:.2f})" if rec["margin"] < goal else
+                          f" (the estimate meets it; the interval reaches {ci[0]:+.2f})" if ci else "")
         gap = rec.get("selection_best_other_minus_uniform_loss")
         rows.append([rec["model"], rec["budget"], rec["quantizer"], f"{rec['uniform']:.2f}",
                      *(f"{rec[m]:.2f}" for m in metrics), f"**{rec['default']:.2f}**",
