@@ -53,6 +53,8 @@ def test_search_quality_margins_are_paired_and_judged_against_the_goal(bench):
     assert lo == pytest.approx(1.8 - 1.96 * se, abs=0.1) and hi == pytest.approx(1.8 + 1.96 * se, abs=0.1)
     # +1.8 [1.2, 2.4] against the +1.5 goal: undecided; against "never below": held
     assert search_quality.goal_verdict(_row("BitOPs of W4A4", "minmax", base, better)) == (1.5, "undecided")
+    table, _ = search_quality.render([_row("BitOPs of W4A4", "minmax", base, better)], ["fisher"], 0)
+    assert f">= +1.5: undecided (the estimate meets it; the interval reaches +{lo:.2f})" in table
     assert search_quality.goal_verdict(_row("BitOPs of W4A4", "ours", base, better)) == (0.0, "held")
     worse = base.copy()
     worse[np.flatnonzero(base == 1)[:60]] = 0.0  # -3 points
