@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--random-images", type=int, default=2000)
     ap.add_argument("--test-images", type=int, help="a seeded subset of the test set (default: all 10,000)")
     ap.add_argument("--train-images", type=int, help="a seeded subset of the training images (default: all)")
+    ap.add_argument("--name", default="kure_compare", help="result file name")
     args = ap.parse_args()
     test = qp.data.loader("cifar10", "test", batch_size=500, limit=args.test_images)
     test_small = qp.data.loader("cifar10", "test", batch_size=500, limit=args.random_images)
@@ -136,7 +137,8 @@ def main() -> None:
              "yes" if n in regularized else "no"] for n in names]
     kurt_table = md_table(["layer", "pretrained", "plain fine-tune", "KURE fine-tune", "regularized"], krow)
     f = fit
-    notes = (f"ResNet-20 fine-tuned {args.epochs} epoch(s) (SGD, lr {args.lr}, cosine, seed 0) on the 45,000 training "
+    trained_on = "the 45,000 training" if args.train_images is None else f"{args.train_images:,} of the training"
+    notes = (f"ResNet-20 fine-tuned {args.epochs} epoch(s) (SGD, lr {args.lr}, cosine, seed 0) on {trained_on} "
              f"images, plain and with KURE (lambda {args.lam}, target 1.8): float test top-1 plain "
              f"{f['plain']['float_top1']:.2f}%, KURE {f['KURE']['float_top1']:.2f}% "
              f"({f['plain']['seconds']:.0f} s / {f['KURE']['seconds']:.0f} s). PTQ on the test set; first and "
@@ -150,7 +152,7 @@ def main() -> None:
                 f"## PTQ top-1 (%)\n\n{ptq_table}\n\n## W4A4 under step-size errors (top-1 %)\n\n{pert_table}\n\n"
                 f"## {args.randoms} random mixed policies at the BitOPs of W4A4 (top-1 %)\n\n{spread_table}\n\n"
                 f"## Kurtosis per layer\n\n{kurt_table}")
-    write("kure_compare", {"fit": fit, "kurtosis": kurt, "ptq": ptq, "perturbation": pert, "random_policies": spread,
+    write(args.name, {"fit": fit, "kurtosis": kurt, "ptq": ptq, "perturbation": pert, "random_policies": spread,
                            "claims": claims, "per_sample": per, "settings": vars(args)}, table_md, notes)
 
 
