@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for m in ("qfa_compare", "search_quality", "kure_compare", "_common"):
+    for m in ("qfa_compare", "search_quality", "kure_compare", "arq_compare", "certify_sanity", "_common"):
         sys.modules.pop(m, None)
 
 
@@ -143,3 +143,38 @@ def test_kure_claims_from_stored_outcomes_by_hand(bench):
     # KURE worse everywhere: not held
     worse = {k: (pack_outcomes(plain) if k.endswith("KURE") else pack_outcomes(kure)) for k in per}
     assert kure_compare.kure_claims(worse, {})[0]["verdict"] == "not held"
+
+
+def test_arq_claims_pair_the_same_images_by_hand(bench):
+    import arq_compare
+
+    from qpolicy.stats import pack_outcomes
+
+    def row(label, spec, base, scratch, irs):
+        recs = [{"index": i, "label": 1, "prediction": 1 if r >= 0 else -1, "radius": max(r, 0.0)}
+                for i, r in enumerate(scratch)]
+        recs.reverse()  # records in any order are read in image order
+        radii = arq_compare.image_radii(recs)
+        return {"label": label, "spec": spec, "per_sample": pack_outcomes(base),
+                "smoothed": {"radii": {"scratch": radii, "irs": irs}}}
+
+    results = [row("float (FP32)", "-", [1, 1, 1, 1], [0.5, 0.4, 0.3, 0.2], [0.5, 0.4, 0.3, 0.2]),
+               row("uniform W4A4", "w4a4", [1, 0, 1, 1], [0.3, -1.0, 0.3, 0.1], [0.3, -1.0, 0.2, 0.1]),
+               row("ARQ (DDPG)", "w4a4", [1, 1, 1, 0], [0.4, 0.2, -1.0, 0.2], [0.4, 0.1, -1.0, 0.2])]
+    assert results[1]["smoothed"]["radii"]["scratch"] == [0.3, -1.0, 0.3, 0.1]
+    claims = {(c["versus"], c["figure"]): c for c in arq_compare.claim_rows(results)}
+    assert len(claims) == 2 * len(arq_compare.FIGURES)  # ARQ vs uniform and vs float, nothing vs itself
+    base = claims["uniform W4A4", "base top-1 (clean, all report images)"]
+    assert base["difference"] == pytest.approx(0.0) and base["items"] == 4
+    # ACR: ARQ (0.4 + 0.2 + 0 + 0.2) / 4 = 0.2, uniform (0.3 + 0 + 0.3 + 0.1) / 4 = 0.175
+    acr = claims["uniform W4A4", "ACR, from scratch"]
+    assert acr["difference"] == pytest.approx(0.025)
+    lo, hi = acr["interval"]
+    assert lo < 0.025 < hi and acr["verdict"] == "undecided"
+    # certified at r = 0.25: ARQ 1 of 4, uniform 2 of 4 -> -25 points
+    assert claims["uniform W4A4", "certified acc. r=0.25 %, from scratch"]["difference"] == pytest.approx(-25.0)
+    # IRS radii are their own: ARQ (0.4 + 0.1 + 0 + 0.2) / 4 - uniform (0.3 + 0 + 0.2 + 0.1) / 4 = 0.025
+    assert claims["uniform W4A4", "ACR, IRS"]["difference"] == pytest.approx(0.025)
+    # versus float every ACR term is lower or equal: the whole interval below 0
+    drop = claims["float (FP32)", "ACR, from scratch"]
+    assert drop["difference"] == pytest.approx(0.2 - 0.35) and drop["verdict"] == "not held"
