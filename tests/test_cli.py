@@ -228,7 +228,14 @@ def test_export_cli_int8_kernels(capsys, home, tmp_path):
     obj = json.loads(text)
     assert obj["export"]["ops"]["QLinearConv"] == 19 and obj["verify"]["total"] == 32
     code, _, err = run(capsys, "export", *TINY, "--uniform", "w4a4", "-o", str(out), "--int8-kernels")
-    assert code == 2 and "not A8" in err and "Traceback" not in err
+    assert code == 2 and "neither:" in err and "Traceback" not in err
+    # first and last layer in float, the rest on integer kernels
+    code, text, err = run(capsys, "export", *TINY, "--uniform", "w8a8", "--first-last", "float", "-o", str(out),
+                          "--int8-kernels", "--json")
+    assert code == 0, err
+    obj = json.loads(text)["export"]
+    assert obj["ops"]["QLinearConv"] == 18 and obj["ops"]["Conv"] == 1 and obj["ops"]["Gemm"] == 1
+    assert len(obj["float_layers"]) == 2
 
 
 def test_validated_search_is_the_default_with_a_model(capsys, home, tmp_path):

@@ -65,16 +65,38 @@ def test_w8a8_runs_on_integer_kernels_with_the_policys_integers(tmp_path):
     _close(out, ref)
 
 
-def test_needs_8_bit_inputs_and_every_layer_quantized(tmp_path):
+def test_needs_8_bit_or_float_inputs(tmp_path):
     model = _model()
     qm = apply_policy(model, uniform_policy(model, "w8a4"), calib=random_loader(32, batch_size=32), config=CALIB)
-    with pytest.raises(ConfigError, match="not A8: dw"):
+    with pytest.raises(ConfigError, match=r"neither: dw \(W8A4\)"):
         export_int8(qm, tmp_path / "m.onnx", calib=random_loader(32), input_shape=(3, 8, 8))
-    policy = Policy(layers={**uniform_policy(model, "w8a8").layers, "fc": LayerBits(weight_bits=None, act_bits=None)})
-    qm = apply_policy(model, policy, calib=random_loader(32, batch_size=32), config=CALIB)
-    with pytest.raises(ConfigError, match="float: fc"):
-        export_int8(qm, tmp_path / "m.onnx", calib=random_loader(32), input_shape=(3, 8, 8))
+    with pytest.raises(ConfigError, match="every Conv/Linear of this model runs in float"):
+        export_int8(model, tmp_path / "m.onnx", calib=random_loader(32), input_shape=(3, 8, 8))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_layers_kept_in_float_run_as_float_operators_between_integer_ones(tmp_path):
+    """Mixed integer/float: ``fc`` float, ``conv1`` with 4-bit weights and a float input (``w4af``) run as float
+    Conv/Gemm (conv1 with the policy's 4-bit weights); ``dw`` and ``pw`` stay on the integer kernels."""
+    model = _model()
+    layers = {**uniform_policy(model, "w8a8", first_last="same").layers,
+              "fc": LayerBits(weight_bits=None, act_bits=None), "conv1": LayerBits(weight_bits=4, act_bits=None)}
+    policy = Policy(layers=layers)
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    path = tmp_path / "mixed.onnx"
+    info = export_int8(qm, path, calib=random_loader(64, batch_size=32, seed=1), input_shape=(3, 8, 8), policy=policy)
+    assert info["float_layers"] == ["conv1", "fc"] and info["layers"] == 2
+    assert info["ops"].get("QLinearConv") == 2 and info["ops"].get("Conv") == 1 and info["ops"].get("Gemm") == 1
+    proto = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    stem = next(n for n in proto.graph.node if n.op_type == "Conv")
+    w = inits[stem.input[1]].reshape(8, -1)  # BN folded in: a factor per channel, so still 15 levels at most
+    assert w.shape[1] == 27 and max(len(np.unique(r)) for r in w) <= 15 < len(np.unique(model.conv1.weight.detach()))
+    x, _ = next(iter(random_loader(128, batch_size=128, seed=3)))
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    _close(out, ref)
 
 
 def test_narrow_weights_take_the_int8_kernels_exactly(tmp_path):

@@ -43,8 +43,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int4", action="store_true", help="INT4/UINT4 tensors for 4-bit weights and inputs (opset 21)")
     p.add_argument("--int8-kernels", action="store_true",
-                   help="a policy with 8-bit inputs (weights up to 8 bits) as integer operators (QLinearConv, ...) "
-                        "that onnxruntime runs with int8 kernels; requantizes where the simulation keeps float, so "
+                   help="a policy whose layers have 8-bit inputs (weights up to 8 bits) or float ones (f) as "
+                        "integer operators (QLinearConv, ...) that onnxruntime runs with int8 kernels, the float "
+                        "layers as float operators between them; requantizes where the simulation keeps float, so "
                         "--verify allows 0.5 points")
     p.add_argument("--verify", action="store_true", help="run it in onnxruntime on the test set beside PyTorch")
 
@@ -123,7 +124,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     opset = max(args.opset, 21) if args.int4 or (wide and not args.int8_kernels) else args.opset
     if args.int8_kernels:
         info = export_int8(qmodel, args.out, calib=cal, input_shape=tuple(shape), policy=policy, opset=opset)
-        what = ", ".join(f"{info['ops'].get(k, 0)} {k}" for k in ("QLinearConv", "QGemm", "QLinearAdd"))
+        what = ", ".join(f"{info['ops'].get(k, 0)} {k}" for k in ("QLinearConv", "QGemm", "QLinearAdd")) + \
+            f", {len(info['float_layers'])} float layer(s)"
     else:
         info = export_onnx(qmodel, args.out, input_shape=tuple(shape), policy=policy, opset=opset, int4=args.int4)
         what = f"{info['ops'].get('QuantizeLinear', 0)} QuantizeLinear"

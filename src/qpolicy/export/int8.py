@@ -1,5 +1,6 @@
 """An integer ONNX model of a policy with 8-bit inputs (weights up to 8 bits) that onnxruntime runs with int8
-kernels (QLinearConv, QGemm, QLinearAdd, ...), built from the policy's own quantization.
+kernels (QLinearConv, QGemm, QLinearAdd, ...), built from the policy's own quantization. Layers the policy keeps in
+float (``f``, or quantized weights with a float input) stay float operators between a dequantize and a quantize.
 
 The Q/DQ export of :mod:`qpolicy.export.onnx` keeps the simulation's integer grids (the float arithmetic around them
 differs by rounding only; its module docs say what is exact), but a runtime executes it as float convolutions
@@ -50,31 +51,40 @@ def _quant_layers(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
 
 
-def _check_integer_ready(qmodel: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every Conv/Linear quantized, every input at 8 bits (weights may have any width up to 8)."""
-    layers = _quant_layers(qmodel)
-    if not layers:
-        raise ConfigError("int8 kernels need a quantized model (from apply_policy); this one has no quantized layer")
-    floats = [n for n, m in qmodel.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, (QuantConv2d, QuantLinear))]
-    if floats:
-        raise ConfigError("int8 kernels need every layer quantized; float: " + ", ".join(floats[:5])
-                          + (" ..." if len(floats) > 5 else ""))
-    kinds = sorted({m.act_quant.kind for _, m in layers if m.act_quant is not None} - {"lsq"})
+def _runs_in_float(mod: nn.Module) -> bool:
+    """A Conv/Linear the policy keeps in float, or whose input it keeps in float (``w4af``): such a layer runs as a
+    float operator (with the policy's fake-quantized weights), between a dequantize and a quantize."""
+    return not isinstance(mod, (QuantConv2d, QuantLinear)) or mod.act_quant is None
+
+
+def _split_layers(qmodel: nn.Module) -> tuple[list[tuple[str, nn.Module]], set[str]]:
+    """Every Conv/Linear in module order, and the names of those that run on integer kernels (quantized, 8-bit
+    input); the others must be float (``f``) on their input side."""
+    layers = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ints = [(n, m) for n, m in layers if not _runs_in_float(m)]
+    if not ints:
+        raise ConfigError("int8 kernels need at least one layer quantized with 8-bit inputs (from apply_policy); "
+                          "every Conv/Linear of this model runs in float")
+    kinds = sorted({m.act_quant.kind for _, m in ints} - {"lsq"})
     if kinds:
         raise ConfigError(f"int8 kernels need fixed-step activation quantizers; this model has {', '.join(kinds)}")
-    bad = [f"{n} (W{m.weight_quant.bits}A{m.act_quant.bits})" for n, m in layers if m.act_quant.bits != 8]
+    bad = [f"{n} (W{m.weight_quant.bits if m.weight_quant is not None else 'f'}A{m.act_quant.bits})"
+           for n, m in ints if m.act_quant.bits != 8 or m.weight_quant is None]
     if bad:
-        raise ConfigError("int8 kernels need every quantized layer's input at 8 bits (A8; weights may have 2..8 "
-                          "bits), since the runtime requantizes to the full 8-bit range; not A8: "
-                          + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
-    return layers
+        raise ConfigError("int8 kernels need every layer either quantized with 8-bit inputs (A8; weights 2..8 bits), "
+                          "since the runtime requantizes to the full 8-bit range, or kept in float (activations "
+                          "'f', e.g. w8af or f); neither: " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    return layers, {n for n, _ in ints}
 
 
 def _float_twin(qmodel: nn.Module) -> nn.Module:
-    """A CPU eval copy of the quantized model computing in float (same weights, re-estimated BN, no quantizers)."""
+    """A CPU eval copy of the quantized model computing in float (same weights, re-estimated BN, no quantizers).
+    A layer with quantized weights and a float input keeps its fake-quantized weights, as it will run in float."""
     m = copy.deepcopy(qmodel).cpu().eval()
     for _, mod in _quant_layers(m):
+        if mod.act_quant is None and mod.weight_quant is not None:
+            with torch.no_grad():
+                mod.weight = nn.Parameter(mod.weight_quant(mod.weight).detach())
         mod.__class__ = nn.Conv2d if isinstance(mod, QuantConv2d) else nn.Linear
         for attr in ("weight_quant", "act_quant"):  # their extra state cannot be traced
             if hasattr(mod, attr):
@@ -108,11 +118,11 @@ def _policy_integers(mod: nn.Module) -> tuple[Any, Any]:
 
 def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[Any], input_shape: tuple[int, ...],
                 policy: Policy | None = None, opset: int = 17, weight_type: str = "auto") -> dict[str, Any]:
-    """Write an integer (QOperator) ONNX model of ``qmodel``, a model from ``apply_policy`` whose layers all have
-    8-bit inputs (weights of any width up to 8, held in an 8-bit container).
+    """Write an integer (QOperator) ONNX model of ``qmodel``, a model from ``apply_policy`` whose layers have 8-bit
+    inputs (weights of any width up to 8, held in an 8-bit container) or float ones (those run as float operators).
 
     Args:
-        qmodel: The calibrated fake-quant model (every layer quantized, every input 8-bit).
+        qmodel: The calibrated fake-quant model (every layer quantized with an 8-bit input, or float on its input).
         path: The .onnx file to write (atomically).
         calib: ``(x, y)`` batches that calibrate the requantization points the simulation does not have.
         input_shape: Per-sample input shape; the batch dimension is dynamic.
@@ -123,7 +133,8 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
             most 7 bits, else uint8.
 
     Returns:
-        A summary: operator counts, bytes, and the number of integer layers given the policy's integers.
+        A summary: operator counts, bytes, the number of integer layers given the policy's integers, and the names
+        of the layers that run in float.
     """
     import numpy as np
     import onnx
@@ -135,8 +146,8 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
 
     if weight_type not in ("auto", "uint8", "int8"):
         raise ConfigError(f"weight_type must be 'auto', 'uint8' or 'int8', got {weight_type!r}")
-    layers = _check_integer_ready(qmodel)
-    widest = max(m.weight_quant.bits for _, m in layers)
+    layers, ints = _split_layers(qmodel)
+    widest = max(m.weight_quant.bits for n, m in layers if n in ints)
     if weight_type == "auto":
         weight_type = "int8" if widest <= 7 else "uint8"
     twin = _float_twin(qmodel)
@@ -156,13 +167,20 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                  and len(n.input) > 1 and n.input[1] in inits]
         if len(nodes) != len(layers):
             raise ConfigError(f"the float graph has {len(nodes)} Conv/Gemm/MatMul nodes with constant weights for "
-                              f"{len(layers)} quantized layers; int8 export supports models whose quantized layers "
-                              "map one-to-one to ONNX nodes")
+                              f"{len(layers)} Conv/Linear layers; int8 export supports models whose layers map "
+                              "one-to-one to ONNX nodes")
         overrides: dict[str, list[dict[str, Any]]] = {}
         producer = {o: n for n in fp.graph.node for o in n.output}
         expect: dict[str, tuple[Any, Any, Any]] = {}  # weight name -> (integers, scales, float bias)
+        floats: list[str] = []  # the ONNX nodes of the layers that stay float
         for (name, mod), node in zip(layers, nodes, strict=True):
             wf = inits[node.input[1]]
+            if name not in ints:
+                if tuple(wf.shape) not in (tuple(mod.weight.shape), tuple(mod.weight.shape)[::-1]):
+                    raise ConfigError(f"layer {name}: weight shape {tuple(mod.weight.shape)} does not match ONNX "
+                                      f"node {node.name} ({tuple(wf.shape)})")
+                floats.append(node.name)
+                continue
             transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
                 a.name == "transB" and a.i == 1 for a in node.attribute))
             wf_oc = wf.T if transposed else wf  # output channels first
@@ -194,12 +212,12 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                 overrides[src.input[0]] = act
         quantize_static(str(pre), str(out), _Reader(calib, "input"), quant_format=QuantFormat.QOperator,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"TensorQuantOverrides": overrides})
+                        nodes_to_exclude=floats, extra_options={"TensorQuantOverrides": overrides})
         proto = onnx.load(str(out))
     _set_policy_weights(proto, expect, signed=weight_type == "int8")
     info = _write_model(proto, path, policy)
     return {"path": str(path), "opset": opset, **info, "layers": len(expect), "weight_type": weight_type,
-            "widest_weight_bits": widest}
+            "widest_weight_bits": widest, "float_layers": [n for n, _ in layers if n not in ints]}
 
 
 def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]], *, signed: bool = False) -> None:
