@@ -1,7 +1,7 @@
 import pytest
 
 from qpolicy.budget import Budget
-from qpolicy.errors import ConfigError
+from qpolicy.errors import ConfigError, PolicyError
 from qpolicy.layers import quantizable_layers
 from qpolicy.testing import ThreeLayerNet
 
@@ -26,3 +26,29 @@ def test_limits_by_hand():
     assert lim.size_bytes == 109 and lim.bitops == 608 * 64 * 0.25
     assert lim.weight_bit_sum == 4 * 218 and lim.act_bit_sum == 6 * 112
     assert Budget(size=0.5, size_bytes=100).limits(layers).size_bytes == 100  # the tighter one
+
+
+def test_latency_budgets_need_a_table_and_resolve_against_its_float_latency():
+    from tests.latency.test_table import _layers, table
+
+    t = table(batches=(1, 64))
+    assert Budget.parse("latency=0.7", latency_table=t, latency_batch=1) == Budget(latency=0.7, latency_table=t,
+                                                                                  latency_batch=1)
+    b = Budget.parse("latency=1500us,bitops=0.5", latency_table=t, latency_batch=64)
+    assert b.latency_ms == 1.5 and b.latency_batch == 64
+    assert str(b) == "bitops=0.5x,latency=1.5ms (ort-cpu, batch 64)"
+    # relative: of the float model's measured latency at that batch size (3 ms x 64); the tighter limit holds
+    assert Budget(latency=0.5, latency_table=t, latency_batch=64).limits(_layers()).latency_ms == 96.0
+    assert Budget(latency=0.5, latency_ms=50, latency_table=t, latency_batch=64).limits(_layers()).latency_ms == 50
+    assert b.to_dict()["latency_table"] == {"model": "toy", "target": "ort-cpu", "batch": 64,
+                                            "created": "2026-12-06T00:00:00+00:00", "cpu": None}
+    with pytest.raises(ConfigError, match="needs a latency table"):
+        Budget.parse("latency=0.7")
+    with pytest.raises(ConfigError, match="say which one"):
+        Budget(latency=0.7, latency_table=t)
+    with pytest.raises(ConfigError, match="unknown latency unit"):
+        Budget.parse("latency=3min", latency_table=t)
+    with pytest.raises(ConfigError, match="strategy arq prices size"):
+        Budget(latency=0.7, latency_table=t, latency_batch=1).limits(_layers(), without_latency="arq")
+    with pytest.raises(PolicyError, match="measured on toy"):
+        Budget(latency=0.7, latency_table=t, latency_batch=1).limits(_layers(2))

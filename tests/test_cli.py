@@ -125,6 +125,8 @@ def test_list(capsys):
     assert code == 0 and {"qerror", "hessian"} <= set(out.split())
     code, out, _ = run(capsys, "list", "strategies", "--json")
     assert code == 0 and {"ilp", "uniform", "random"} <= set(json.loads(out)["strategies"])
+    code, out, _ = run(capsys, "list", "targets", "--json")
+    assert code == 0 and json.loads(out)["targets"]["ort-cpu"]["precisions"].keys() == {"float", "int8", "int8w8"}
 
 
 def test_analyze_then_search_then_evaluate(capsys, home, tmp_path):
@@ -254,3 +256,34 @@ def test_validated_search_is_the_default_with_a_model(capsys, home, tmp_path):
     code, _, err = run(capsys, "search", "--model", "resnet8", "--random-init", "--budget", "bitops=0.3",
                        "--metrics", "fishr")
     assert code == 2 and "did you mean 'fisher'" in err
+
+
+def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
+    pytest.importorskip("onnxruntime")
+    lat = tmp_path / "lat.json"
+    args = ["profile", *TINY8[:3], "--batch", "1,2", "--repeats", "3", "--run-ms", "0.5", "--threads", "1", "-o",
+            str(lat)]
+    code, text, err = run(capsys, *args)
+    assert code == 0, err
+    assert "wrote" in text and "batch 2: all int8" in text
+    table = json.loads(lat.read_text())
+    assert table["format"] == "qpolicy.latency" and table["model"] == "resnet8" and table["batches"] == [1, 2]
+    code, text, err = run(capsys, *args)  # the same request again: the file is the cache
+    assert code == 0 and "reused" in text
+    code, text, err = run(capsys, "search", *TINY8[:3], "--metric", "qerror", "--strategy", "ilp", "--bits", "4,8",
+                          "--act-bits", "8", "--latency-table", str(lat), "--latency-batch", "2",
+                          "--budget", "latency=10", "--json")
+    assert code == 0, err
+    prov = json.loads(text)["policy"]["provenance"]
+    assert prov["budget"]["latency"] == 10 and prov["budget"]["latency_table"]["batch"] == 2
+    assert prov["predicted_latency_ms"] > 0
+    # bad input: one line, exit 2, before any work
+    for bad, match in ((["--budget", "latency=0.7"], "needs a latency table"),
+                       (["--budget", "latency=0.0001ms", "--latency-table", str(lat), "--latency-batch", "1"],
+                        "smallest achievable predicted latency"),
+                       (["--budget", "latency=1", "--latency-table", str(lat)], "say which one"),
+                       (["--budget", "latency=1", "--latency-table", str(tmp_path / "none.json")], "not found"),
+                       (["--budget", "latency=1", "--latency-table", str(lat), "--latency-batch", "1",
+                         "--strategy", "arq"], "strategy arq prices size")):
+        code, _, err = run(capsys, "search", *TINY8[:3], "--metric", "qerror", "--act-bits", "8", *bad)
+        assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -213,6 +213,44 @@ def quiet_cli(monkeypatch):
     progress.set_enabled(None)
 
 
+def _latency_table(layers: dict | None = None) -> dict:
+    """A latency table of _table()'s layers: all int8 1.0 ms, float 2.0 ms, each layer +0.1 (W8A8) / +0.3 (float)."""
+    from qpolicy.latency import LatencyTable, Stat, layer_signature
+
+    def st(v):
+        return Stat(median=v, q1=v, q3=v, n=3)
+
+    sig = layers or layer_signature(SensitivityTable.from_dict(_table()).layers)
+    return LatencyTable(model="tiny", target="ort-cpu", layers=sig, batches=(1,), base="int8", base_ms={1: st(1.0)},
+                        float_ms={1: st(2.0)}, delta_ms={n: {"float": {1: st(0.3)}, "int8w8": {1: st(0.1)}}
+                                                         for n in sig}).to_dict()
+
+
+def _latency_cases() -> list[tuple[str, str, str, bool]]:
+    """(name, table text, budget, must fail): corrupt tables, another model's table, budgets below the fastest."""
+    base = _latency_table()
+    text = _text(base)
+    cases = [("latency ok", text, "latency=0.6", False), ("latency ok ms", text, "latency=1.2ms", False),
+             ("latency below the fastest", text, "latency=0.4", True),
+             ("latency 0", text, "latency=0", True), ("latency unit", text, "latency=3parsecs", True),
+             ("latency nan", text, "latency=nan", True)]
+    other = {n: "conv 4x4 -> 8" for n in base["layers"]}
+    cases.append(("latency other model", _text(_latency_table(other)), "latency=0.6", True))
+    fewer = dict(list(base["layers"].items())[:3])
+    cases.append(("latency fewer layers", _text(_latency_table(fewer)), "latency=0.6", True))
+    for cut in (0, 1, len(text) // 2, len(text) - 1):
+        cases.append((f"latency truncated at {cut}", text[:cut], "latency=0.6", True))
+    for path, raw in ((["format"], '"qpolicy.sensitivity"'), (["version"], "2"), (["version"], "true"),
+                      (["base_ms", "1", "median"], "NaN"), (["base_ms", "1", "median"], HUGE),
+                      (["float_ms", "1", "q1"], "5.0"), (["batches"], "[0]"), (["batches"], "[1, 2]"),
+                      (["delta_ms", "l0"], "{}"), (["delta_ms", "l0", "int4"], "{}"), (["layers"], "[]"),
+                      (["base_ms"], '"fast"'), (["delta_ms", "l1", "float", "1"], '{"median": 1}'),
+                      (["base"], '"fp16"'), (["delta_ms", "l2", "float", "1", "n"], "0")):
+        cases.append((f"latency {'.'.join(path)} = {raw[:10]}", _set_raw(base, path, raw), "latency=0.6", True))
+    cases.append(("latency nested", "[" * 5000 + "]" * 5000, "latency=0.6", True))
+    return cases
+
+
 def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
     rng = random.Random(20261129)
     problems: list[str] = []
@@ -257,6 +295,12 @@ def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
     for target in (tmp_path, blocker / "under" / "p.json"):
         argv_cases.append((f"output {target.name}", ["search", str(good), "--budget", "bitops=0.3", "-o",
                                                      str(target)], True))
+    # latency tables (qpolicy profile's artefact) and latency budgets
+    lat = tmp_path / "lat.json"
+    for name, text, budget, must_fail in _latency_cases():
+        lat.write_text(text, encoding="utf-8", errors="surrogatepass")
+        argv_cases.append((name, ["search", str(good), "--budget", budget, "--latency-table", str(lat),
+                                  "--act-bits", "8", "-o", str(out)], must_fail))
     for name, argv, must_fail in argv_cases:
         problems += _run(argv, out if "-o" in argv and argv[argv.index("-o") + 1] == str(out) else None,
                          must_fail, name, capsys)

@@ -54,7 +54,18 @@ from .policy import LayerBits, Policy, versions
 from .progress import progress
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
-from .search.base import STRATEGIES, Choice, Problem, SearchResult, build_problem, fits, ties_hold, total_cost
+from .search.base import (
+    STRATEGIES,
+    Choice,
+    Problem,
+    SearchResult,
+    build_problem,
+    check_budget,
+    fits,
+    ties_hold,
+    total_cost,
+    zero_table,
+)
 from .search.baselines import uniform_pairs
 from .sensitivity import METRICS, SensitivityTable, analyze
 from .task import Data, batch_size, cut, move, tail, task_of
@@ -414,6 +425,9 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     calib_config = calib_config or CalibConfig()
     t0 = time.perf_counter()
     layers = quantizable_layers(model)
+    # the budget's own checks (feasible, a latency table of this model) before any metric runs
+    check_budget(layers, budget, bits=config.bits, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last,
+                 tie=tie)
     quantizer = "minmax" if calib_config.weight_method == "minmax" else "mse"
     tables = []
     for name in config.metrics:
@@ -430,8 +444,7 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     if tables:
         base = tables[0]
     else:  # uniform candidates only: a table of zeros prices the problem
-        zeros = {li.name: dict.fromkeys(config.bits, 0.0) for li in layers}
-        base = SensitivityTable(metric="none", bits=config.bits, layers=tuple(layers), weight=zeros, act=zeros)
+        base = zero_table(layers, config.bits)
     problem = build_problem(base, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last, tie=tie)
     damage = _normalized_damage(tables) if tables else {li.name: {} for li in layers}
 
@@ -451,7 +464,8 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     def measure(source: str, assign: dict[str, Choice]) -> Candidate:
         loss, top1 = score(assign)
         c = Candidate(source=source, assignment=assign, val_loss=loss, val_top1=top1,
-                      cost={k: v for k, v in total_cost(problem, assign).items() if k in ("size_bytes", "bitops")})
+                      cost={k: v for k, v in total_cost(problem, assign).items()
+                            if k in ("size_bytes", "bitops", "latency_ms")})
         measured.append(c)
         log.info("%-22s val loss %.4f, top-1 %.2f%%", source, loss, top1)
         return c
@@ -520,6 +534,7 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
         "chosen": best.source, "val_loss": best.val_loss, "val_top1": best.val_top1,
         "predicted_damage": predicted(best.assignment), "cost": cost.to_dict(per_layer=False),
         "search_seconds": seconds, "select": config.to_dict(), "selection": selection,
+        "predicted_latency_ms": budget.predicted_latency_ms(layers_bits),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()})
     log.info("validated search: %s chosen (val loss %.4f, top-1 %.2f%%) from %d evaluations in %.1f s",
              best.source, best.val_loss, best.val_top1, score.evaluations, seconds)

@@ -133,3 +133,22 @@ def test_int8_weights_option_and_bad_weight_type(tmp_path):
     assert inits[stem.input[3]].dtype == np.int8 and not inits[stem.input[5]].any()
     with pytest.raises(ConfigError, match="weight_type"):
         export_int8(qm, tmp_path / "x.onnx", calib=random_loader(32), input_shape=(3, 8, 8), weight_type="int4")
+
+
+def test_auto_weight_type_is_per_layer(tmp_path):
+    """8-bit weights in one layer keep the exact u8u8 kernels there; the 4-bit layers still take the u8s8 ones."""
+    model = _model()
+    layers = {**uniform_policy(model, "w4a8", first_last="same").layers, "pw": LayerBits(weight_bits=8, act_bits=8)}
+    qm = apply_policy(model, Policy(layers=layers), calib=random_loader(64, batch_size=32), config=CALIB)
+    info = export_int8(qm, tmp_path / "m.onnx", calib=random_loader(64, batch_size=32, seed=1), input_shape=(3, 8, 8))
+    assert info["weight_type"] == "mixed" and info["widest_weight_bits"] == 8
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    kinds = [inits[n.input[3]].dtype for n in proto.graph.node if n.op_type in ("QLinearConv", "QGemm")]
+    assert kinds.count(np.uint8) == 1 and kinds.count(np.int8) == 3
+    x, _ = next(iter(random_loader(128, batch_size=128, seed=3)))
+    out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    _close(out, ref)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qpolicy.budget import Budget
-from qpolicy.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
+from qpolicy.errors import ConfigError, InfeasibleBudgetError, PolicyError, UnknownNameError
 from qpolicy.layers import LayerInfo
 from qpolicy.search import search
 from qpolicy.search.base import Problem, choice_cost, table_strategies
@@ -267,3 +267,47 @@ def test_ilp_budget_near_every_breakpoint(data):
             assert strategy == "te-lp" or rel < 0  # at or above an achievable cost there is always an answer
             continue
         assert (r.cost.size_bytes if key == "size" else r.cost.bitops) <= limit * (1 + 1e-9)
+
+
+def _latency_table(layers, base, flt, w8):
+    from qpolicy.latency import LatencyTable, Stat, layer_signature
+
+    def s(v):
+        return Stat(median=v, q1=v, q3=v, n=3)
+
+    return LatencyTable(model="golden", target="ort-cpu", layers=layer_signature(layers), batches=(1,),
+                        base="int8", base_ms={1: s(base)}, float_ms={1: s(flt)},
+                        delta_ms={n: {"float": {1: s(0.5)}, "int8w8": {1: s(d)}} for n, d in w8.items()})
+
+
+def test_golden_latency_budget_by_hand():
+    # All int8 (weights <= 7 bits) runs in 10 ms; 8-bit weights take the slower u8u8 kernels: +1 ms on a, b, c
+    # and +3 ms on d. 2 and 4 bits cost the same time, so 4 bits (less damage) wherever 8 does not fit.
+    lat = _latency_table(GOLDEN, 10.0, 12.0, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 3.0})
+    table = _table(GOLDEN, GOLDEN_W)
+    # 11.5 ms: one of a, b, c at 8 bits; a saves the most damage (2): a8 b4 c4 d4, damage 1.55, 11 ms
+    r = search(table, Budget(latency_ms=11.5, latency_table=lat), act_bits=8)
+    assert {n: b.weight_bits for n, b in r.policy.layers.items()} == {"a": 8, "b": 4, "c": 4, "d": 4}
+    assert r.predicted_damage == pytest.approx(1.55) and r.policy.provenance["predicted_latency_ms"] == 11.0
+    # 1.0 of float (12 ms): two of them, a and b (damage 0.55); d at 8 bits never fits beside another
+    for strategy in ("ilp", "te-lp"):  # te-lp's DP prices formula costs only: it hands a latency row to the MILP
+        r = search(table, Budget(latency=1.0, latency_table=lat), act_bits=8, strategy=strategy)
+        assert {n: b.weight_bits for n, b in r.policy.layers.items()} == {"a": 8, "b": 8, "c": 4, "d": 4}
+    # with a size limit too (250 B: 8 bits = 100 B, 4 = 50 B): a8 b4 c4 d4 is 250 B and 11 ms
+    r = search(table, Budget(latency=1.0, size_bytes=250, latency_table=lat), act_bits=8)
+    assert {n: b.weight_bits for n, b in r.policy.layers.items()} == {"a": 8, "b": 4, "c": 4, "d": 4}
+    # below the fastest policy: one line naming the fastest the table predicts (10 ms)
+    with pytest.raises(InfeasibleBudgetError, match="predicted latency 10 ms"):
+        search(table, Budget(latency_ms=9.0, latency_table=lat), act_bits=8)
+    # 4-bit activations have no kernel on the target
+    with pytest.raises(ConfigError, match="include 8 in the activation bits"):
+        search(table, Budget(latency_ms=11.0, latency_table=lat), act_bits=4)
+    # a table without a latency limit prices nothing but still reports the policy's predicted latency
+    r = search(table, Budget(size_bytes=250, latency_table=lat), act_bits=8)
+    assert r.policy.provenance["predicted_latency_ms"] == 11.0
+
+
+def test_a_latency_table_of_another_model_is_refused():
+    lat = _latency_table(GOLDEN[:3], 10.0, 12.0, {"a": 1.0, "b": 1.0, "c": 1.0})
+    with pytest.raises(PolicyError, match="measured on golden"):
+        search(_table(GOLDEN, GOLDEN_W), Budget(latency_ms=11.5, latency_table=lat), act_bits=8)

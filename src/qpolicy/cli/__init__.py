@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import evaluate, models, robust, search, supernet, train
+from . import evaluate, latency, models, robust, search, supernet, train
 from ._common import EXIT_USAGE, _one_line
 
 
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-FAMILIES = (models, evaluate, train, robust, search, supernet)
+FAMILIES = (models, evaluate, latency, train, robust, search, supernet)
 COMMANDS = {name: fn for family in FAMILIES for name, fn in family.COMMANDS.items()}
 
 

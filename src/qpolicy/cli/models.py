@@ -19,8 +19,9 @@ def add_parsers(sub: Any) -> None:
     _add_common(p, data=False)
     p.add_argument("-o", "--out", help="also write the table as JSON (`qpolicy report` plots the weight kurtosis)")
 
-    p = sub.add_parser("list", help="registered metrics, strategies, models, datasets, attacks or defenses")
-    p.add_argument("what", choices=["metrics", "strategies", "models", "datasets", "attacks", "defenses"])
+    p = sub.add_parser("list", help="registered metrics, strategies, models, datasets, attacks, defenses or latency "
+                       "targets")
+    p.add_argument("what", choices=["metrics", "strategies", "models", "datasets", "attacks", "defenses", "targets"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -83,6 +84,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         lines = [f"{n:12s} {p.summary}{' (default)' if p.default else ''}" for n, p in rows.items()]
         lines.append(f"{'MODULE:FN':12s} {obj['also']}")
         _emit(args, obj, "\n".join(lines))
+        return 0
+    if args.what == "targets":
+        from ..latency import PRECISIONS, TARGETS
+
+        rows = {n: TARGETS.get(n) for n in TARGETS.names()}
+        obj = {"targets": {n: {"description": t.description, "provider": t.provider,
+                               "precisions": {p: PRECISIONS[p] for p in t.precisions}} for n, t in rows.items()}}
+        _emit(args, obj, "\n".join(f"{n:10s} {t.description}; precisions: {', '.join(t.precisions)}"
+                                   for n, t in rows.items()))
         return 0
     if args.what in ("attacks", "defenses"):
         from ..robust.attacks import ATTACKS

@@ -39,7 +39,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     _add_analyze(p)
     p.add_argument("--budget", action="append", required=True,
-                   help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 (repeatable)")
+                   help="size=0.375 | size=70KB | bitops=0.25 | bitops=1.2G | wbits=4 | abits=8 | latency=0.7 "
+                   "(of float) | latency=1.2ms (repeatable; latency needs --latency-table)")
+    p.add_argument("--latency-table", metavar="FILE", help="latency table of this model on the deployment target "
+                   "(`qpolicy profile`): prices latency budgets, and the search prints the predicted latency")
+    p.add_argument("--latency-batch", type=int, help="the latency table's batch size to price at (default: its "
+                   "only one)")
     _add_search_opts(p)
     p.add_argument("--workers", type=int, help="model-in-the-loop strategies on a local Ray with this many CPUs "
                    "(default: serial; the same policy): the default search's candidates, smpq's Shapley "
@@ -189,7 +194,7 @@ def _search_choices(args: argparse.Namespace) -> dict[str, Any]:
             "first_last": first_last, "tie": args.tie}
 
 
-def _analyze(args: argparse.Namespace):
+def _analyze(args: argparse.Namespace, check=None):
     from .. import data
     from ..errors import ConfigError
     from ..sensitivity import METRICS, analyze
@@ -203,6 +208,8 @@ def _analyze(args: argparse.Namespace):
         raise ConfigError(f"bad --metric-opt for metric {args.metric!r}: {e}") from None
     bits = _int_list(args.bits, "--bits")
     model = _load_model(args)
+    if check is not None:  # e.g. the budget's own checks, before the metric runs
+        check(model)
     # plain, shuffled training images: metrics take the batches they need (te: those of one label)
     train = data.loader(_source(args), "train", batch_size=128, shuffle=True, augment=False, seed=args.seed)
     _preflight(model, train)
@@ -302,7 +309,8 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
             f"validation ({sel['images']} images): loss {prov['val_loss']:.4f}, top-1 {prov['val_top1']:.2f}%"
             + (f"; best uniform ({uni['source']}): loss {uni['val_loss']:.4f}, top-1 {uni['val_top1']:.2f}%"
                if uni else "")
-            + f"\n{res.cost.summary()}\n{' '.join(b.short() for b in res.policy.layers.values())}"
+            + f"\n{res.cost.summary()}{_latency_line(budget, res.policy)}"
+            + f"\n{' '.join(b.short() for b in res.policy.layers.values())}"
             + (f"\nwrote {args.out}" if args.out else ""))
     _emit(args, res.to_dict(), text)
     return 0
@@ -342,7 +350,8 @@ def cmd_search_arq(args: argparse.Namespace, budget) -> int:
             + (f"\ntest ({test['images']} images): smoothed accuracy {test['clean_accuracy']:.1f}%, ACR "
                f"{test['acr']:.3f}, certified accuracy at 0.25 {test['certified_accuracy']['0.25']:.1f}%, at 0.5 "
                f"{test['certified_accuracy']['0.5']:.1f}%" if test else "")
-            + f"\n{res.cost.summary()}\n{' '.join(b.short() for b in res.policy.layers.values())}"
+            + f"\n{res.cost.summary()}{_latency_line(budget, res.policy)}"
+            + f"\n{' '.join(b.short() for b in res.policy.layers.values())}"
             + f"\nwrote {Path(args.out) / 'policy.json'}, {Path(args.out) / 'search.json'}")
     _emit(args, {k: v for k, v in res.to_dict().items() if k != "history"}, text)
     return 0
@@ -383,20 +392,38 @@ RUNNERS = {"qfa": cmd_search_qfa, "arq": cmd_search_arq, "validated": cmd_search
            "supernet": lambda args, budget: cmd_search_differentiable(args, budget)}
 
 
+def _latency_line(budget, policy) -> str:
+    """The predicted latency of a searched policy, when the budget carries a latency table."""
+    t = budget.latency_table
+    if t is None:
+        return ""
+    ms = budget.predicted_latency_ms(policy)
+    where = f"on {t.target}, batch {budget.latency_batch}"
+    if ms is None:
+        return f"\npredicted latency: none ({where}: the policy has layers without int8 or float kernels)"
+    flt = t.float_ms[budget.latency_batch].median
+    return f"\npredicted latency {ms:.4g} ms {where} ({ms / flt:.3f} of float's measured {flt:.4g} ms)"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from ..budget import Budget
     from ..errors import ConfigError
+    from ..latency import LatencyTable
+    from ..layers import quantizable_layers
     from ..runner import check_address, check_workers
     from ..search import STRATEGIES, search
-    from ..search.base import ModelStrategy
-    from ..sensitivity import SensitivityTable
+    from ..search.base import ModelStrategy, check_budget
+    from ..sensitivity import DEFAULT_BITS, SensitivityTable
 
-    budget = Budget.parse(args.budget)
+    budget = Budget.parse(args.budget, latency_batch=args.latency_batch, latency_table=None if not
+                          args.latency_table else LatencyTable.load(args.latency_table))
     args.strategy = args.strategy or ("validated" if args.model and not args.table else "ilp")
     entry = STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
     check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once
     check_address(args.ray_address)
     if isinstance(entry, ModelStrategy):  # model-in-the-loop: dispatch on the kind of run, not on the name
+        if budget.has_latency() and not entry.latency:
+            budget.limits((), without_latency=args.strategy)  # the library's error, before any work
         return RUNNERS[entry.runner](args, budget)
     if (args.workers or 1) > 1 or args.ray_address:
         raise ConfigError(f"--workers and --ray-address apply to the strategies that measure policies on the model "
@@ -407,7 +434,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.table:
         table = SensitivityTable.load(args.table)
     elif args.model:
-        table = _analyze(args)
+        def check(model) -> None:
+            check_budget(quantizable_layers(model), budget, bits=_int_list(args.bits, "--bits") or DEFAULT_BITS,
+                         weight_bits=_int_list(args.weight_bits, "--weight-bits"),
+                         **{k: v for k, v in choices.items() if k != "strategy"})
+
+        table = _analyze(args, check)
     else:
         raise ConfigError("give a sensitivity table file, or --model (and --metric) to analyze one")
     res = search(table, budget, seed=args.seed, weight_bits=_int_list(args.weight_bits, "--weight-bits"), **choices)
@@ -415,7 +447,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         res.policy.save(args.out)
     bits = " ".join(f"{b.short()}" for b in res.policy.layers.values())
     text = (f"{table.metric} + {res.strategy} under {budget}: predicted damage {res.predicted_damage:.4g}, "
-            f"solved in {res.seconds * 1000:.1f} ms\n{res.cost.summary()}\n{bits}"
+            f"solved in {res.seconds * 1000:.1f} ms\n{res.cost.summary()}{_latency_line(budget, res.policy)}\n{bits}"
             + (f"\nwrote {args.out}" if args.out else ""))
     _emit(args, res.to_dict(), text)
     return 0

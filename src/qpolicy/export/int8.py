@@ -92,6 +92,19 @@ def _float_twin(qmodel: nn.Module) -> nn.Module:
     return m
 
 
+def _match_nodes(layers: list[tuple[str, nn.Module]], nodes: list[Any]) -> list[Any]:
+    """The ONNX node of each layer: by the module scope the exporter names nodes with (``/layer2/shortcut/Conv``
+    is ``layer2.shortcut``), since execution order (the graph's) can differ from module order (a shortcut defined
+    after the convolutions it runs beside); by position where the names do not say."""
+    by_scope: dict[str, list[Any]] = {}
+    for node in nodes:
+        by_scope.setdefault(node.name.rpartition("/")[0].lstrip("/").replace("/", "."), []).append(node)
+    found = [by_scope.get(name, []) for name, _ in layers]
+    if all(len(f) == 1 for f in found):
+        return [f[0] for f in found]
+    return nodes
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader over ``(x, y)`` batches."""
 
@@ -129,8 +142,8 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
         policy: Stored in the model's metadata (``qpolicy.policy``).
         weight_type: "uint8" (zero point 128): onnxruntime's u8u8 kernels, exact everywhere; "int8": its u8s8
             kernels, faster, but on x86 CPUs without VNNI they add pairs of products in int16, which saturates
-            unless every weight has at most 7 bits (2 x 255 x 63 < 2^15); "auto": int8 when every weight has at
-            most 7 bits, else uint8.
+            unless every weight has at most 7 bits (2 x 255 x 63 < 2^15); "auto": per layer, int8 where the
+            layer's weights have at most 7 bits, else uint8.
 
     Returns:
         A summary: operator counts, bytes, the number of integer layers given the policy's integers, and the names
@@ -148,8 +161,10 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
         raise ConfigError(f"weight_type must be 'auto', 'uint8' or 'int8', got {weight_type!r}")
     layers, ints = _split_layers(qmodel)
     widest = max(m.weight_quant.bits for n, m in layers if n in ints)
-    if weight_type == "auto":
-        weight_type = "int8" if widest <= 7 else "uint8"
+    signed = {n: m.weight_quant.bits <= 7 if weight_type == "auto" else weight_type == "int8"
+              for n, m in layers if n in ints}  # per layer: int8 weights (u8s8 kernels) or uint8 (u8u8)
+    kinds = {"int8" if v else "uint8" for v in signed.values()}
+    weight_type = kinds.pop() if len(kinds) == 1 else "mixed"
     twin = _float_twin(qmodel)
     with tempfile.TemporaryDirectory() as tmp:
         raw, pre, out = Path(tmp, "float.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
@@ -169,9 +184,10 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
             raise ConfigError(f"the float graph has {len(nodes)} Conv/Gemm/MatMul nodes with constant weights for "
                               f"{len(layers)} Conv/Linear layers; int8 export supports models whose layers map "
                               "one-to-one to ONNX nodes")
+        nodes = _match_nodes(layers, nodes)
         overrides: dict[str, list[dict[str, Any]]] = {}
         producer = {o: n for n in fp.graph.node for o in n.output}
-        expect: dict[str, tuple[Any, Any, Any]] = {}  # weight name -> (integers, scales, float bias)
+        expect: dict[str, tuple[Any, Any, Any, bool]] = {}  # weight -> (integers, scales, float bias, int8?)
         floats: list[str] = []  # the ONNX nodes of the layers that stay float
         for (name, mod), node in zip(layers, nodes, strict=True):
             wf = inits[node.input[1]]
@@ -197,7 +213,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
             scale = np.maximum(s * np.abs(g), 1e-12).astype(np.float32)  # a zero BN factor: zero weights
             qf = (q * np.sign(g).reshape([-1] + [1] * (q.ndim - 1)) + 128).astype(np.uint8)
             bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            expect[node.input[1]] = (qf.T if transposed else qf, scale, bias)
+            expect[node.input[1]] = (qf.T if transposed else qf, scale, bias, signed[name])
             axis = 1 if transposed else 0
             overrides[node.input[1]] = [{"axis": axis, "scale": np.array(v, dtype=np.float32),
                                          "zero_point": np.array(0, dtype=np.int8)} for v in scale]
@@ -214,16 +230,16 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=floats, extra_options={"TensorQuantOverrides": overrides})
         proto = onnx.load(str(out))
-    _set_policy_weights(proto, expect, signed=weight_type == "int8")
+    _set_policy_weights(proto, expect)
     info = _write_model(proto, path, policy)
     return {"path": str(path), "opset": opset, **info, "layers": len(expect), "weight_type": weight_type,
             "widest_weight_bits": widest, "float_layers": [n for n, _ in layers if n not in ints]}
 
 
-def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]], *, signed: bool = False) -> None:
-    """Give every integer Conv/Gemm the policy's integers, stored as uint8 with zero point 128 (``signed``: int8,
-    zero point 0), its folded per-channel scales, and the bias re-quantized at ``input scale x weight scale``
-    (int32).
+def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any, bool]]) -> None:
+    """Give every integer Conv/Gemm the policy's integers, stored as uint8 with zero point 128 (or, where its entry
+    says so, int8 with zero point 0), its folded per-channel scales, and the bias re-quantized at ``input scale x
+    weight scale`` (int32).
 
     uint8 weights make the runtime use its u8u8 kernels, which are exact on every x86 CPU; its u8s8 kernels sum
     pairs of products in int16 on CPUs without VNNI and saturate."""
@@ -239,7 +255,7 @@ def _set_policy_weights(proto: Any, expect: dict[str, tuple[Any, Any, Any]], *, 
         key = node.input[3].removesuffix("_quantized")
         if key not in expect:
             continue
-        qf, scale, bias = expect[key]
+        qf, scale, bias, signed = expect[key]
         x_scale = float(numpy_helper.to_array(inits[node.input[1]]))
         if signed:
             weights, zero = (qf.astype(np.int16) - 128).astype(np.int8), np.zeros(scale.shape, dtype=np.int8)

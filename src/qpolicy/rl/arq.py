@@ -182,7 +182,7 @@ def search_arq(model: nn.Module, budget: Budget, *, calib: Iterable[Any], out_di
         t0 = time.perf_counter()
         layers = quantizable_layers(model)
         bits = (2, 3, 4, 5, 6, 8)
-        env = BitEnv(layers, budget.limits(layers), weight_bits=weight_bits or bits,
+        env = BitEnv(layers, budget.limits(layers, without_latency="arq"), weight_bits=weight_bits or bits,
                      act_bits=act_bits if act_bits is not None else bits, first_last=first_last, tie=tie)
         settings = {"config": config.to_dict(), "budget": budget.to_dict(), "sigma": sigma,
                     "weight_bits": list(env.bits[0]), "act_bits": list(env.bits[1]), "first_last": first_last,

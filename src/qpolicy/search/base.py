@@ -32,7 +32,8 @@ from ..registry import Registry
 from ..sensitivity.base import SensitivityTable
 
 __all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "ModelStrategy", "table_strategies", "TIE_MODES",
-           "BUDGET_RTOL", "search", "build_problem", "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold"]
+           "BUDGET_RTOL", "search", "build_problem", "check_budget", "zero_table", "choice_cost", "total_cost", "fits",
+           "tie_pairs", "ties_hold"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
 TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
@@ -53,6 +54,9 @@ class Problem:
     choices: Mapping[str, tuple[Choice, ...]]
     limits: BudgetLimits
     ties: tuple[tuple[str, str, int], ...] = ()  # (a, b, side): bits[a][side] == bits[b][side]
+    # a latency limit: each layer's measured latency change per choice, and the base model's latency (ms)
+    latency: Mapping[str, Mapping[Choice, float]] | None = None
+    latency_base: float = 0.0
 
     def damage(self, name: str, choice: Choice) -> float:
         return self.table.weight[name][choice[0]] + self.table.act[name][choice[1]]
@@ -63,10 +67,13 @@ class Problem:
 
 
 def total_cost(problem: Problem, assignment: Mapping[str, Choice]) -> dict[str, float]:
+    """The budgeted quantities of an assignment (``latency_ms`` too when the problem has a latency limit)."""
     out = dict.fromkeys(COST_KEYS, 0.0)
     for li in problem.layers:
         for k, v in choice_cost(li, assignment[li.name]).items():
             out[k] += v
+    if problem.latency is not None:
+        out["latency_ms"] = problem.latency_base + sum(problem.latency[n][c] for n, c in assignment.items())
     return out
 
 
@@ -84,7 +91,8 @@ def ties_hold(problem: Problem, assignment: Mapping[str, Choice]) -> bool:
 
 def fits(problem: Problem, cost: Mapping[str, float], rtol: float = BUDGET_RTOL) -> bool:
     lim = problem.limits
-    return all(getattr(lim, k) is None or cost[k] <= getattr(lim, k) * (1 + rtol) for k in COST_KEYS)
+    return all(getattr(lim, k) is None or cost[k] <= getattr(lim, k) * (1 + rtol) for k in COST_KEYS) and (
+        lim.latency_ms is None or cost["latency_ms"] <= lim.latency_ms * (1 + rtol))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +125,7 @@ class ModelStrategy:
 
     target: str
     runner: str
+    latency: bool = False  # takes a latency budget (a latency table's measured prices)
 
     def load(self) -> Callable[..., Any]:
         import importlib
@@ -133,7 +142,7 @@ def table_strategies() -> list[str]:
     return [n for n in STRATEGIES.names() if not isinstance(STRATEGIES.get(n), ModelStrategy)]
 
 
-STRATEGIES.add("validated", ModelStrategy("qpolicy.select:search_validated", "validated"))
+STRATEGIES.add("validated", ModelStrategy("qpolicy.select:search_validated", "validated", latency=True))
 STRATEGIES.add("dmpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
 STRATEGIES.add("smpq", ModelStrategy("qpolicy.supernet.differentiable:search_differentiable", "supernet"))
 STRATEGIES.add("arq", ModelStrategy("qpolicy.rl.arq:search_arq", "arq"))
@@ -155,6 +164,13 @@ def _check_feasible(problem: Problem) -> None:
              "act_bit_sum": lambda v: f"average activation bits {v / acts:.3f}"}
     bad = [k for k in COST_KEYS if getattr(problem.limits, k) is not None
            and smallest[k] > getattr(problem.limits, k) * (1 + BUDGET_RTOL)]
+    if problem.latency is not None and problem.limits.latency_ms is not None:
+        smallest["latency_ms"] = problem.latency_base + sum(min(problem.latency[li.name][c]
+                                                                for c in problem.choices[li.name])
+                                                            for li in problem.layers)
+        shown["latency_ms"] = lambda v: f"predicted latency {v:.4g} ms (from the latency table)"
+        if smallest["latency_ms"] > problem.limits.latency_ms * (1 + BUDGET_RTOL):
+            bad.append("latency_ms")
     if bad:
         raise InfeasibleBudgetError(
             "budget cannot be met with the candidate bit-widths: the smallest achievable "
@@ -208,6 +224,7 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         "tie": tie, "tied": [list(t) for t in ties],
         "seed": seed, "predicted_damage": damage, "cost": cost.to_dict(per_layer=False),
         "search_seconds": seconds, "sensitivity": dict(table.provenance),
+        "predicted_latency_ms": budget.predicted_latency_ms(layers),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "versions": versions()})
     return SearchResult(policy=policy, cost=cost, predicted_damage=damage, strategy=name, seconds=seconds)
 
@@ -226,11 +243,44 @@ def build_problem(table: SensitivityTable, budget: Budget, *, weight_bits: Seque
         if fl not in table.bits:
             raise ConfigError(f"first_last={fl} is not among the table's scored bits {table.bits}")
     choices = {li.name: (((first_last, first_last),) if li.name in edges else pairs) for li in table.layers}
+    limits = budget.limits(table.layers)  # a latency limit checks the latency table against these layers
+    latency, latency_base = None, 0.0
+    if limits.latency_ms is not None:
+        choices, latency, latency_base = _latency_choices(budget, choices)
     ties = tie_pairs(table.layers, tie)
     choices = _pin_ties(choices, ties)
-    problem = Problem(table=table, choices=choices, limits=budget.limits(table.layers), ties=ties)
+    problem = Problem(table=table, choices=choices, limits=limits, ties=ties, latency=latency,
+                      latency_base=latency_base)
     _check_feasible(problem)
     return problem
+
+
+def zero_table(layers: Sequence[LayerInfo], bits: Sequence[int]) -> SensitivityTable:
+    """A sensitivity table of zeros: prices a problem's costs and choices without any measured damage."""
+    zeros = {li.name: dict.fromkeys(bits, 0.0) for li in layers}
+    return SensitivityTable(metric="none", bits=tuple(bits), layers=tuple(layers), weight=zeros, act=zeros)
+
+
+def check_budget(layers: Sequence[LayerInfo], budget: Budget, *, bits: Sequence[int], **choices: Any) -> None:
+    """The budget's checks (feasibility, the latency table's model and kernels, ties) on these layers, before any
+    sensitivity is measured; ``choices`` as for :func:`build_problem`."""
+    build_problem(zero_table(layers, bits), budget, **choices)
+
+
+def _latency_choices(budget: Budget, choices: Mapping[str, tuple[Choice, ...]]
+                     ) -> tuple[dict[str, tuple[Choice, ...]], dict[str, dict[Choice, float]], float]:
+    """Under a latency limit: keep the choices the target has kernels for, priced from the budget's table."""
+    from ..latency import precision_of
+
+    table, batch = budget.latency_table, budget.latency_batch
+    kept = {n: tuple(c for c in cs if precision_of(*c) is not None) for n, cs in choices.items()}
+    empty = [n for n, cs in kept.items() if not cs]
+    if empty:
+        raise ConfigError(f"a latency budget on {table.target} prices layers with 8-bit inputs (int8 kernels; "
+                          f"weights 2..8 bits) or float ones, and layer(s) {', '.join(empty[:3])} have no such "
+                          f"candidate among {list(choices[empty[0]])}: include 8 in the activation bits")
+    priced = {n: {c: table.layer_ms(n, precision_of(*c), batch) for c in cs} for n, cs in kept.items()}
+    return kept, priced, table.base_ms[batch].median
 
 
 def _pin_ties(choices: dict[str, tuple[Choice, ...]], ties: Sequence[tuple[str, str, int]]

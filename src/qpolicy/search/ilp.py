@@ -92,6 +92,14 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
         if cheapest:
             c = c + row / scale
         constraints.append(LinearConstraint(row / scale, -np.inf, limit / scale * (1 - tighten)))
+    if problem.latency is not None and problem.limits.latency_ms is not None:  # measured, from the latency table
+        row = np.array([problem.latency[name][ch] for name, ch in index])
+        room = problem.limits.latency_ms - problem.latency_base  # the changes may be negative: no scaling by it
+        scale = max(float(np.abs(row).max(initial=0.0)), abs(problem.limits.latency_ms), 1e-9)
+        if cheapest:
+            c = c + row / scale
+        constraints.append(LinearConstraint(row / scale, -np.inf,
+                                            (room - tighten * abs(problem.limits.latency_ms)) / scale))
     # a >= b (ordering) and a == b (ties) on one side, in cumulative form: for every threshold t, "a has at least t
     # bits" is at least (equal to) "b has at least t bits". Equivalent to comparing the bits, but its LP
     # relaxation is far tighter, which keeps HiGHS fast on hundreds of layers with ordering rows.

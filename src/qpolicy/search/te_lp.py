@@ -66,7 +66,7 @@ def _dp_order(problem: Problem) -> list[str] | None:
     """The layer order for the DP, or None when the DP does not apply (see module docs)."""
     keys = [k for k in COST_KEYS if getattr(problem.limits, k) is not None]
     free = _free(problem)
-    if len(keys) != 1 or not free:
+    if len(keys) != 1 or not free or problem.limits.latency_ms is not None:
         return None
     if any(a in free or b in free for a, b, _ in problem.ties):
         return None

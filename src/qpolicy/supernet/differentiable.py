@@ -399,8 +399,9 @@ def search_differentiable(model: nn.Module, budget: Budget, *, method: str = "dm
     opt_w = torch.optim.SGD([{"params": [p for p in net.weight_parameters() if p.dim() > 1], "weight_decay": 5e-4},
                              {"params": [p for p in net.weight_parameters() if p.dim() <= 1], "weight_decay": 0.0}],
                             lr=config.lr, momentum=0.9, nesterov=True)
-    hook = _ArchStep(net, method, config, budget.limits(net.layers), arch_data, held, dev, len(weight_data),
-                     workers=workers, address=address)
+    limits = budget.limits(net.layers, without_latency=method)
+    hook = _ArchStep(net, method, config, limits, arch_data, held, dev, len(weight_data), workers=workers,
+                     address=address)
     spec = TrainSpec(epochs=config.epochs, lr=config.lr, optimizer=opt_w, hooks=(hook,),
                      checkpoint_every=config.checkpoint_every, seed=config.seed, fmt=_FORMAT,
                      what="differentiable-search", desc=f"{method} epoch",

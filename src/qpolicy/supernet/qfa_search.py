@@ -105,7 +105,7 @@ def search_qfa(model: nn.Module, budget: Budget, *, supernet: str | os.PathLike,
     if not variables:
         raise ConfigError("the supernet has no layer with a choice of bits")
     info = {li.name: li for li in net.layers}
-    limits = budget.limits(net.layers)
+    limits = budget.limits(net.layers, without_latency="qfa")
 
     def assignment(enc: np.ndarray) -> dict[str, tuple[int, int]]:
         out = {n: [max(w), max(a)] for n, (w, a) in cands.items()}

@@ -1,0 +1,66 @@
+"""`qpolicy profile`: a model's latency table on a deployment target (qpolicy.latency)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import _add_data, _add_model, _emit, _int_list, _load_model, _preflight, _source
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this family's subcommands to ``sub``."""
+    p = sub.add_parser("profile", help="measure a latency table: each layer at each precision the target runs "
+                       "(float, int8 kernels), in context on the runtime, with repeats, medians and spread")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--target", default="ort-cpu", help="deployment target: ort-cpu (default) or ort-cuda")
+    p.add_argument("--batch", default="1", metavar="B[,B...]", help="batch sizes to measure (default 1)")
+    p.add_argument("--repeats", type=int, default=15, help="paired repeats per entry (default 15)")
+    p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
+    p.add_argument("--threads", type=int, default=0, help="the runtime's intra-op threads (0: its default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration batch")
+    p.add_argument("-o", "--out", required=True, help="the latency table (JSON) to write; an existing one for the "
+                   "same model, target, batch sizes and machine is reused")
+    p.add_argument("--force", action="store_true", help="measure again even when --out holds a matching table")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .. import data
+    from ..errors import ConfigError
+    from ..latency import ProfileConfig, load_or_profile
+
+    batches = _int_list(args.batch, "--batch") or ()
+    config = ProfileConfig(target=args.target, batches=tuple(batches), repeats=args.repeats, run_ms=args.run_ms,
+                           threads=args.threads)  # bad values fail here, before any work
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ConfigError(f"--out {args.out}: give a file in an existing folder")
+    from ..latency import target
+
+    target(config.target).check()
+    model = _load_model(args)
+    cal = data.calib_loader(_source(args), batches=1, seed=args.seed)
+    _preflight(model, cal)
+    table, reused = load_or_profile(out, model, calib=cal, config=config, model_name=args.model,
+                                    command="qpolicy " + shlex.join(sys.argv[1:]), force=args.force)
+    lines = [f"{args.model} on {table.target}: {'reused' if reused else 'wrote'} {out} "
+             f"({len(table.layers)} layers x {len(table.precisions(next(iter(table.layers))))} precisions)"]
+    for b in table.batches:
+        base, flt = table.base_ms[b], table.float_ms[b]
+        lines.append(f"batch {b}: all int8 {base.median:.3f} ms (IQR {base.spread:.3f}), float {flt.median:.3f} ms "
+                     f"(IQR {flt.spread:.3f}); int8 / float = {base.median / flt.median:.2f}")
+        worst = max(table.delta_ms, key=lambda n: max(abs(s[b].median) for s in table.delta_ms[n].values()))
+        lines.append(f"  largest layer change: {worst}: " + ", ".join(
+            f"{p} {s[b].median:+.3f} ms (IQR {s[b].spread:.3f})" for p, s in table.delta_ms[worst].items()))
+    obj = {"out": str(out), "reused": reused, "table": table.to_dict()}
+    _emit(args, obj, "\n".join(lines))
+    return 0
+
+
+COMMANDS = {"profile": cmd_profile}

@@ -1,0 +1,250 @@
+"""``profile_latency``: measure a model's latency table on a deployment target (see :mod:`.table` for the design).
+
+Every configuration is exported the way it ships (:func:`qpolicy.export.export_int8`: integer operators, float
+layers between them) and timed in the target's own runtime; nothing is computed from a formula.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, PolicyError
+from .table import BASE, LatencyTable, Stat, layer_signature
+from .targets import Target, target
+
+__all__ = ["ProfileConfig", "profile_latency", "load_or_profile"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig:
+    """How a latency table is measured.
+
+    Args:
+        target: A registered target (``qpolicy list targets``... ``ort-cpu``, ``ort-cuda``).
+        batches: Batch sizes to measure (each gets its own entries).
+        repeats: Paired repeats per entry (base and variant alternate; the entry is their median difference).
+        run_ms: Each repeat times as many runs as take about this long (at least 3), and keeps their median.
+        threads: The runtime's intra-op threads (0: its default, all cores).
+    """
+
+    target: str = "ort-cpu"
+    batches: tuple[int, ...] = (1,)
+    repeats: int = 15
+    run_ms: float = 20.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        target(self.target)  # unknown names: did you mean
+        if not isinstance(self.batches, tuple) or not self.batches or any(
+                isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 4096 for b in self.batches):
+            raise ConfigError(f"batches must be batch sizes in 1..4096, got {self.batches!r}")
+        if len(set(self.batches)) != len(self.batches):
+            raise ConfigError(f"batches must differ, got {list(self.batches)}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or not 3 <= self.repeats <= 1000:
+            raise ConfigError(f"repeats must be an integer in 3..1000, got {self.repeats!r}")
+        if isinstance(self.run_ms, bool) or not isinstance(self.run_ms, (int, float)) or \
+                not 0 < self.run_ms <= 10_000:
+            raise ConfigError(f"run_ms must be a number of milliseconds in (0, 10000], got {self.run_ms!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= 1024:
+            raise ConfigError(f"threads must be an integer in 0..1024 (0: the runtime's default), got "
+                              f"{self.threads!r}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _set_module(model: Any, name: str, module: Any) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _time(sess: Any, feed: dict[str, Any], runs: int) -> float:
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        ts.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(ts)
+
+
+def _paired(base: Any, other: Any, feed: dict[str, Any], repeats: int, runs: int) -> tuple[list[float], list[float]]:
+    """Times (ms) of ``base`` and ``other``, alternating which goes first, one pair per repeat."""
+    a, b = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a.append(_time(base, feed, runs))
+            b.append(_time(other, feed, runs))
+        else:
+            b.append(_time(other, feed, runs))
+            a.append(_time(base, feed, runs))
+    return a, b
+
+
+def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig | None = None,
+                    input_shape: tuple[int, ...] | None = None, model_name: str | None = None,
+                    command: str | None = None) -> LatencyTable:
+    """Measure the latency table of ``model`` on ``config.target`` (the model is not changed).
+
+    Args:
+        model: The float model.
+        calib: ``(x, y)`` batches; the first one calibrates the exported models (latency does not depend on it).
+        config: Target, batch sizes, repeats (:class:`ProfileConfig`).
+        input_shape: Per-sample input shape (default: the model's ``input_shape``).
+        model_name: Recorded in the table.
+        command: The command line, recorded in the provenance.
+
+    Returns:
+        The table: base and float latency per batch size, and each layer's measured change at every other
+        precision of the target, with repeats, medians and quartiles.
+    """
+    import numpy as np
+    import torch
+
+    from ..export import export_int8
+    from ..layers import model_input_shape, quantizable_layers
+    from ..policy import LayerBits, Policy, versions
+    from ..progress import progress
+    from ..quant import CalibConfig, apply_policy
+
+    config = config or ProfileConfig()
+    tgt: Target = target(config.target)
+    tgt.check()
+    shape = model_input_shape(model, input_shape)
+    layers = quantizable_layers(model, shape)
+    if not layers:
+        raise ConfigError("the model has no quantizable layer (Conv/Linear) to profile")
+    batch = next(iter(calib), None)
+    if batch is None:
+        raise ConfigError("profile needs at least one calibration batch")
+    cal = [batch]
+    src = copy.deepcopy(model).cpu().eval()
+    names = [li.name for li in layers]
+    calib_config = CalibConfig(weight_method="minmax", act_method="minmax", bn_reestimate=False)
+
+    def uniform(w: int) -> Any:
+        return apply_policy(src, Policy(layers={n: LayerBits(weight_bits=w, act_bits=8) for n in names}),
+                            calib=cal, config=calib_config).cpu().eval()
+
+    sources = {"int8": uniform(7), "int8w8": uniform(8), "float": src}
+    others = [p for p in tgt.precisions if p != BASE]
+    x0 = batch[0].detach().float().cpu().numpy()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        def export(m: Any, name: str) -> str:
+            path = os.path.join(tmp, f"{name}.onnx")
+            if m is src:
+                _export_float(src, path, shape)
+            else:
+                export_int8(m, path, calib=cal, input_shape=tuple(shape))
+            return path
+
+        def variant(name: str, prec: str) -> Any:
+            m = copy.deepcopy(sources[BASE])
+            _set_module(m, name, copy.deepcopy(sources[prec].get_submodule(name)))
+            return m
+
+        base_sess = tgt.session(export(sources[BASE], "base"), config.threads)
+        float_sess = tgt.session(export(src, "float"), config.threads)
+        feeds, runs = {}, {}
+        for b in config.batches:
+            reps = int(math.ceil(b / len(x0)))
+            feeds[b] = {base_sess.get_inputs()[0].name: np.ascontiguousarray(np.concatenate([x0] * reps)[:b])}
+            for _ in range(3):  # warm-up
+                base_sess.run(None, feeds[b])
+                float_sess.run(None, feeds[b])
+            one = min(_time(base_sess, feeds[b], 3), _time(float_sess, feeds[b], 3))
+            runs[b] = max(3, min(1000, int(math.ceil(config.run_ms / max(one, 1e-3)))))
+        base_ms: dict[int, list[float]] = {b: [] for b in config.batches}
+        float_ms: dict[int, Stat] = {}
+        for b in config.batches:
+            a, f = _paired(base_sess, float_sess, feeds[b], config.repeats, runs[b])
+            base_ms[b] += a
+            float_ms[b] = Stat.of(f)
+        delta: dict[str, dict[str, dict[int, Stat]]] = {n: {} for n in names}
+        jobs = [(n, p) for n in names for p in others]
+        for n, p in progress(jobs, desc=f"latency on {tgt.name}", unit="layer"):
+            sess = tgt.session(export(variant(n, p), "variant"), config.threads)
+            delta[n][p] = {}
+            for b in config.batches:
+                for _ in range(2):
+                    sess.run(None, feeds[b])
+                a, v = _paired(base_sess, sess, feeds[b], config.repeats, runs[b])
+                base_ms[b] += a
+                delta[n][p][b] = Stat.of([y - z for y, z in zip(v, a, strict=True)])
+    seconds = time.perf_counter() - t0
+    import onnxruntime as ort
+
+    prov = {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "versions": {**versions(), "onnxruntime": ort.__version__, "torch": str(torch.__version__)},
+            "threads": config.threads, "repeats": config.repeats, "runs_per_repeat": {str(b): runs[b] for b in runs},
+            "run_ms": config.run_ms, "input_shape": list(shape), "seconds": round(seconds, 1),
+            "method": "paired in-context switches against the all-int8 model (qpolicy.latency.table)",
+            "command": command, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    log.info("latency table of %d layers x %d precisions on %s in %.0f s", len(names), len(others), tgt.name, seconds)
+    return LatencyTable(model=model_name, target=tgt.name, layers=layer_signature(layers), batches=config.batches,
+                        base=BASE, base_ms={b: Stat.of(v) for b, v in base_ms.items()}, float_ms=float_ms,
+                        delta_ms=delta, provenance=prov)
+
+
+def _export_float(model: Any, path: str, shape: Sequence[int]) -> None:
+    """The float model as ONNX (BatchNorm folded by the exporter), the configuration relative budgets scale."""
+    import io
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, *shape),), buf, opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    Path(path).write_bytes(buf.getvalue())
+
+
+def load_or_profile(path: str | os.PathLike, model: Any, *, calib: Iterable[Any], config: ProfileConfig,
+                    input_shape: tuple[int, ...] | None = None, model_name: str | None = None,
+                    command: str | None = None, force: bool = False) -> tuple[LatencyTable, bool]:
+    """The table at ``path`` when it was measured for this model, target and batch sizes on this machine (the
+    cache), else a new measurement written there atomically. Returns ``(table, reused)``."""
+    from ..layers import model_input_shape, quantizable_layers
+
+    p = Path(path)
+    if p.exists() and not force:
+        try:
+            old = LatencyTable.load(p)
+            old.check_layers(quantizable_layers(model, model_input_shape(model, input_shape)), model=model_name)
+        except PolicyError as e:
+            log.info("not reusing %s: %s", p, e)
+        else:
+            same = (old.target == config.target and set(old.batches) == set(config.batches)
+                    and old.provenance.get("machine", {}).get("cpu") == _cpu_name()
+                    and old.provenance.get("threads") == config.threads)
+            if same:
+                log.info("reusing the latency table %s (measured %s)", p, old.provenance.get("created"))
+                return old, True
+    table = profile_latency(model, calib=calib, config=config, input_shape=input_shape, model_name=model_name,
+                            command=command)
+    table.save(p)
+    return table, False
