@@ -22,7 +22,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=15, help="paired repeats per entry (default 15)")
     p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
     p.add_argument("--threads", type=int, default=0, help="the runtime's intra-op threads (0: its default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration images")
     p.add_argument("-o", "--out", required=True, help="the latency table (JSON) to write; an existing one for the "
                    "same model, target, batch sizes and machine is reused")
     p.add_argument("--force", action="store_true", help="measure again even when --out holds a matching table")
@@ -45,7 +45,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     target(config.target).check()
     model = _load_model(args)
-    cal = data.calib_loader(_source(args), batches=1, seed=args.seed)
+    from ..quant import CalibConfig
+
+    cal = data.calib_loader(_source(args), batches=CalibConfig().batches_needed, seed=args.seed)
     _preflight(model, cal)
     table, reused = load_or_profile(out, model, calib=cal, config=config, model_name=args.model,
                                     command="qpolicy " + shlex.join(sys.argv[1:]), force=args.force)

@@ -102,14 +102,17 @@ def _paired(base: Any, other: Any, feed: dict[str, Any], repeats: int, runs: int
 
 
 def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig | None = None,
-                    input_shape: tuple[int, ...] | None = None, model_name: str | None = None,
-                    command: str | None = None) -> LatencyTable:
+                    calib_config: Any = None, input_shape: tuple[int, ...] | None = None,
+                    model_name: str | None = None, command: str | None = None) -> LatencyTable:
     """Measure the latency table of ``model`` on ``config.target`` (the model is not changed).
 
     Args:
         model: The float model.
-        calib: ``(x, y)`` batches; the first one calibrates the exported models (latency does not depend on it).
+        calib: ``(x, y)`` batches that calibrate the exported models as a deployment would (the runtime's graph
+            optimizations depend on the quantization parameters, so they are the deployed calibration's).
         config: Target, batch sizes, repeats (:class:`ProfileConfig`).
+        calib_config: The calibration the policies will be deployed with (default: ``CalibConfig()``, what
+            ``qpolicy export`` uses).
         input_shape: Per-sample input shape (default: the model's ``input_shape``).
         model_name: Recorded in the table.
         command: The command line, recorded in the provenance.
@@ -134,13 +137,13 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
     layers = quantizable_layers(model, shape)
     if not layers:
         raise ConfigError("the model has no quantizable layer (Conv/Linear) to profile")
-    batch = next(iter(calib), None)
-    if batch is None:
+    calib_config = calib_config or CalibConfig()
+    cal = [b for b, _ in zip(calib, range(calib_config.batches_needed), strict=False)]
+    if not cal:
         raise ConfigError("profile needs at least one calibration batch")
-    cal = [batch]
+    batch = cal[0]
     src = copy.deepcopy(model).cpu().eval()
     names = [li.name for li in layers]
-    calib_config = CalibConfig(weight_method="minmax", act_method="minmax", bn_reestimate=False)
 
     def uniform(w: int) -> Any:
         return apply_policy(src, Policy(layers={n: LayerBits(weight_bits=w, act_bits=8) for n in names}),
@@ -156,7 +159,7 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
             if m is src:
                 _export_float(src, path, shape)
             else:
-                export_int8(m, path, calib=cal, input_shape=tuple(shape))
+                export_int8(m, path, calib=cal[:1], input_shape=tuple(shape))
             return path
 
         def variant(name: str, prec: str) -> Any:
@@ -199,6 +202,7 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
             "versions": {**versions(), "onnxruntime": ort.__version__, "torch": str(torch.__version__)},
             "threads": config.threads, "repeats": config.repeats, "runs_per_repeat": {str(b): runs[b] for b in runs},
             "run_ms": config.run_ms, "input_shape": list(shape), "seconds": round(seconds, 1),
+            "calib": calib_config.to_dict(),
             "method": "paired in-context switches against the all-int8 model (qpolicy.latency.table)",
             "command": command, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     log.info("latency table of %d layers x %d precisions on %s in %.0f s", len(names), len(others), tgt.name, seconds)
@@ -224,8 +228,9 @@ def _export_float(model: Any, path: str, shape: Sequence[int]) -> None:
 
 
 def load_or_profile(path: str | os.PathLike, model: Any, *, calib: Iterable[Any], config: ProfileConfig,
-                    input_shape: tuple[int, ...] | None = None, model_name: str | None = None,
-                    command: str | None = None, force: bool = False) -> tuple[LatencyTable, bool]:
+                    calib_config: Any = None, input_shape: tuple[int, ...] | None = None,
+                    model_name: str | None = None, command: str | None = None,
+                    force: bool = False) -> tuple[LatencyTable, bool]:
     """The table at ``path`` when it was measured for this model, target and batch sizes on this machine (the
     cache), else a new measurement written there atomically. Returns ``(table, reused)``."""
     from ..layers import model_input_shape, quantizable_layers
@@ -238,13 +243,16 @@ def load_or_profile(path: str | os.PathLike, model: Any, *, calib: Iterable[Any]
         except PolicyError as e:
             log.info("not reusing %s: %s", p, e)
         else:
+            from ..quant import CalibConfig
+
             same = (old.target == config.target and set(old.batches) == set(config.batches)
                     and old.provenance.get("machine", {}).get("cpu") == _cpu_name()
-                    and old.provenance.get("threads") == config.threads)
+                    and old.provenance.get("threads") == config.threads
+                    and old.provenance.get("calib") == (calib_config or CalibConfig()).to_dict())
             if same:
                 log.info("reusing the latency table %s (measured %s)", p, old.provenance.get("created"))
                 return old, True
-    table = profile_latency(model, calib=calib, config=config, input_shape=input_shape, model_name=model_name,
-                            command=command)
+    table = profile_latency(model, calib=calib, config=config, calib_config=calib_config, input_shape=input_shape,
+                            model_name=model_name, command=command)
     table.save(p)
     return table, False
