@@ -22,13 +22,19 @@ def test_profile_measures_every_layer_at_every_other_precision_in_pairs():
     for name in t.layers:
         assert set(t.delta_ms[name]) == {"float", "int8w8"}
         assert all(s.n == 3 and s.q1 <= s.median <= s.q3 for per in t.delta_ms[name].values() for s in per.values())
-    # the base model is timed beside every variant: 3 repeats against float plus 3 per (layer, precision)
-    assert all(t.base_ms[b].n == 3 * (1 + 4 * 2) and t.float_ms[b].n == 3 for b in (1, 3))
+    # the three consecutive pairs in float together
+    assert list(t.float_pairs_ms) == ["conv1>dw", "dw>pw", "pw>fc"] and all(
+        set(per) == {1, 3} and per[1].n == 3 for per in t.float_pairs_ms.values())
+    # the base model is timed beside every variant: 3 repeats against float plus 3 per (layer, precision) and pair
+    assert all(t.base_ms[b].n == 3 * (1 + 4 * 2 + 3) and t.float_ms[b].n == 3 for b in (1, 3))
     assert all(t.base_ms[b].median > 0 and t.float_ms[b].median > 0 for b in (1, 3))
     prov = t.provenance
     assert prov["threads"] == 1 and prov["repeats"] == 3 and prov["machine"]["cpu"] and prov["versions"]["onnxruntime"]
     w4 = uniform_policy(model, "w4a8", first_last="same")
     assert t.predict(w4, batch=3) == t.base_ms[3].median
+    off = profile_latency(model, calib=random_loader(16, batch_size=8), model_name="tiny",
+                          config=ProfileConfig(batches=(1,), repeats=3, run_ms=0.5, threads=1, float_pairs=False))
+    assert off.float_pairs_ms == {} and off.base_ms[1].n == 3 * (1 + 4 * 2)
 
 
 def test_the_table_file_is_the_cache(tmp_path, monkeypatch):

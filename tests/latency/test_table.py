@@ -39,8 +39,25 @@ def test_prediction_is_base_plus_each_layers_change_by_hand():
     mixed = Policy(layers={"l0": LayerBits(weight_bits=4, act_bits=None), "l1": LayerBits(weight_bits=2, act_bits=8),
                            "l2": LayerBits(weight_bits=8, act_bits=8)})
     assert t.predict(mixed) == pytest.approx(2.8)
-    assert t.predict({n: (None, None) for n in w4a8}) == pytest.approx(2.0 + 0.5 + 0.25 + 1.0)
+    assert t.predict({n: (None, None) for n in w4a8}) == pytest.approx(3.0)  # the float model, as measured
+    assert t.predict({"l0": (None, None), "l1": (None, None), "l2": (8, 8)}) == pytest.approx(2.0 + 0.5 + 0.25 + 0.3)
     assert t.precisions("l1") == ("int8", "float", "int8w8")
+
+
+def test_neighbouring_float_layers_by_hand():
+    """l0 and l1 in float together measured +0.55 ms: 0.2 less than their single entries (0.5 + 0.25), the
+    quantize/dequantize pair between them they no longer need."""
+    import dataclasses
+
+    t = dataclasses.replace(table(), float_pairs_ms={"l0>l1": {1: _s(0.55)}})
+    assert t.pair_terms(1) == [("l0", "l1", pytest.approx(-0.2))]
+    assert t.predict({"l0": (None, None), "l1": (None, None), "l2": (4, 8)}) == pytest.approx(2.0 + 0.55)
+    assert t.predict({"l0": (None, None), "l1": (4, 8), "l2": (None, None)}) == pytest.approx(2.0 + 0.5 + 1.0)
+    with pytest.raises(PolicyError, match="not two consecutive layers"):
+        dataclasses.replace(table(), float_pairs_ms={"l0>l2": {1: _s(0.55)}})
+    with pytest.raises(PolicyError, match="needs the batch sizes"):
+        dataclasses.replace(table(), float_pairs_ms={"l0>l1": {8: _s(0.55)}})
+    assert LatencyTable.from_dict(t.to_dict()) == t
 
 
 def test_prediction_refuses_what_the_target_cannot_run_and_other_layers():

@@ -311,3 +311,26 @@ def test_a_latency_table_of_another_model_is_refused():
     lat = _latency_table(GOLDEN[:3], 10.0, 12.0, {"a": 1.0, "b": 1.0, "c": 1.0})
     with pytest.raises(PolicyError, match="measured on golden"):
         search(_table(GOLDEN, GOLDEN_W), Budget(latency_ms=11.5, latency_table=lat), act_bits=8)
+
+
+def test_float_as_a_choice_where_the_runtime_runs_float_faster_by_hand():
+    # d runs 1 ms faster in float than on int8 kernels (a float stem or classifier on a CPU without VNNI does);
+    # a, b, c run 2 ms slower. Within the base's 10 ms: d float (-1 ms) pays for a at 8 bits (+1 ms): damage
+    # 0 (a8) + 1 (b4) + 0.5 (c4) + 0 (d float) = 1.5, where without float choices the best is all 4 bits: 3.55.
+    lat = _latency_table(GOLDEN, 10.0, 12.0, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 3.0})
+    deltas = lat.to_dict()
+    for n, f in (("a", 2.0), ("b", 2.0), ("c", 2.0), ("d", -1.0)):
+        deltas["delta_ms"][n]["float"]["1"].update(median=f, q1=f, q3=f)
+    from qpolicy.latency import LatencyTable
+
+    lat = LatencyTable.from_dict(deltas)
+    table, budget = _table(GOLDEN, GOLDEN_W), Budget(latency_ms=10.0, latency_table=lat)
+    r = search(table, budget, act_bits=8, float_layers=True)
+    assert {n: b.short() for n, b in r.policy.layers.items()} == {"a": "w8a8", "b": "w4a8", "c": "w4a8", "d": "wfaf"}
+    assert r.predicted_damage == pytest.approx(1.5) and r.policy.provenance["predicted_latency_ms"] == 10.0
+    assert r.policy.provenance["candidates"]["float_layers"] is True
+    assert r.cost.size_bytes == 100 + 50 + 50 + 400  # a float layer costs its 32-bit weights
+    r = search(table, budget, act_bits=8)
+    assert {b.weight_bits for b in r.policy.layers.values()} == {4} and r.predicted_damage == pytest.approx(3.55)
+    with pytest.raises(ConfigError, match="solved by strategy ilp"):
+        search(table, budget, act_bits=8, float_layers=True, strategy="te-lp")

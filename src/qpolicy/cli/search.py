@@ -45,6 +45,8 @@ def add_parsers(sub: Any) -> None:
                    "(`qpolicy profile`): prices latency budgets, and the search prints the predicted latency")
     p.add_argument("--latency-batch", type=int, help="the latency table's batch size to price at (default: its "
                    "only one)")
+    p.add_argument("--float-layers", action="store_true", help="let the search keep layers in float too (ilp): "
+                   "lossless, 32-bit costs, the latency table's float entry")
     _add_search_opts(p)
     p.add_argument("--workers", type=int, help="model-in-the-loop strategies on a local Ray with this many CPUs "
                    "(default: serial; the same policy): the default search's candidates, smpq's Shapley "
@@ -422,6 +424,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once
     check_address(args.ray_address)
     if isinstance(entry, ModelStrategy):  # model-in-the-loop: dispatch on the kind of run, not on the name
+        if args.float_layers:
+            raise ConfigError(f"float layers as a search choice are solved by strategy ilp, not {args.strategy!r}")
         if budget.has_latency() and not entry.latency:
             budget.limits((), without_latency=args.strategy)  # the library's error, before any work
         return RUNNERS[entry.runner](args, budget)
@@ -436,13 +440,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     elif args.model:
         def check(model) -> None:
             check_budget(quantizable_layers(model), budget, bits=_int_list(args.bits, "--bits") or DEFAULT_BITS,
-                         weight_bits=_int_list(args.weight_bits, "--weight-bits"),
+                         weight_bits=_int_list(args.weight_bits, "--weight-bits"), float_layers=args.float_layers,
                          **{k: v for k, v in choices.items() if k != "strategy"})
 
         table = _analyze(args, check)
     else:
         raise ConfigError("give a sensitivity table file, or --model (and --metric) to analyze one")
-    res = search(table, budget, seed=args.seed, weight_bits=_int_list(args.weight_bits, "--weight-bits"), **choices)
+    res = search(table, budget, seed=args.seed, weight_bits=_int_list(args.weight_bits, "--weight-bits"),
+                 float_layers=args.float_layers, **choices)
     if args.out:
         res.policy.save(args.out)
     bits = " ".join(f"{b.short()}" for b in res.policy.layers.values())

@@ -39,6 +39,7 @@ class ProfileConfig:
         repeats: Paired repeats per entry (base and variant alternate; the entry is their median difference).
         run_ms: Each repeat times as many runs as take about this long (at least 3), and keeps their median.
         threads: The runtime's intra-op threads (0: its default, all cores).
+        float_pairs: Also measure every two consecutive layers in float together (the table's pair terms).
     """
 
     target: str = "ort-cpu"
@@ -46,6 +47,7 @@ class ProfileConfig:
     repeats: int = 15
     run_ms: float = 20.0
     threads: int = 0
+    float_pairs: bool = True
 
     def __post_init__(self) -> None:
         target(self.target)  # unknown names: did you mean
@@ -162,9 +164,10 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
                 export_int8(m, path, calib=cal[:1], input_shape=tuple(shape))
             return path
 
-        def variant(name: str, prec: str) -> Any:
+        def variant(switch: dict[str, str]) -> Any:
             m = copy.deepcopy(sources[BASE])
-            _set_module(m, name, copy.deepcopy(sources[prec].get_submodule(name)))
+            for name, prec in switch.items():
+                _set_module(m, name, copy.deepcopy(sources[prec].get_submodule(name)))
             return m
 
         base_sess = tgt.session(export(sources[BASE], "base"), config.threads)
@@ -185,16 +188,19 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
             base_ms[b] += a
             float_ms[b] = Stat.of(f)
         delta: dict[str, dict[str, dict[int, Stat]]] = {n: {} for n in names}
-        jobs = [(n, p) for n in names for p in others]
-        for n, p in progress(jobs, desc=f"latency on {tgt.name}", unit="layer"):
-            sess = tgt.session(export(variant(n, p), "variant"), config.threads)
-            delta[n][p] = {}
+        pairs: dict[str, dict[int, Stat]] = {}
+        jobs = [({n: p}, (n, p)) for n in names for p in others]
+        if config.float_pairs and "float" in others:
+            jobs += [({a: "float", c: "float"}, (f"{a}>{c}", None)) for a, c in zip(names, names[1:], strict=False)]
+        for switch, (key, prec) in progress(jobs, desc=f"latency on {tgt.name}", unit="variant"):
+            sess = tgt.session(export(variant(switch), "variant"), config.threads)
+            stats = delta[key].setdefault(prec, {}) if prec is not None else pairs.setdefault(key, {})
             for b in config.batches:
                 for _ in range(2):
                     sess.run(None, feeds[b])
                 a, v = _paired(base_sess, sess, feeds[b], config.repeats, runs[b])
                 base_ms[b] += a
-                delta[n][p][b] = Stat.of([y - z for y, z in zip(v, a, strict=True)])
+                stats[b] = Stat.of([y - z for y, z in zip(v, a, strict=True)])
     seconds = time.perf_counter() - t0
     import onnxruntime as ort
 
@@ -204,11 +210,12 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
             "run_ms": config.run_ms, "input_shape": list(shape), "seconds": round(seconds, 1),
             "calib": calib_config.to_dict(),
             "method": "paired in-context switches against the all-int8 model (qpolicy.latency.table)",
+            "float_pairs": bool(pairs),
             "command": command, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     log.info("latency table of %d layers x %d precisions on %s in %.0f s", len(names), len(others), tgt.name, seconds)
     return LatencyTable(model=model_name, target=tgt.name, layers=layer_signature(layers), batches=config.batches,
                         base=BASE, base_ms={b: Stat.of(v) for b, v in base_ms.items()}, float_ms=float_ms,
-                        delta_ms=delta, provenance=prov)
+                        delta_ms=delta, float_pairs_ms=pairs, provenance=prov)
 
 
 def _export_float(model: Any, path: str, shape: Sequence[int]) -> None:

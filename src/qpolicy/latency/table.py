@@ -8,11 +8,17 @@ holds what the switch costs in that place of the real graph: the kernel, and the
 float layer needs around it. A policy's predicted latency is additive:
 
     latency(policy) = base + sum over layers of delta[layer][precision of the layer]
+                           + sum over neighbouring layers a, b both float of pair[a, b]
 
-which misses what depends on two layers at once (two neighbouring float layers share the quantize/dequantize pair
-that each one's entry counts once); the latency benchmark measures by how much. The table is a versioned JSON
-artefact keyed by layer name, like the sensitivity table; it names the model's layers and their shapes, the
-target, the batch sizes, the machine and the versions, and refuses to price another model. Torch-free.
+A policy with every layer in float is the float model itself (exported without a single integer operator, a
+different graph), priced at its own measured latency. The pair terms model what depends on two layers at once: two
+neighbouring layers (consecutive in execution order) that both run in float share the quantize/dequantize pair
+between them that each one's own entry pays for, and the runtime fuses float operators it could not fuse across an
+integer one. ``pair[a, b]`` is measured the same way, with only a and b in float, minus both single entries.
+Anything longer-range (a float layer feeding a residual addition far downstream) stays unmodelled; the latency
+benchmark measures what is left. The table is a versioned JSON artefact keyed by layer name, like the sensitivity
+table; it names the model's layers and their shapes, the target, the batch sizes, the machine and the versions,
+and refuses to price another model. Torch-free.
 """
 
 from __future__ import annotations
@@ -94,6 +100,8 @@ class LatencyTable:
         float_ms: End-to-end latency of the float model, per batch size (what relative budgets multiply).
         delta_ms: ``layer -> precision -> batch -> Stat``: the measured change when only that layer takes that
             precision (the base precision is 0 by definition and not stored).
+        float_pairs_ms: ``"a>b" -> batch -> Stat``: the measured change when only the consecutive layers a and b
+            run in float (their pair term is this minus both single float entries); empty: no pair terms.
         provenance: Machine, versions, threads, repeats, command, creation time.
     """
 
@@ -105,6 +113,7 @@ class LatencyTable:
     base_ms: Mapping[int, Stat]
     float_ms: Mapping[int, Stat]
     delta_ms: Mapping[str, Mapping[str, Mapping[int, Stat]]]
+    float_pairs_ms: Mapping[str, Mapping[int, Stat]] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,7 +140,28 @@ class LatencyTable:
                     raise PolicyError(f"latency table layer {shorten(name)} {prec}: needs the batch sizes "
                                       f"{list(self.batches)}")
 
+        names = list(self.layers)
+        consecutive = {f"{a}>{b}" for a, b in zip(names, names[1:], strict=False)}
+        for key, per_batch in self.float_pairs_ms.items():
+            if key not in consecutive:
+                raise PolicyError(f"latency table float pair {shorten(key)} is not two consecutive layers 'a>b'")
+            if set(per_batch) != set(self.batches):
+                raise PolicyError(f"latency table float pair {shorten(key)}: needs the batch sizes "
+                                  f"{list(self.batches)}")
+            a, b = key.split(">")
+            if "float" not in self.delta_ms[a] or "float" not in self.delta_ms[b]:
+                raise PolicyError(f"latency table float pair {shorten(key)}: both layers need a float entry")
+
     # ---- use -------------------------------------------------------------------------------------------------
+    def pair_terms(self, batch: int) -> list[tuple[str, str, float]]:
+        """``(a, b, ms)``: what running consecutive layers a and b both in float adds beyond their single entries."""
+        out = []
+        for key, per_batch in self.float_pairs_ms.items():
+            a, b = key.split(">")
+            out.append((a, b, per_batch[batch].median - self.delta_ms[a]["float"][batch].median
+                        - self.delta_ms[b]["float"][batch].median))
+        return out
+
     def precisions(self, name: str) -> tuple[str, ...]:
         """The precisions layer ``name`` was measured at (the base one included)."""
         return (self.base, *self.delta_ms[name])
@@ -186,6 +216,11 @@ class LatencyTable:
                 bad.append(f"{name} (W{wb or 'f'}A{ab or 'f'})")
                 continue
             total += self.layer_ms(name, prec, b)
+        if not bad:
+            floats = {n for n in self.layers if precision_of(*_bits(entries[n])) == "float"}
+            if len(floats) == len(self.layers):  # no integer operator at all: the float model, measured as such
+                return self.float_ms[b].median
+            total += sum(ms for a, c, ms in self.pair_terms(b) if a in floats and c in floats)
         if bad:
             raise ConfigError(f"target {self.target} has no kernel for " + ", ".join(bad[:4])
                               + (" ..." if len(bad) > 4 else "") + ": a latency-priced layer takes 8-bit inputs "
@@ -200,6 +235,8 @@ class LatencyTable:
                 "float_ms": {str(b): s.to_dict() for b, s in self.float_ms.items()},
                 "delta_ms": {n: {p: {str(b): s.to_dict() for b, s in per.items()} for p, per in d.items()}
                              for n, d in self.delta_ms.items()},
+                "float_pairs_ms": {k: {str(b): s.to_dict() for b, s in per.items()}
+                                   for k, per in self.float_pairs_ms.items()},
                 "provenance": dict(self.provenance)}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -234,6 +271,8 @@ class LatencyTable:
                         base=data["base"], base_ms=per_batch(data["base_ms"], "base_ms"),
                         float_ms=per_batch(data["float_ms"], "float_ms"),
                         delta_ms={n: {p: per_batch(v, f"{n} {p}") for p, v in d.items()} for n, d in delta.items()},
+                        float_pairs_ms={k: per_batch(v, f"float pair {k}")
+                                        for k, v in _object(data.get("float_pairs_ms", {}), "float_pairs_ms").items()},
                         provenance=data.get("provenance") or {})
         except KeyError as e:
             raise PolicyError(f"{source}: missing field {e}") from None
@@ -246,6 +285,16 @@ class LatencyTable:
         from .._io import read_json
 
         return cls.from_dict(read_json(path, "latency table"), source=str(path))
+
+
+def _bits(e: Any) -> tuple[Any, Any]:
+    return (e.weight_bits, e.act_bits) if hasattr(e, "weight_bits") else tuple(e)
+
+
+def _object(v: Any, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise PolicyError(f"{what} must be an object")
+    return v
 
 
 def _batch(b: Any) -> int:

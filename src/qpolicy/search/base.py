@@ -24,7 +24,7 @@ from typing import Any
 
 from ..bits import check_bits
 from ..budget import Budget, BudgetLimits
-from ..costs import COST_KEYS, CostReport, layer_cost, policy_cost, w8a8_cost
+from ..costs import COST_KEYS, FLOAT_BITS, CostReport, layer_cost, policy_cost, w8a8_cost
 from ..errors import ConfigError, InfeasibleBudgetError
 from ..layers import LayerInfo
 from ..policy import LayerBits, Policy
@@ -32,10 +32,17 @@ from ..registry import Registry
 from ..sensitivity.base import SensitivityTable
 
 __all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "ModelStrategy", "table_strategies", "TIE_MODES",
-           "BUDGET_RTOL", "search", "build_problem", "check_budget", "zero_table", "choice_cost", "total_cost", "fits",
-           "tie_pairs", "ties_hold"]
+           "BUDGET_RTOL", "FLOAT_CHOICE", "choice_bits", "search", "build_problem", "check_budget", "zero_table",
+           "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold", "fastest_latency"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
+# a layer kept in float, as a choice: costs are priced at FLOAT_BITS (the cost formula's float), damage is 0
+FLOAT_CHOICE: Choice = (FLOAT_BITS, FLOAT_BITS)
+
+
+def choice_bits(choice: Choice) -> tuple[int | None, int | None]:
+    """A choice as a policy's (weight_bits, act_bits): the float choice as ``(None, None)``."""
+    return (None, None) if tuple(choice) == FLOAT_CHOICE else (choice[0], choice[1])
 TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
 BUDGET_RTOL = 1e-9  # a policy fits when its cost is at most limit * (1 + BUDGET_RTOL): one rule for all checks
 
@@ -57,8 +64,21 @@ class Problem:
     # a latency limit: each layer's measured latency change per choice, and the base model's latency (ms)
     latency: Mapping[str, Mapping[Choice, float]] | None = None
     latency_base: float = 0.0
+    # (a, b, ms): what consecutive layers a and b both kept in float add beyond their own entries
+    latency_pairs: tuple[tuple[str, str, float], ...] = ()
+    # the float model's measured latency: what a policy with every layer in float costs (exported without any
+    # integer operator, it is a different graph from the int8 one the table's entries are measured in)
+    latency_float: float | None = None
+
+    def all_float(self) -> dict[str, Choice] | None:
+        """Every layer in float, when every layer may be."""
+        if all(FLOAT_CHOICE in cs for cs in self.choices.values()):
+            return dict.fromkeys(self.choices, FLOAT_CHOICE)
+        return None
 
     def damage(self, name: str, choice: Choice) -> float:
+        if tuple(choice) == FLOAT_CHOICE:  # float loses nothing
+            return 0.0
         return self.table.weight[name][choice[0]] + self.table.act[name][choice[1]]
 
     @property
@@ -73,8 +93,32 @@ def total_cost(problem: Problem, assignment: Mapping[str, Choice]) -> dict[str, 
         for k, v in choice_cost(li, assignment[li.name]).items():
             out[k] += v
     if problem.latency is not None:
-        out["latency_ms"] = problem.latency_base + sum(problem.latency[n][c] for n, c in assignment.items())
+        if problem.latency_float is not None and all(c == FLOAT_CHOICE for c in assignment.values()):
+            out["latency_ms"] = problem.latency_float
+        else:
+            out["latency_ms"] = problem.latency_base + sum(problem.latency[n][c] for n, c in assignment.items()) + sum(
+                ms for a, b, ms in problem.latency_pairs if assignment[a] == FLOAT_CHOICE == assignment[b])
     return out
+
+
+def fastest_latency(problem: Problem) -> float:
+    """The least predicted latency over the problem's choices (exact along the chain of consecutive pair terms;
+    ties between layers are not imposed, so with ties it is a lower bound)."""
+    pair = {(a, b): ms for a, b, ms in problem.latency_pairs}
+    best: dict[Choice, float] = {}
+    prev = None
+    for li in problem.layers:
+        here = problem.latency[li.name]
+        if prev is None:
+            best = dict(here)
+        else:
+            best = {c: v + min(bv + (pair.get((prev, li.name), 0.0) if c == FLOAT_CHOICE == bc else 0.0)
+                               for bc, bv in best.items()) for c, v in here.items()}
+        prev = li.name
+    fastest = problem.latency_base + min(best.values())
+    if problem.latency_float is not None and problem.all_float() is not None:
+        fastest = min(fastest, problem.latency_float)
+    return fastest
 
 
 def tie_pairs(layers: Sequence[LayerInfo], mode: str) -> tuple[tuple[str, str, int], ...]:
@@ -165,9 +209,7 @@ def _check_feasible(problem: Problem) -> None:
     bad = [k for k in COST_KEYS if getattr(problem.limits, k) is not None
            and smallest[k] > getattr(problem.limits, k) * (1 + BUDGET_RTOL)]
     if problem.latency is not None and problem.limits.latency_ms is not None:
-        smallest["latency_ms"] = problem.latency_base + sum(min(problem.latency[li.name][c]
-                                                                for c in problem.choices[li.name])
-                                                            for li in problem.layers)
+        smallest["latency_ms"] = fastest_latency(problem)
         shown["latency_ms"] = lambda v: f"predicted latency {v:.4g} ms (from the latency table)"
         if smallest["latency_ms"] > problem.limits.latency_ms * (1 + BUDGET_RTOL):
             bad.append("latency_ms")
@@ -180,7 +222,8 @@ def _check_feasible(problem: Problem) -> None:
 
 def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy = "ilp", seed: int = 0,
            weight_bits: Sequence[int] | None = None, act_bits: Sequence[int] | int | None = None,
-           first_last: int | None = None, tie: str = "act", model_name: str | None = None) -> SearchResult:
+           first_last: int | None = None, tie: str = "act", model_name: str | None = None,
+           float_layers: bool = False) -> SearchResult:
     """Search the least-damage policy that meets ``budget``.
 
     Args:
@@ -192,14 +235,19 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         act_bits: Candidate activation bits (default: the table's), or one integer to hold activations fixed.
         first_last: Fix the first and last layer (execution order) at these bits, weights and activations.
         tie: Which bits layers reading the same tensor share: "act" (default), "all" or "none" (module docs).
+        float_layers: Let the search also keep a layer in float (no damage; priced at 32 bits, and by the latency
+            table's measured float entry): where a runtime's float kernel is faster than its integer one, a
+            latency budget takes it. Solved by ``ilp``.
     """
     name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
     solve = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
     if isinstance(solve, ModelStrategy):
         raise ConfigError(f"strategy {name!r} needs the model and data, not a sensitivity table: run it with "
                           f"`qpolicy search --model MODEL --strategy {name}` (or {solve.target.replace(':', '.')})")
+    if float_layers and name != "ilp":
+        raise ConfigError(f"float layers as a search choice are solved by strategy ilp, not {name!r}")
     problem = build_problem(table, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last,
-                            tie=tie)
+                            tie=tie, float_layers=float_layers)
     choices, ties = problem.choices, problem.ties
     t = time.perf_counter()
     assignment = solve(problem, seed)
@@ -210,8 +258,10 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         raise RuntimeError(f"strategy {name!r} returned a policy over budget")
     if not ties_hold(problem, assignment):
         raise RuntimeError(f"strategy {name!r} returned a policy that breaks a tie between layers")
-    layers = {li.name: LayerBits(weight_bits=assignment[li.name][0], act_bits=assignment[li.name][1])
-              for li in table.layers}
+    layers = {}
+    for li in table.layers:
+        w, a = choice_bits(assignment[li.name])
+        layers[li.name] = LayerBits(weight_bits=w, act_bits=a)
     cost = policy_cost(table.layers, layers)
     damage = sum(problem.damage(n, c) for n, c in assignment.items())
     from ..policy import versions
@@ -220,7 +270,8 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         "method": "search", "metric": table.metric, "strategy": name, "budget": budget.to_dict(),
         "candidates": {"weight_bits": list(_candidates(weight_bits, table, "weight_bits")),
                        "act_bits": [act_bits] if isinstance(act_bits, int) else
-                       list(_candidates(act_bits, table, "act_bits"))}, "first_last": first_last,
+                       list(_candidates(act_bits, table, "act_bits")), "float_layers": float_layers},
+        "first_last": first_last,
         "tie": tie, "tied": [list(t) for t in ties],
         "seed": seed, "predicted_damage": damage, "cost": cost.to_dict(per_layer=False),
         "search_seconds": seconds, "sensitivity": dict(table.provenance),
@@ -231,12 +282,12 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
 
 def build_problem(table: SensitivityTable, budget: Budget, *, weight_bits: Sequence[int] | None = None,
                   act_bits: Sequence[int] | int | None = None, first_last: int | None = None,
-                  tie: str = "act") -> Problem:
+                  tie: str = "act", float_layers: bool = False) -> Problem:
     """The problem :func:`search` solves (arguments as there), checked for feasibility."""
     wbits = _candidates(weight_bits, table, "weight_bits")
     abits = (check_bits(act_bits, "act_bits"),) if isinstance(act_bits, int) else _candidates(act_bits, table,
                                                                                               "act_bits")
-    pairs = tuple((w, a) for w in wbits for a in abits)
+    pairs = tuple((w, a) for w in wbits for a in abits) + ((FLOAT_CHOICE,) if float_layers else ())
     edges = {table.layers[0].name, table.layers[-1].name} if first_last is not None else set()
     if first_last is not None:
         fl = check_bits(first_last, "first_last")
@@ -249,8 +300,15 @@ def build_problem(table: SensitivityTable, budget: Budget, *, weight_bits: Seque
         choices, latency, latency_base = _latency_choices(budget, choices)
     ties = tie_pairs(table.layers, tie)
     choices = _pin_ties(choices, ties)
+    pairs = ()
+    if latency is not None:
+        pairs = tuple((a, b, ms) for a, b, ms in budget.latency_table.pair_terms(budget.latency_batch)
+                      if FLOAT_CHOICE in choices.get(a, ()) and FLOAT_CHOICE in choices.get(b, ()))
+        latency = {n: {c: v for c, v in per.items() if c in choices[n]} for n, per in latency.items()}
     problem = Problem(table=table, choices=choices, limits=limits, ties=ties, latency=latency,
-                      latency_base=latency_base)
+                      latency_base=latency_base, latency_pairs=pairs,
+                      latency_float=None if latency is None else
+                      budget.latency_table.float_ms[budget.latency_batch].median)
     _check_feasible(problem)
     return problem
 
@@ -273,13 +331,13 @@ def _latency_choices(budget: Budget, choices: Mapping[str, tuple[Choice, ...]]
     from ..latency import precision_of
 
     table, batch = budget.latency_table, budget.latency_batch
-    kept = {n: tuple(c for c in cs if precision_of(*c) is not None) for n, cs in choices.items()}
+    kept = {n: tuple(c for c in cs if precision_of(*choice_bits(c)) is not None) for n, cs in choices.items()}
     empty = [n for n, cs in kept.items() if not cs]
     if empty:
         raise ConfigError(f"a latency budget on {table.target} prices layers with 8-bit inputs (int8 kernels; "
                           f"weights 2..8 bits) or float ones, and layer(s) {', '.join(empty[:3])} have no such "
                           f"candidate among {list(choices[empty[0]])}: include 8 in the activation bits")
-    priced = {n: {c: table.layer_ms(n, precision_of(*c), batch) for c in cs} for n, cs in kept.items()}
+    priced = {n: {c: table.layer_ms(n, precision_of(*choice_bits(c)), batch) for c in cs} for n, cs in kept.items()}
     return kept, priced, table.base_ms[batch].median
 
 

@@ -24,7 +24,7 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import InfeasibleBudgetError, SolverTimeoutError
-from .base import COST_KEYS, STRATEGIES, Choice, Problem, choice_cost, fits, total_cost
+from .base import COST_KEYS, FLOAT_CHOICE, STRATEGIES, Choice, Problem, choice_cost, fits, total_cost
 
 __all__ = ["solve_ilp", "solve_milp"]
 
@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 @STRATEGIES.register("ilp")
 def solve_ilp(problem: Problem, seed: int = 0) -> dict[str, Choice]:
+    # every layer in float loses nothing: when it fits, it is optimal (its latency is the float model's own,
+    # which the MILP's additive rows do not see)
+    every = problem.all_float()
+    if every is not None and fits(problem, total_cost(problem, every)):
+        return every
     return solve_milp(problem)
 
 
@@ -67,6 +72,41 @@ def solve_milp(problem: Problem, order: list[tuple[str, str, int]] | None = None
                                 "(the budget is within 1e-6 of the cheapest policies' cost; relax it slightly)")
 
 
+def _latency_rows(problem: Problem, index: list[tuple[str, Choice]], c: np.ndarray, constraints: list,
+                  *, tighten: float, cheapest: bool) -> tuple[np.ndarray, list, int]:
+    """The measured latency row, from the latency table (when the problem has a latency limit). Its pair terms
+    (two consecutive layers both in float) are products of two choices, linearized with one variable y each:
+    y <= x[a, float], y <= x[b, float], y >= x[a, float] + x[b, float] - 1. Returns the objective and constraints
+    widened by those variables, and their number."""
+    if problem.latency is None or problem.limits.latency_ms is None:
+        return c, constraints, 0
+    n = len(index)
+    col = {key: j for j, key in enumerate(index)}
+    pairs = [(col[(a, FLOAT_CHOICE)], col[(b, FLOAT_CHOICE)], ms) for a, b, ms in problem.latency_pairs]
+    m = len(pairs)
+    row = np.array([problem.latency[name][ch] for name, ch in index] + [ms for _, _, ms in pairs])
+    room = problem.limits.latency_ms - problem.latency_base  # the changes may be negative: no scaling by it
+    scale = max(float(np.abs(row).max(initial=0.0)), abs(problem.limits.latency_ms), 1e-9)
+    if m:
+        def widen(con: LinearConstraint) -> LinearConstraint:
+            a = con.A if sparse.issparse(con.A) else sparse.csr_array(np.atleast_2d(con.A))
+            return LinearConstraint(sparse.hstack([a, sparse.csr_array((a.shape[0], m))]).tocsr(), con.lb, con.ub)
+
+        constraints = [widen(k) for k in constraints]
+        c = np.concatenate([c, np.zeros(m)])
+        link = sparse.lil_array((3 * m, n + m))
+        for k, (ja, jb, _) in enumerate(pairs):
+            link[3 * k, n + k], link[3 * k, ja] = 1, -1
+            link[3 * k + 1, n + k], link[3 * k + 1, jb] = 1, -1
+            link[3 * k + 2, ja], link[3 * k + 2, jb], link[3 * k + 2, n + k] = 1, 1, -1
+        constraints.append(LinearConstraint(link.tocsr(), -np.inf, np.tile([0.0, 0.0, 1.0], m)))
+    if cheapest:
+        c = c + row / scale
+    upper = (room - tighten * abs(problem.limits.latency_ms)) / scale
+    constraints.append(LinearConstraint(row / scale, -np.inf, upper))
+    return c, constraints, m
+
+
 def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighten: float,
            cheapest: bool = False, time_limit: float | None = None) -> dict[str, Choice] | None:
     """One HiGHS solve; None when HiGHS finds no solution. ``cheapest``: minimize the budgeted costs (each
@@ -92,14 +132,6 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
         if cheapest:
             c = c + row / scale
         constraints.append(LinearConstraint(row / scale, -np.inf, limit / scale * (1 - tighten)))
-    if problem.latency is not None and problem.limits.latency_ms is not None:  # measured, from the latency table
-        row = np.array([problem.latency[name][ch] for name, ch in index])
-        room = problem.limits.latency_ms - problem.latency_base  # the changes may be negative: no scaling by it
-        scale = max(float(np.abs(row).max(initial=0.0)), abs(problem.limits.latency_ms), 1e-9)
-        if cheapest:
-            c = c + row / scale
-        constraints.append(LinearConstraint(row / scale, -np.inf,
-                                            (room - tighten * abs(problem.limits.latency_ms)) / scale))
     # a >= b (ordering) and a == b (ties) on one side, in cumulative form: for every threshold t, "a has at least t
     # bits" is at least (equal to) "b has at least t bits". Equivalent to comparing the bits, but its LP
     # relaxation is far tighter, which keeps HiGHS fast on hundreds of layers with ordering rows.
@@ -126,10 +158,11 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
         lower = np.array([0.0 if v is None else v for v in lo])
         upper = np.array([0.0 if v is None else np.inf for v in lo])
         constraints.append(LinearConstraint(mat, lower, upper))
+    c, constraints, m = _latency_rows(problem, index, c, constraints, tighten=tighten, cheapest=cheapest)
     options: dict[str, Any] = {"presolve": True}
     if time_limit is not None:
         options["time_limit"] = max(time_limit - (time.monotonic() - start), 0.01)
-    res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1), options=options)
+    res = milp(c, constraints=constraints, integrality=np.ones(n + m), bounds=Bounds(0, 1), options=options)
     if res.status == 1 and res.x is not None:  # the time limit, with a feasible policy found
         log.warning("HiGHS stopped at the %.0f s time limit; the policy is within %.2g (relative) of the optimum",
                     time_limit or 0, getattr(res, "mip_gap", float("nan")))
@@ -140,5 +173,5 @@ def _solve(problem: Problem, order: list[tuple[str, str, int]] | None, *, tighte
             raise SolverTimeoutError(f"HiGHS found no policy within the {time_limit:.3g} s time limit "
                                      f"({len(problem.layers)} layers); try --strategy ilp, or fewer candidate bits")
         raise InfeasibleBudgetError(f"no policy meets all budget limits together (HiGHS: {res.message})")
-    x = np.round(res.x).astype(int)
+    x = np.round(res.x[:n]).astype(int)
     return {name: ch for (name, ch), v in zip(index, x, strict=True) if v == 1}
