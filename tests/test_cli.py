@@ -277,6 +277,10 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
     prov = json.loads(text)["policy"]["provenance"]
     assert prov["budget"]["latency"] == 10 and prov["budget"]["latency_table"]["batch"] == 2
     assert prov["predicted_latency_ms"] > 0
+    code, text, err = run(capsys, "search", *TINY8[:3], "--metric", "qerror", "--strategy", "ilp", "--bits", "4,8",
+                          "--act-bits", "8", "--latency-table", str(lat), "--latency-batch", "1", "--float-layers",
+                          "--budget", "latency=10")
+    assert code == 0 and "predicted latency" in text, err
     # bad input: one line, exit 2, before any work
     for bad, match in ((["--budget", "latency=0.7"], "needs a latency table"),
                        (["--budget", "latency=0.0001ms", "--latency-table", str(lat), "--latency-batch", "1"],
@@ -284,6 +288,9 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
                        (["--budget", "latency=1", "--latency-table", str(lat)], "say which one"),
                        (["--budget", "latency=1", "--latency-table", str(tmp_path / "none.json")], "not found"),
                        (["--budget", "latency=1", "--latency-table", str(lat), "--latency-batch", "1",
-                         "--strategy", "arq"], "strategy arq prices size")):
+                         "--strategy", "arq"], "strategy arq prices size"),
+                       (["--budget", "latency=1", "--latency-table", str(lat), "--latency-batch", "1",
+                         "--strategy", "te-lp", "--float-layers"], "solved by strategy ilp"),
+                       (["--budget", "bitops=0.5", "--float-layers"], "solved by strategy ilp")):
         code, _, err = run(capsys, "search", *TINY8[:3], "--metric", "qerror", "--act-bits", "8", *bad)
         assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -414,7 +414,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..layers import quantizable_layers
     from ..runner import check_address, check_workers
     from ..search import STRATEGIES, search
-    from ..search.base import ModelStrategy, check_budget
+    from ..search.base import ModelStrategy, check_budget, check_float_layers
     from ..sensitivity import DEFAULT_BITS, SensitivityTable
 
     budget = Budget.parse(args.budget, latency_batch=args.latency_batch, latency_table=None if not
@@ -423,9 +423,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     entry = STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
     check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once
     check_address(args.ray_address)
+    check_float_layers(args.strategy, args.float_layers)
     if isinstance(entry, ModelStrategy):  # model-in-the-loop: dispatch on the kind of run, not on the name
-        if args.float_layers:
-            raise ConfigError(f"float layers as a search choice are solved by strategy ilp, not {args.strategy!r}")
         if budget.has_latency() and not entry.latency:
             budget.limits((), without_latency=args.strategy)  # the library's error, before any work
         return RUNNERS[entry.runner](args, budget)

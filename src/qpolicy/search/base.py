@@ -33,7 +33,8 @@ from ..sensitivity.base import SensitivityTable
 
 __all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "ModelStrategy", "table_strategies", "TIE_MODES",
            "BUDGET_RTOL", "FLOAT_CHOICE", "choice_bits", "search", "build_problem", "check_budget", "zero_table",
-           "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold", "fastest_latency"]
+           "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold", "fastest_latency",
+           "check_float_layers"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
 # a layer kept in float, as a choice: costs are priced at FLOAT_BITS (the cost formula's float), damage is 0
@@ -244,8 +245,7 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
     if isinstance(solve, ModelStrategy):
         raise ConfigError(f"strategy {name!r} needs the model and data, not a sensitivity table: run it with "
                           f"`qpolicy search --model MODEL --strategy {name}` (or {solve.target.replace(':', '.')})")
-    if float_layers and name != "ilp":
-        raise ConfigError(f"float layers as a search choice are solved by strategy ilp, not {name!r}")
+    check_float_layers(name, float_layers)
     problem = build_problem(table, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last,
                             tie=tie, float_layers=float_layers)
     choices, ties = problem.choices, problem.ties
@@ -311,6 +311,12 @@ def build_problem(table: SensitivityTable, budget: Budget, *, weight_bits: Seque
                       budget.latency_table.float_ms[budget.latency_batch].median)
     _check_feasible(problem)
     return problem
+
+
+def check_float_layers(strategy: str, float_layers: bool) -> None:
+    """Float as a search choice is solved by the ILP only (a ConfigError for any other strategy)."""
+    if float_layers and strategy != "ilp":
+        raise ConfigError(f"float layers as a search choice are solved by strategy ilp, not {strategy!r}")
 
 
 def zero_table(layers: Sequence[LayerInfo], bits: Sequence[int]) -> SensitivityTable:
