@@ -145,3 +145,32 @@ def test_report_plots_weight_kurtosis_from_inspect(tmp_path, capsys):
     (tmp_path / "layers.json").write_text(json.dumps(bad))
     with pytest.raises(PolicyError, match="layers.json: malformed qpolicy.layers"):
         render_report(tmp_path, tmp_path / "r.html")
+
+
+def test_report_shows_a_latency_table_and_top1_against_predicted_latency(tmp_path):
+    from qpolicy.latency import LatencyTable, Stat, layer_signature
+
+    layers = [LayerInfo(name=n, kind="conv", params=100, macs=1000, in_shape=(10,), out_shape=(1,), order=i)
+              for i, n in enumerate("abcd")]
+
+    def st(v):
+        return Stat(median=v, q1=v - 0.01, q3=v + 0.02, n=5)
+
+    LatencyTable(model="tiny", target="ort-cpu", layers=layer_signature(layers), batches=(1,), base="int8",
+                 base_ms={1: st(1.0)}, float_ms={1: st(2.0)},
+                 delta_ms={n: {"float": {1: st(0.25 * (i + 1))}, "int8w8": {1: st(0.1)}}
+                           for i, n in enumerate("abcd")}).save(tmp_path / "lat.json")
+    w8 = Policy(layers={n: LayerBits(weight_bits=8, act_bits=8) for n in "abcd"}, model="tiny",
+                provenance={"method": "uniform", "spec": "w8a8"})
+    w4a4 = Policy(layers={n: LayerBits(weight_bits=4, act_bits=4) for n in "abcd"}, model="tiny",
+                  provenance={"method": "uniform", "spec": "w4a4"})
+    for name, pol, top1 in (("e8.json", w8, 90.0), ("e4.json", w4a4, 85.0)):
+        (tmp_path / name).write_text(json.dumps({"format": "qpolicy.evaluation", "policy": pol.to_dict(),
+                                                 "top1": top1, "cost": {"bitops_rel_w8a8": 1, "size_rel_w8a8": 1}}))
+    info = render_report(tmp_path, tmp_path / "r.html")
+    md = (tmp_path / "r.md").read_text()
+    assert "Latency table (lat.json)" in info["figures"] and "Top-1 against predicted latency (lat.json)" in md
+    assert "| c | conv 10 -> 1 | +0.7500 [+0.7400, +0.7700] | +0.1000 [+0.0900, +0.1200] |" in md
+    # W8A8: 1.0 + 4 x 0.1 = 1.4 ms; W4A4 has no int8 kernel on the target, so it is not on the latency plot
+    front = md.split("Top-1 against predicted latency")[1]
+    assert "| uniform w8a8 | 1.4 | 90.00 |" in front and "w4a4" not in front

@@ -28,6 +28,7 @@ class RunContents:
     # adversarial attacks: curves (label, attack, [(eps, robust accuracy %)]) and the suite's findings
     attack_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     findings: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    latency: list[tuple[str, Any]] = field(default_factory=list)  # latency tables (qpolicy profile)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -131,6 +132,10 @@ def collect(root: str | Path) -> RunContents:
         try:
             if fmt == "qpolicy.sensitivity":
                 out.tables.append((rel, SensitivityTable.from_dict(data, source=rel)))
+            elif fmt == "qpolicy.latency":
+                from ..latency import LatencyTable
+
+                out.latency.append((rel, LatencyTable.from_dict(data, source=rel)))
             elif fmt == "qpolicy.policy":
                 out.policies.append((rel, Policy.from_dict(data, source=rel)))
             elif fmt == "qpolicy.pareto":
@@ -176,7 +181,7 @@ def collect(root: str | Path) -> RunContents:
         except (KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{rel}: malformed {fmt or 'result'} file ({type(e).__name__}: {e})") from None
     if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates or out.kurtosis
-            or out.attack_curves or out.findings):
+            or out.attack_curves or out.findings or out.latency):
         raise PolicyError(f"{root} holds no qpolicy result file (sensitivity tables, policies, Pareto fronts, "
-                          "evaluations, certify results, layer tables)")
+                          "evaluations, certify results, layer tables, latency tables)")
     return out

@@ -128,6 +128,58 @@ def _certify_section(run: RunContents, plt) -> tuple[tuple[str, str, str, str], 
     return ("Certified robustness (randomized smoothing)", _png(fig), h, md), rows
 
 
+def _latency_sections(src: str, lat: Any, run: RunContents, plt) -> list[tuple[str, str | None, str, str]]:
+    """A latency table's entries (bars with quartile whiskers, first batch size) and, for every evaluated policy
+    the table can price, top-1 against its predicted latency beside the table's measured float and all-int8."""
+    from ..errors import QPolicyError
+
+    b = lat.batches[0]
+    names = list(lat.layers)
+    precs = [p for p in ("float", "int8w8") if any(p in lat.delta_ms[n] for n in names)]
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    width = 0.8 / max(len(precs), 1)
+    rows = []
+    for k, p in enumerate(precs):
+        st = [lat.delta_ms[n][p][b] for n in names]
+        xs = [i + k * width for i in range(len(names))]
+        ax.bar(xs, [s.median for s in st], width, label=f"{p} - int8",
+               yerr=[[s.median - s.q1 for s in st], [s.q3 - s.median for s in st]], capsize=2)
+    for n in names:
+        rows.append([n, lat.layers[n], *(f"{lat.delta_ms[n][p][b].median:+.4f} [{lat.delta_ms[n][p][b].q1:+.4f}, "
+                                          f"{lat.delta_ms[n][p][b].q3:+.4f}]" for p in precs)])
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+    ax.set_ylabel(f"ms vs all int8 (batch {b})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    h, md = _table(["layer", "shape", *(f"{p} - int8, ms [quartiles]" for p in precs)], rows)
+    intro = (f"{lat.model or 'model'} on {lat.target}, batch {b}: all int8 {lat.base_ms[b].median:.4g} ms, float "
+             f"{lat.float_ms[b].median:.4g} ms; measured {lat.provenance.get('created', '?')} on "
+             f"{lat.provenance.get('machine', {}).get('cpu', '?')}, {lat.provenance.get('threads', '?')} thread(s)")
+    out = [(f"Latency table ({src})", _png(fig), f"<p>{html.escape(intro)}</p>" + h, f"{intro}\n\n{md}")]
+    pts = []
+    for esrc, ev in run.evaluations:
+        try:
+            pts.append((_label(ev["policy"], esrc), lat.predict(ev["policy"], b), ev["top1"]))
+        except QPolicyError:  # another model's policy, or layers the target has no kernel for
+            continue
+    if pts:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for label, ms, top1 in pts:
+            ax.plot([ms], [top1], "*", markersize=12, label=label)
+        for ms, what in ((lat.base_ms[b].median, "all int8 (measured)"), (lat.float_ms[b].median,
+                                                                          "float (measured)")):
+            ax.axvline(ms, color="gray", linestyle=":", linewidth=1)
+            ax.annotate(what, (ms, ax.get_ylim()[0]), rotation=90, fontsize=7, va="bottom")
+        ax.set_xlabel(f"predicted latency, ms ({lat.target}, batch {b})")
+        ax.set_ylabel("top-1 %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        h, md = _table(["policy", "predicted ms", "top-1 %"], [[p[0], f"{p[1]:.4g}", f"{p[2]:.2f}"] for p in pts])
+        out.append((f"Top-1 against predicted latency ({src})", _png(fig), h, md))
+    return out
+
+
 def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path | None = None) -> dict[str, Any]:
     """Write ``out`` (HTML) and a markdown summary (default: ``out`` with ``.md``) from ``run_dir``'s results.
 
@@ -291,6 +343,10 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
         h, md = _table(["finding", "verdict", "cases"], [[f["finding"], f["verdict"], len(f.get("rows", []))]
                                                         for f in fs])
         sections.append((f"Findings of the attack suite ({src})", None, h, md))
+
+    # 8. latency tables: each layer's measured change per precision, and top-1 against predicted latency
+    for src, lat in run.latency:
+        sections.extend(_latency_sections(src, lat, run, plt))
 
     title = f"qpolicy report: {run.root.name}"
     body = [f"<h1>{html.escape(title)}</h1><p>{len(run.tables)} sensitivity table(s), {len(run.policies)} "
