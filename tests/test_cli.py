@@ -260,6 +260,8 @@ def test_validated_search_is_the_default_with_a_model(capsys, home, tmp_path):
 
 def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
     pytest.importorskip("onnxruntime")
+    from qpolicy.latency import LatencyTable
+
     lat = tmp_path / "lat.json"
     args = ["profile", *TINY8[:3], "--batch", "1,2", "--repeats", "3", "--run-ms", "0.5", "--threads", "1", "-o",
             str(lat)]
@@ -281,6 +283,16 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
                           "--act-bits", "8", "--latency-table", str(lat), "--latency-batch", "1", "--float-layers",
                           "--budget", "latency=10")
     assert code == 0 and "predicted latency" in text, err
+    # the default (validated) search under a latency budget: the budget holds on the table's prediction
+    t = LatencyTable.load(lat)
+    mid = (t.predict({n: (4, 8) for n in t.layers}, 1) + t.predict({n: (8, 8) for n in t.layers}, 1)) / 2
+    code, text, err = run(capsys, "search", *TINY8[:3], "--bits", "4,8", "--act-bits", "8", "--val-images", "8",
+                          "--refine-evaluations", "2", "--metrics", "qerror", "--latency-table", str(lat),
+                          "--latency-batch", "1", "--budget", f"latency={mid:.6f}ms", "--json")
+    assert code == 0, err
+    prov = json.loads(text)["policy"]["provenance"]
+    assert prov["strategy"] == "validated" and prov["predicted_latency_ms"] <= mid * (1 + 1e-6)
+    assert all(c["cost"]["latency_ms"] <= mid * (1 + 1e-6) for c in prov["selection"]["measured"])
     # bad input: one line, exit 2, before any work
     for bad, match in ((["--budget", "latency=0.7"], "needs a latency table"),
                        (["--budget", "latency=0.0001ms", "--latency-table", str(lat), "--latency-batch", "1"],
