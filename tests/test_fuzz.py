@@ -298,9 +298,15 @@ def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
     # latency tables (qpolicy profile's artefact) and latency budgets
     lat = tmp_path / "lat.json"
     for name, text, budget, must_fail in _latency_cases():
-        lat.write_text(text, encoding="utf-8", errors="surrogatepass")
-        argv_cases.append((name, ["search", str(good), "--budget", budget, "--latency-table", str(lat),
+        path = tmp_path / f"lat{len(argv_cases)}.json"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        argv_cases.append((name, ["search", str(good), "--budget", budget, "--latency-table", str(path),
                                   "--act-bits", "8", "-o", str(out)], must_fail))
+    lat.write_text(_text(_latency_table()))
+    for target, must_fail in (("ort-cuda", True), ("ort-gpu", True), ("x" * 100_000, True), ("ort-cpu", False)):
+        argv_cases.append((f"latency target {target[:10]}", ["search", str(good), "--budget", "latency=0.6",
+                                                             "--latency-table", str(lat), "--latency-target", target,
+                                                             "--act-bits", "8", "-o", str(out)], must_fail))
     for name, argv, must_fail in argv_cases:
         problems += _run(argv, out if "-o" in argv and argv[argv.index("-o") + 1] == str(out) else None,
                          must_fail, name, capsys)

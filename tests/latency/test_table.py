@@ -86,6 +86,14 @@ def test_a_table_prices_only_the_model_it_was_measured_on():
         t.check_layers(_layers(2))
 
 
+def test_a_table_of_another_target_is_refused():
+    t = table()
+    t.check_target("ort-cpu")
+    t.check_target(None)
+    with pytest.raises(ConfigError, match="measured on ort-cpu, not on ort-cuda"):
+        t.check_target("ort-cuda")
+
+
 def test_file_round_trip_and_corrupt_tables(tmp_path):
     t = table(batches=(1, 8))
     path = tmp_path / "lat.json"

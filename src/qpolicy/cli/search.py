@@ -45,6 +45,8 @@ def add_parsers(sub: Any) -> None:
                    "(`qpolicy profile`): prices latency budgets, and the search prints the predicted latency")
     p.add_argument("--latency-batch", type=int, help="the latency table's batch size to price at (default: its "
                    "only one)")
+    p.add_argument("--latency-target", metavar="TARGET", help="the deployment target the latency table must have "
+                   "been measured on (e.g. ort-cpu; default: whichever it was)")
     p.add_argument("--float-layers", action="store_true", help="let the search keep layers in float too (ilp): "
                    "lossless, 32-bit costs, the latency table's float entry")
     _add_search_opts(p)
@@ -417,8 +419,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search.base import ModelStrategy, check_budget, check_float_layers
     from ..sensitivity import DEFAULT_BITS, SensitivityTable
 
-    budget = Budget.parse(args.budget, latency_batch=args.latency_batch, latency_table=None if not
-                          args.latency_table else LatencyTable.load(args.latency_table))
+    table = None if not args.latency_table else LatencyTable.load(args.latency_table)
+    if args.latency_target is not None:
+        if table is None:
+            raise ConfigError("--latency-target needs --latency-table")
+        table.check_target(args.latency_target)
+    budget = Budget.parse(args.budget, latency_batch=args.latency_batch, latency_table=table)
     args.strategy = args.strategy or ("validated" if args.model and not args.table else "ilp")
     entry = STRATEGIES.get(args.strategy)  # unknown names: "did you mean"
     check_workers(args.workers)  # before any work: bad counts and unreachable clusters fail at once

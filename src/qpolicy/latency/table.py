@@ -176,6 +176,14 @@ class LatencyTable:
                               f"({len(self.layers)} layers), not on {model or 'this model'} ({len(sig)} layers): "
                               f"they differ at {shorten(diff[:3])}; profile this model (qpolicy profile)")
 
+    def check_target(self, name: str | None) -> None:
+        """Raise ConfigError unless this table was measured on target ``name`` (None: any)."""
+        from .targets import target
+
+        if name is not None and target(name).name != self.target:
+            raise ConfigError(f"this latency table was measured on {self.target}, not on {name}: profile the model "
+                              f"on {name} (qpolicy profile --target {name})")
+
     def check_batch(self, batch: int | None) -> int:
         """The batch size to price at: ``batch``, or the table's only one; a batch it lacks is a ConfigError."""
         if batch is None:
