@@ -18,6 +18,7 @@ not depend on its weights, so it is not trained here):
    the budgets are fixed in advance and the ILP sees a table of training images).
 
     python benchmarks/latency.py [--models resnet20,digits] [--threads 2] [--batches 1,32] [--repeats 15]
+                                 [--table-repeats N]
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,digits")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,32", help="batch sizes of table A (ResNet-20; digits: the first)")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=15, help="paired repeats per measured policy")
+    ap.add_argument("--table-repeats", type=int, help="paired repeats per table entry (default: --repeats)")
     ap.add_argument("--budgets", type=int, default=12)
     ap.add_argument("--mixed", type=int, default=10, help="seeded random policies with float layers")
     ap.add_argument("--name", default="latency_ort_cpu")
@@ -81,9 +83,10 @@ def main() -> None:
         t0 = time.perf_counter()
         model, calib, test = _model(name)
         bs = batches if name != "digits" else batches[:1]
-        cfg = ProfileConfig(batches=bs, repeats=args.repeats, threads=args.threads)
+        reps = args.table_repeats or args.repeats
+        cfg = ProfileConfig(batches=bs, repeats=reps, threads=args.threads)
         table_a = profile_latency(model, calib=calib, config=cfg, model_name=name)
-        table_b = profile_latency(model, calib=calib, config=ProfileConfig(batches=(1,), repeats=args.repeats,
+        table_b = profile_latency(model, calib=calib, config=ProfileConfig(batches=(1,), repeats=reps,
                                                                            threads=args.threads), model_name=name)
         # 1. repeatability
         rel_iqr, ab = [], []
@@ -202,7 +205,8 @@ def main() -> None:
         out[name] = {"table_a": table_a.to_dict(), "repeatability": rep, "policies": rows, "summary": summary,
                      "skipped_budgets": skipped,
                      "float_top1": float_top1, "seconds": time.perf_counter() - t0}
-        md.append(f"## {name}\n\nTable A: batch {', '.join(map(str, bs))}, {args.repeats} paired repeats, "
+        md.append(f"## {name}\n\nTable A: batch {', '.join(map(str, bs))}, {reps} paired repeats per entry "
+                  f"({args.repeats} per measured policy), "
                   f"{args.threads} threads, {table_a.provenance['seconds']:.0f} s. All int8 "
                   f"{table_a.base_ms[1].median:.4f} ms, float {table_a.float_ms[1].median:.4f} ms at batch 1"
                   + "".join(f"; batch {b}: int8 {table_a.base_ms[b].median:.3f} ms, float "
