@@ -105,6 +105,18 @@ def _match_nodes(layers: list[tuple[str, nn.Module]], nodes: list[Any]) -> list[
     return nodes
 
 
+def float_onnx(model: nn.Module, input_shape: tuple[int, ...], *, opset: int = 17) -> bytes:
+    """A float (CPU, eval) model as ONNX bytes, input ``input`` with a dynamic batch, BatchNorm folded by the
+    exporter: the graph the integer model is built from, and the float model a latency table times."""
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, *input_shape),), buf, opset_version=opset, dynamo=False,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return buf.getvalue()
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader over ``(x, y)`` batches."""
 
@@ -168,13 +180,7 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
     twin = _float_twin(qmodel)
     with tempfile.TemporaryDirectory() as tmp:
         raw, pre, out = Path(tmp, "float.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        buf = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(twin, (torch.zeros(1, *input_shape),), buf, opset_version=opset, dynamo=False,
-                              input_names=["input"], output_names=["logits"], do_constant_folding=True,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        raw.write_bytes(buf.getvalue())
+        raw.write_bytes(float_onnx(twin, input_shape, opset=opset))
         quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
         fp = onnx.load(str(pre))
         inits = {t.name: numpy_helper.to_array(t) for t in fp.graph.initializer}

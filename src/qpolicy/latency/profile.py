@@ -219,19 +219,10 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
 
 
 def _export_float(model: Any, path: str, shape: Sequence[int]) -> None:
-    """The float model as ONNX (BatchNorm folded by the exporter), the configuration relative budgets scale."""
-    import io
-    import warnings
+    """The float model as ONNX, the configuration relative budgets scale."""
+    from ..export.int8 import float_onnx
 
-    import torch
-
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, *shape),), buf, opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    Path(path).write_bytes(buf.getvalue())
+    Path(path).write_bytes(float_onnx(model, tuple(shape)))
 
 
 def load_or_profile(path: str | os.PathLike, model: Any, *, calib: Iterable[Any], config: ProfileConfig,

@@ -214,25 +214,18 @@ class LatencyTable:
         if missing or len(entries) != len(self.layers):
             raise PolicyError(f"the policy and the latency table name different layers (missing "
                               f"{shorten(missing[:3])})")
-        total = self.base_ms[b].median
-        bad = []
-        for name in self.layers:
-            e = entries[name]
-            wb, ab = (e.weight_bits, e.act_bits) if hasattr(e, "weight_bits") else tuple(e)
-            prec = precision_of(wb, ab)
-            if prec is None:
-                bad.append(f"{name} (W{wb or 'f'}A{ab or 'f'})")
-                continue
-            total += self.layer_ms(name, prec, b)
-        if not bad:
-            floats = {n for n in self.layers if precision_of(*_bits(entries[n])) == "float"}
-            if len(floats) == len(self.layers):  # no integer operator at all: the float model, measured as such
-                return self.float_ms[b].median
-            total += sum(ms for a, c, ms in self.pair_terms(b) if a in floats and c in floats)
+        precs = {n: precision_of(*_bits(entries[n])) for n in self.layers}
+        bad = [f"{n} (W{_bits(entries[n])[0] or 'f'}A{_bits(entries[n])[1] or 'f'})"
+               for n, p in precs.items() if p is None]
         if bad:
             raise ConfigError(f"target {self.target} has no kernel for " + ", ".join(bad[:4])
                               + (" ..." if len(bad) > 4 else "") + ": a latency-priced layer takes 8-bit inputs "
                               "(weights 2..8 bits) or float ones")
+        floats = {n for n, p in precs.items() if p == "float"}
+        if len(floats) == len(self.layers):  # no integer operator at all: the float model, measured as such
+            return self.float_ms[b].median
+        total = self.base_ms[b].median + sum(self.layer_ms(n, p, b) for n, p in precs.items())
+        total += sum(ms for a, c, ms in self.pair_terms(b) if a in floats and c in floats)
         return total
 
     # ---- file ------------------------------------------------------------------------------------------------
