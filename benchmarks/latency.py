@@ -11,7 +11,8 @@ not depend on its weights, so it is not trained here):
    table of training images; activations at 8 bits, weights 2..8): first and last layer at 8 bits; and every
    layer free to stay in float too (``float_layers``). And seeded random policies that keep some layers in float
    (what the additive model finds hardest: quantize/dequantize pairs between float and integer layers). Every
-   policy is exported (``export_int8``) and measured end to end in onnxruntime, alternating with the base model;
+   policy is exported as it ships and measured end to end in onnxruntime (``measure_latency``, what ``qpolicy
+   measure`` runs), alternating with the base model;
    the error is |predicted - measured| / measured. A constant predictor (the base latency for every policy) and
    BitOPs (rank correlation with measured latency) are given beside it.
 3. ResNet-20 only: top-1 of each exported model in onnxruntime on the CIFAR-10 test set (nothing is chosen on it:
@@ -39,12 +40,9 @@ import qpolicy as qp
 from qpolicy import data
 from qpolicy.budget import Budget
 from qpolicy.errors import InfeasibleBudgetError
-from qpolicy.export import export_int8
-from qpolicy.latency import ProfileConfig, profile_latency, target
-from qpolicy.latency.profile import _export_float, _paired, _time
+from qpolicy.latency import ProfileConfig, measure_latency, profile_latency, target
 from qpolicy.models import from_reference
 from qpolicy.policy import LayerBits, Policy
-from qpolicy.quant import CalibConfig, apply_policy
 from qpolicy.search import search
 from qpolicy.search.base import build_problem, fastest_latency
 
@@ -59,10 +57,6 @@ def _model(name: str):
     m = qp.models.load(name).eval()
     calib = data.calib_loader("cifar10", batches=8, seed=0)
     return m, calib, data.loader("cifar10", "test", batch_size=500)
-
-
-def _stat(v):
-    return {"median": statistics.median(v), "q1": float(np.quantile(v, 0.25)), "q3": float(np.quantile(v, 0.75))}
 
 
 def main() -> None:
@@ -142,41 +136,30 @@ def main() -> None:
                     policies.append((f"BitOPs of '{label}'", res.policy, "bitops"))
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            base_path = Path(tmp, "base.onnx")
-            base_q = apply_policy(model, Policy(layers={n: LayerBits(weight_bits=7, act_bits=8) for n in names}),
-                                  calib=calib, config=CalibConfig())  # as the table's base and every policy
-            export_int8(base_q, base_path, calib=[next(iter(calib))], input_shape=tuple(model.input_shape))
-            base = tgt.session(str(base_path), args.threads)
-            x0 = next(iter(calib))[0].numpy()
-            feed = {base.get_inputs()[0].name: np.ascontiguousarray(x0[:1])}
-            for _ in range(5):
-                base.run(None, feed)
-            runs = max(3, int(np.ceil(20.0 / max(_time(base, feed, 3), 1e-3))))
+            # each distinct policy exported as it ships and timed end to end, alternating with the all-int8 base
+            keys = [repr(sorted((n, lb.weight_bits, lb.act_bits) for n, lb in pol.layers.items()))
+                    for _, pol, _ in policies]
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            distinct = sorted(set(first.values()))
+            recs = measure_latency(model, [policies[i][1] for i in distinct], calib=calib,
+                                   config=ProfileConfig(batches=(1,), repeats=args.repeats, threads=args.threads),
+                                   table=table_a, model_name=name, onnx_dir=tmp)
             seen: dict[str, dict] = {}
-            for label, pol, kind in policies:
-                key = repr(sorted((n, lb.weight_bits, lb.act_bits) for n, lb in pol.layers.items()))
-                if key not in seen:
-                    path = Path(tmp, "p.onnx")
-                    if all(lb.is_float for lb in pol.layers.values()):  # the float model itself
-                        _export_float(model, str(path), model.input_shape)
-                    else:
-                        qm = apply_policy(model, pol, calib=calib, config=CalibConfig())
-                        export_int8(qm, path, calib=[next(iter(calib))], input_shape=tuple(model.input_shape))
-                    sess = tgt.session(str(path), args.threads)
-                    for _ in range(3):
-                        sess.run(None, feed)
-                    a, v = _paired(base, sess, feed, args.repeats, runs)
-                    top1 = None
-                    if test is not None:
-                        ev = tgt.session(str(path), args.threads)
-                        correct = total = 0
-                        for xb, yb in test:
-                            o = ev.run(None, {ev.get_inputs()[0].name: xb.numpy()})[0]
-                            correct += int((o.argmax(1) == yb.numpy()).sum())
-                            total += len(yb)
-                        top1 = 100.0 * correct / total
-                    seen[key] = {"measured_ms": statistics.median(v), "measured": _stat(v), "base_now": _stat(a),
+            for i, rec in zip(distinct, recs, strict=True):
+                top1 = None
+                if test is not None:
+                    ev = tgt.session(rec.onnx, args.threads)
+                    correct = total = 0
+                    for xb, yb in test:
+                        o = ev.run(None, {ev.get_inputs()[0].name: xb.numpy()})[0]
+                        correct += int((o.argmax(1) == yb.numpy()).sum())
+                        total += len(yb)
+                    top1 = 100.0 * correct / total
+                m, a = rec.measured_ms[1], rec.base_ms[1]
+                seen[keys[i]] = {"measured_ms": m.median, "measured": {"median": m.median, "q1": m.q1, "q3": m.q3},
+                                 "base_now": {"median": a.median, "q1": a.q1, "q3": a.q3}, "drift": rec.drift(1),
                                  "top1": top1}
+            for key, (label, pol, kind) in zip(keys, policies, strict=True):
                 m = seen[key]
                 pred = table_a.predict(pol, 1)
                 cost = qp.policy_cost(qp.quantizable_layers(model), pol)

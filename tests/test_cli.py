@@ -293,6 +293,13 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
     prov = json.loads(text)["policy"]["provenance"]
     assert prov["strategy"] == "validated" and prov["predicted_latency_ms"] <= mid * (1 + 1e-6)
     assert all(c["cost"]["latency_ms"] <= mid * (1 + 1e-6) for c in prov["selection"]["measured"])
+    code, text, err = run(capsys, "search", *TINY8[:3], "--bits", "4,8", "--act-bits", "8", "--val-images", "8",
+                          "--refine-evaluations", "2", "--metrics", "qerror", "--latency-table", str(lat),
+                          "--latency-batch", "1", "--budget", f"latency={mid:.6f}ms", "--float-layers", "--json")
+    assert code == 0, err
+    prov = json.loads(text)["policy"]["provenance"]
+    assert prov["strategy"] == "validated" and prov["float_layers"] is True
+    assert prov["predicted_latency_ms"] <= mid * (1 + 1e-6)
     # bad input: one line, exit 2, before any work
     for bad, match in ((["--budget", "latency=0.7"], "needs a latency table"),
                        (["--budget", "latency=0.0001ms", "--latency-table", str(lat), "--latency-batch", "1"],
@@ -303,6 +310,24 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
                          "--strategy", "arq"], "strategy arq prices size"),
                        (["--budget", "latency=1", "--latency-table", str(lat), "--latency-batch", "1",
                          "--strategy", "te-lp", "--float-layers"], "solved by strategy ilp"),
-                       (["--budget", "bitops=0.5", "--float-layers"], "solved by strategy ilp")):
+                       (["--budget", "bitops=0.5", "--float-layers", "--strategy", "dmpq"],
+                        "solved by strategy ilp")):
         code, _, err = run(capsys, "search", *TINY8[:3], "--metric", "qerror", "--act-bits", "8", *bad)
+        assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    # the policy's exported model timed end to end beside the table's prediction (qpolicy measure)
+    m = tmp_path / "m.json"
+    code, text, err = run(capsys, "measure", *TINY8[:3], "--uniform", "w8a8", "--first-last", "float",
+                          "--latency-table", str(lat), "--batch", "2", "--repeats", "3", "--run-ms", "0.5",
+                          "-o", str(m))
+    assert code == 0, err
+    assert "batch 2: measured" in text and "predicted" in text and "error" in text
+    rec = json.loads(m.read_text())
+    assert rec["format"] == "qpolicy.latency-measure" and list(rec["batches"]) == ["2"]
+    assert rec["provenance"]["threads"] == 1  # the table's threads, unless told otherwise
+    assert rec["batches"]["2"]["predicted_ms"] == t.predict(Policy.from_dict(rec["policy"]), 2)
+    for bad, match in ((["--uniform", "w4a4"], "no kernel for"), (["--uniform", "w8a8", "--batch", "3"],
+                                                                    "batch sizes [1, 2], not 3"),
+                       (["--uniform", "w8a8", "--target", "ort-cuda"], "measured on ort-cpu, not on ort-cuda"),
+                       (["--uniform", "w8a8", "--repeats", "2"], "repeats must be")):
+        code, _, err = run(capsys, "measure", *TINY8[:3], "--latency-table", str(lat), *bad)
         assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -332,6 +332,22 @@ def test_bad_input_corpus(tmp_path, capsys, quiet_cli):
         problems += _run(["report", str(run), "-o", str(tmp_path / "r.html"), "--quiet"], tmp_path / "r.html",
                          must_fail, name, capsys)
         count += 1
+    # latency measurements (qpolicy measure) beside a valid evaluation
+    from qpolicy.latency import LatencyMeasurement, Stat
+
+    st = Stat(median=1.0, q1=0.9, q3=1.1, n=3)
+    meas = LatencyMeasurement(model=None, target="ort-cpu", policy=pol, measured_ms={1: st}, base_ms={1: st},
+                              predicted_ms={1: 1.0}, table_base_ms={1: 0.9}).to_dict()
+    (run / "eval.json").write_text(_text(ev))
+    for raw in ('"x"', "null", "-1", "0", "NaN", "1e400", "[]", "true", HUGE, "1.05"):
+        for path in (["batches", "1", "measured_ms", "median"], ["batches", "1", "predicted_ms"],
+                     ["batches", "1", "base_ms", "n"]):
+            valid = raw == "1.05" and path[-1] != "n" or raw == "null" and path[-1] == "predicted_ms"
+            (run / "m.json").write_text(_set_raw(meas, path, raw), encoding="utf-8", errors="surrogatepass")
+            problems += _run(["report", str(run), "-o", str(tmp_path / "r.html"), "--quiet"], tmp_path / "r.html",
+                             not valid, f"measure {path[-2]}.{path[-1]} {raw[:10]}", capsys)
+            count += 1
+    (run / "m.json").unlink()
     # certify: smoothing settings (checked before any model or data), and stored certify results, read by
     # `certify --incremental` and by `report`
     cert_out = tmp_path / "cert"

@@ -1,7 +1,7 @@
 import pytest
 
 from qpolicy.budget import Budget
-from qpolicy.errors import ConfigError, UnknownNameError
+from qpolicy.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
 from qpolicy.layers import quantizable_layers
 from qpolicy.policy import uniform_policy
 from qpolicy.search.base import build_problem, fits, ties_hold, total_cost
@@ -132,3 +132,59 @@ def test_select_config_rejects_bad_batch_counts():
         SelectConfig(act_batches=0)
     with pytest.raises(ConfigError, match="act_samples"):
         SelectConfig(act_samples=0)
+
+
+def _latency_budget(model, limit_ms):
+    """A latency table of TinyConvNet priced by hand: all int8 1.0 ms, float model 0.5 ms; each layer -0.1 ms in
+    float, +0.1 ms at W8A8 (a CPU where float kernels win, as on the digits CNN)."""
+    from qpolicy.latency import LatencyTable, Stat, layer_signature
+
+    def st(v):
+        return Stat(median=v, q1=v, q3=v, n=1)
+
+    layers = quantizable_layers(model)
+    table = LatencyTable(model=None, target="ort-cpu", layers=layer_signature(layers), batches=(1,), base="int8",
+                         base_ms={1: st(1.0)}, float_ms={1: st(0.5)},
+                         delta_ms={li.name: {"float": {1: st(-0.1)}, "int8w8": {1: st(0.1)}} for li in layers})
+    return Budget(latency_ms=limit_ms, latency_table=table, latency_batch=1)
+
+
+def test_float_moves_switch_one_layer_to_float_and_back():
+    from qpolicy.search.base import FLOAT_CHOICE
+    from qpolicy.select import _float_step
+
+    m = TinyConvNet()
+    layers = quantizable_layers(m)
+    zeros = {li.name: dict.fromkeys((2, 4, 8), 0.0) for li in layers}
+    table = SensitivityTable(metric="x", bits=(2, 4, 8), layers=tuple(layers), weight=zeros, act=zeros)
+    problem = build_problem(table, _latency_budget(m, 1.0), act_bits=8, first_last=None, float_layers=True)
+    start = {n: (4, 8) for n in problem.choices} | {"conv1": FLOAT_CHOICE}  # 1.0 - 0.1 = 0.9 ms
+    assert _float_step(problem, start, "conv1", True) is None  # already float
+    assert _float_step(problem, start, "conv1", False) == {**start, "conv1": (8, 8)}  # back to the widest integer
+    assert _float_step(problem, start, "dw", False) is None  # not float
+    moves = _moves(problem, start)
+    assert all(fits(problem, total_cost(problem, mv)) for mv in moves)
+    assert {**start, "dw": FLOAT_CHOICE} in moves  # one more float layer: 0.8 ms
+    assert {**start, "dw": (8, 8)} in moves  # one layer to W8A8: 0.9 + 0.1 = 1.0 ms, the limit
+    # conv1 back to integer (W8A8: 1.1 ms) is over the limit, and no down step elsewhere makes it faster
+    assert not any(mv["conv1"] != FLOAT_CHOICE for mv in moves)
+    assert len(moves) == 3 * 2  # dw, pw, fc: each to float or to W8A8
+
+
+def test_validated_search_with_float_as_a_choice_under_a_latency_budget():
+    m = TinyConvNet()
+    data = random_loader(64, batch_size=16)
+    budget = _latency_budget(m, 0.9)  # all int8 runs 1.0 ms: only policies with a float layer fit
+    cfg = SelectConfig(metrics=("qerror",), bits=(2, 4, 8), val_images=32, refine_evaluations=3, proposals=2,
+                       bn_batches=2, act_batches=1)
+    with pytest.raises(InfeasibleBudgetError, match="smallest achievable predicted latency 1 ms"):  # no float: 1.0
+        search_validated(m, budget, calib=data, val=data, metric_data=data, first_last=None, act_bits=8, config=cfg)
+    res = search_validated(m, budget, calib=data, val=data, metric_data=data, first_last=None, act_bits=8,
+                           config=cfg, float_layers=True)
+    sel = res.extra["selection"]
+    sources = [c["source"] for c in sel["measured"]]
+    assert "uniform wfaf" in sources  # the float model is a candidate (0.5 ms)
+    assert all("wfaf" in c["bits"] and c["cost"]["latency_ms"] <= 0.9 + 1e-9 for c in sel["measured"])
+    assert res.policy.provenance["predicted_latency_ms"] <= 0.9 + 1e-9
+    assert any(lb.is_float for lb in res.policy.layers.values())
+    assert all(lb.weight_bits is None and lb.act_bits is None for lb in res.policy.layers.values() if lb.is_float)

@@ -13,7 +13,9 @@ default search measures instead of trusting one prediction:
 3. **Refinement.** From the best candidate, moves of one layer side one step up and another one step down (or one
    step up where the budget has room) that keep the budget and ties, ranked by the metrics' predicted damage
    (their normalized sum), are measured the same way; the best move that lowers the score is taken, until
-   ``refine_evaluations`` evaluations are spent.
+   ``refine_evaluations`` evaluations are spent. With float as a choice (``float_layers``: a latency budget on a
+   CPU where some float kernels beat the integer ones), a move may also switch one layer (with the layers tied to
+   it) to float, or a float one back to its widest integer choice.
 4. **Choice.** The policy with the lowest score among all measured ones, confirmed against the uniform
    candidates on ``confirm_images`` *other* validation images (the score that picked it is biased in its favour,
    having been the best of many noisy measurements): it is kept only if its per-image loss there is lower than
@@ -55,12 +57,14 @@ from .progress import progress
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
 from .search.base import (
+    FLOAT_CHOICE,
     STRATEGIES,
     Choice,
     Problem,
     SearchResult,
     build_problem,
     check_budget,
+    choice_bits,
     fits,
     ties_hold,
     total_cost,
@@ -150,7 +154,13 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "val_loss": self.val_loss, "val_top1": self.val_top1, "cost": dict(self.cost),
-                "bits": " ".join(f"w{w}a{a}" for w, a in self.assignment.values())}
+                "bits": " ".join(_bits(c).short() for c in self.assignment.values())}
+
+
+def _bits(choice: Choice) -> LayerBits:
+    """A search choice as a policy's layer bits (the float choice as ``f``)."""
+    w, a = choice_bits(choice)
+    return LayerBits(weight_bits=w, act_bits=a)
 
 
 def _normalized_damage(tables: Sequence[SensitivityTable]) -> dict[str, dict[Choice, float]]:
@@ -202,23 +212,41 @@ def _step(problem: Problem, assign: Mapping[str, Choice], name: str, side: int, 
     return out
 
 
+def _float_step(problem: Problem, assign: Mapping[str, Choice], name: str, up: bool) -> dict[str, Choice] | None:
+    """``assign`` with layer ``name`` and every layer tied to it switched to float (``up``), or from float back to
+    the widest integer choice they all allow; None when that is no change or not allowed for every one of them."""
+    group = _tied(problem, name, 0) | _tied(problem, name, 1)
+    if up:
+        if all(assign[n] == FLOAT_CHOICE for n in group) or not all(FLOAT_CHOICE in problem.choices[n] for n in group):
+            return None
+        return {**assign, **dict.fromkeys(group, FLOAT_CHOICE)}
+    if assign[name] != FLOAT_CHOICE:
+        return None
+    common = set.intersection(*(set(problem.choices[n]) for n in group)) - {FLOAT_CHOICE}
+    if not common:
+        return None
+    return {**assign, **dict.fromkeys(group, max(common, key=lambda c: (min(c), c[0] + c[1], c[0])))}
+
+
 def _moves(problem: Problem, assign: Mapping[str, Choice]) -> list[dict[str, Choice]]:
-    """Every policy one step up on one layer side and, unless the budget has room without it, one step down on
-    another, within budget and ties."""
+    """Every policy one step up on one layer side (or one layer to float) and, unless the budget has room without
+    it, one step down on another (or one float layer back to integer), within budget and ties."""
     free = [(li.name, s) for li in problem.layers for s in (0, 1) if len({c[s] for c in problem.choices[li.name]}) > 1]
+    floats = [li.name for li in problem.layers if FLOAT_CHOICE in problem.choices[li.name]
+              and len(problem.choices[li.name]) > 1]
+
+    def steps(a: Mapping[str, Choice], up: bool, skip: tuple) -> list[tuple[tuple, dict[str, Choice]]]:
+        out = [((n, s), _step(problem, a, n, s, up)) for n, s in free if (n, s) != skip and a[n] != FLOAT_CHOICE]
+        out += [((n, "f"), _float_step(problem, a, n, up)) for n in floats if (n, "f") != skip]
+        return [(k, m) for k, m in out if m is not None]
+
     out = []
-    for n, s in free:
-        up = _step(problem, assign, n, s, True)
-        if up is None:
-            continue
+    for key, up in steps(assign, True, ()):
         if fits(problem, total_cost(problem, up)):
             out.append(up)
             continue
-        for m, t in free:
-            if (m, t) == (n, s):
-                continue
-            both = _step(problem, up, m, t, False)
-            if both is not None and ties_hold(problem, both) and fits(problem, total_cost(problem, both)):
+        for _, both in steps(up, False, key):
+            if ties_hold(problem, both) and fits(problem, total_cost(problem, both)) and both != dict(assign):
                 out.append(both)
     return out
 
@@ -238,7 +266,7 @@ def _uniform_candidates(problem: Problem, k: int) -> list[tuple[str, dict[str, C
         except InfeasibleBudgetError:
             continue
         if all(assign[n] in problem.choices[n] for n in assign) and assign not in [a for _, a in out]:
-            out.append((f"uniform w{pair[0]}a{pair[1]}", assign))
+            out.append((f"uniform {_bits(pair).short()}", assign))
     return out
 
 
@@ -302,7 +330,7 @@ class _Scorer:
     @torch.no_grad()
     def _measure(self, assign: Mapping[str, Choice], data) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image loss and score (correctness for a classifier) of the policy's PTQ model on ``data``."""
-        policy = Policy(layers={n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in assign.items()})
+        policy = Policy(layers={n: _bits(c) for n, c in assign.items()})
         qmodel = apply_policy(self.model, policy, calib=self.calib, config=self.config, learnable=False).eval()
         dev = resolve_device(self.device)
         qmodel.to(dev)
@@ -367,7 +395,8 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
                      config: SelectConfig | None = None, act_bits: Sequence[int] | int | None = None,
                      weight_bits: Sequence[int] | None = None, first_last: int | None = 8, tie: str = "act",
                      device: str | None = None, model_name: str | None = None, workers: int | None = None,
-                     address: str | None = None, tables_dir: str | os.PathLike | None = None) -> SearchResult:
+                     address: str | None = None, tables_dir: str | os.PathLike | None = None,
+                     float_layers: bool = False) -> SearchResult:
     """The default search (module docs): the best measured policy within ``budget``; ``model`` is not changed.
 
     Args:
@@ -384,6 +413,8 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
             the same result as serially).
         tables_dir: Also write the metrics' sensitivity tables here (``METRIC.json``: what ``qpolicy report``
             plots), so that nothing has to analyze the model again.
+        float_layers: Let the search also keep any layer in float (as in :func:`qpolicy.search`): the metrics'
+            ILP starts and the refinement's moves may take it, and the all-float model is a uniform candidate.
     """
     from .runner import ray_session
 
@@ -391,7 +422,7 @@ def search_validated(model: nn.Module, budget: Budget, *, calib: Iterable[Any], 
         return _search_validated(model, budget, calib=calib, val=val, metric_data=metric_data,
                                  calib_config=calib_config, config=config, act_bits=act_bits, weight_bits=weight_bits,
                                  first_last=first_last, tie=tie, device=device, model_name=model_name,
-                                 workers=workers, address=address, tables_dir=tables_dir)
+                                 workers=workers, address=address, tables_dir=tables_dir, float_layers=float_layers)
 
 
 _WARNED: set[str] = set()
@@ -417,7 +448,7 @@ def warn_if_memorized(model: nn.Module, val: Any) -> bool:
 
 
 def _search_validated(model, budget, *, calib, val, metric_data, calib_config, config, act_bits, weight_bits,
-                      first_last, tie, device, model_name, workers, address, tables_dir) -> SearchResult:
+                      first_last, tie, device, model_name, workers, address, tables_dir, float_layers) -> SearchResult:
     from .runner import run_many
 
     warn_if_memorized(model, val)
@@ -427,7 +458,7 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     layers = quantizable_layers(model)
     # the budget's own checks (feasible, a latency table of this model) before any metric runs
     check_budget(layers, budget, bits=config.bits, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last,
-                 tie=tie)
+                 tie=tie, float_layers=float_layers)
     quantizer = "minmax" if calib_config.weight_method == "minmax" else "mse"
     tables = []
     for name in config.metrics:
@@ -445,7 +476,8 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
         base = tables[0]
     else:  # uniform candidates only: a table of zeros prices the problem
         base = zero_table(layers, config.bits)
-    problem = build_problem(base, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last, tie=tie)
+    problem = build_problem(base, budget, weight_bits=weight_bits, act_bits=act_bits, first_last=first_last, tie=tie,
+                            float_layers=float_layers)
     damage = _normalized_damage(tables) if tables else {li.name: {} for li in layers}
 
     def predicted(assign: Mapping[str, Choice]) -> float:
@@ -520,7 +552,7 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
         best, confirmation = _confirm(score, best, uniform, config.confirm_p)
         best_uniform = best if best in uniform else best_uniform
     seconds = time.perf_counter() - t0
-    layers_bits = {n: LayerBits(weight_bits=w, act_bits=a) for n, (w, a) in best.assignment.items()}
+    layers_bits = {n: _bits(c) for n, c in best.assignment.items()}
     cost = policy_cost(layers, layers_bits)
     criterion = "cross-entropy" if score.task.is_classification else "the task's loss_fn"
     selection = {"split": "val", "images": score.images, "criterion": f"{criterion} (lower is better)",
@@ -530,7 +562,8 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
                  "measured": [c.to_dict() for c in measured]}
     policy = Policy(layers=layers_bits, model=model_name or getattr(model, "zoo_name", None), provenance={
         "method": "search", "metric": "+".join(config.metrics) or "none", "strategy": "validated",
-        "budget": budget.to_dict(), "first_last": first_last, "tie": tie, "seed": config.seed,
+        "budget": budget.to_dict(), "first_last": first_last, "tie": tie, "float_layers": float_layers,
+        "seed": config.seed,
         "chosen": best.source, "val_loss": best.val_loss, "val_top1": best.val_top1,
         "predicted_damage": predicted(best.assignment), "cost": cost.to_dict(per_layer=False),
         "search_seconds": seconds, "select": config.to_dict(), "selection": selection,

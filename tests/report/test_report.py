@@ -174,3 +174,20 @@ def test_report_shows_a_latency_table_and_top1_against_predicted_latency(tmp_pat
     # W8A8: 1.0 + 4 x 0.1 = 1.4 ms; W4A4 has no int8 kernel on the target, so it is not on the latency plot
     front = md.split("Top-1 against predicted latency")[1]
     assert "| uniform w8a8 | 1.4 | 90.00 |" in front and "w4a4" not in front
+    # an end-to-end measurement of W8A8 (qpolicy measure): predicted against measured, and top-1 against measured
+    from qpolicy.latency import LatencyMeasurement
+
+    rec = LatencyMeasurement(model="tiny", target="ort-cpu", policy=w8, measured_ms={1: st(1.5)},
+                             base_ms={1: st(1.05)}, predicted_ms={1: 1.4}, table_base_ms={1: 1.0})
+    rec.save(tmp_path / "m8.json")
+    info = render_report(tmp_path, tmp_path / "r.html")
+    md = (tmp_path / "r.md").read_text()
+    assert "Latency measured end to end against the table's prediction" in info["figures"]
+    # error |1.4 - 1.5| / 1.5 = 6.7%; the base ran 1.05 ms against the table's 1.0: +5.0%
+    assert "| uniform w8a8 | ort-cpu | 1 | 1.5 [1.49, 1.52] | 1.4 | 6.7% | +5.0% |" in md
+    assert "| uniform w8a8 | ort-cpu | 1 | 1.5 | 90.00 | e8.json |" in md.split("Top-1 against measured latency")[1]
+    bad = rec.to_dict()
+    bad["batches"]["1"]["measured_ms"]["q1"] = 9.0  # quartiles that do not bracket the median
+    (tmp_path / "m8.json").write_text(json.dumps(bad))
+    with pytest.raises(PolicyError, match="m8.json: .*bracket the median"):
+        render_report(tmp_path, tmp_path / "r.html")

@@ -47,8 +47,8 @@ def add_parsers(sub: Any) -> None:
                    "only one)")
     p.add_argument("--latency-target", metavar="TARGET", help="the deployment target the latency table must have "
                    "been measured on (e.g. ort-cpu; default: whichever it was)")
-    p.add_argument("--float-layers", action="store_true", help="let the search keep layers in float too (ilp): "
-                   "lossless, 32-bit costs, the latency table's float entry")
+    p.add_argument("--float-layers", action="store_true", help="let the search keep layers in float too (ilp, "
+                   "validated): lossless, 32-bit costs, the latency table's float entry")
     _add_search_opts(p)
     p.add_argument("--workers", type=int, help="model-in-the-loop strategies on a local Ray with this many CPUs "
                    "(default: serial; the same policy): the default search's candidates, smpq's Shapley "
@@ -303,7 +303,7 @@ def cmd_search_validated(args: argparse.Namespace, budget) -> int:
                            weight_bits=_int_list(args.weight_bits, "--weight-bits"),
                            first_last=choices["first_last"], tie=args.tie, device=args.device,
                            model_name=args.model if ":" not in args.model else None, workers=args.workers,
-                           address=args.ray_address, tables_dir=args.tables_dir)
+                           address=args.ray_address, tables_dir=args.tables_dir, float_layers=args.float_layers)
     if args.out:
         res.policy.save(args.out)
     prov, sel = res.policy.provenance, res.extra["selection"]

@@ -123,12 +123,8 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
         The table: base and float latency per batch size, and each layer's measured change at every other
         precision of the target, with repeats, medians and quartiles.
     """
-    import numpy as np
-    import torch
-
     from ..export import export_int8
     from ..layers import model_input_shape, quantizable_layers
-    from ..policy import LayerBits, Policy, versions
     from ..progress import progress
     from ..quant import CalibConfig, apply_policy
 
@@ -148,8 +144,7 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
     names = [li.name for li in layers]
 
     def uniform(w: int) -> Any:
-        return apply_policy(src, Policy(layers={n: LayerBits(weight_bits=w, act_bits=8) for n in names}),
-                            calib=cal, config=calib_config).cpu().eval()
+        return apply_policy(src, _base_policy(names, w), calib=cal, config=calib_config).cpu().eval()
 
     sources = {"int8": uniform(7), "int8w8": uniform(8), "float": src}
     others = [p for p in tgt.precisions if p != BASE]
@@ -174,13 +169,8 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
         float_sess = tgt.session(export(src, "float"), config.threads)
         feeds, runs = {}, {}
         for b in config.batches:
-            reps = int(math.ceil(b / len(x0)))
-            feeds[b] = {base_sess.get_inputs()[0].name: np.ascontiguousarray(np.concatenate([x0] * reps)[:b])}
-            for _ in range(3):  # warm-up
-                base_sess.run(None, feeds[b])
-                float_sess.run(None, feeds[b])
-            one = min(_time(base_sess, feeds[b], 3), _time(float_sess, feeds[b], 3))
-            runs[b] = max(3, min(1000, int(math.ceil(config.run_ms / max(one, 1e-3)))))
+            feeds[b] = {base_sess.get_inputs()[0].name: _batch_of(x0, b)}
+            runs[b] = _runs_per_repeat([base_sess, float_sess], feeds[b], config.run_ms)
         base_ms: dict[int, list[float]] = {b: [] for b in config.batches}
         float_ms: dict[int, Stat] = {}
         for b in config.batches:
@@ -202,20 +192,52 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
                 base_ms[b] += a
                 stats[b] = Stat.of([y - z for y, z in zip(v, a, strict=True)])
     seconds = time.perf_counter() - t0
-    import onnxruntime as ort
-
-    prov = {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
-            "versions": {**versions(), "onnxruntime": ort.__version__, "torch": str(torch.__version__)},
-            "threads": config.threads, "repeats": config.repeats, "runs_per_repeat": {str(b): runs[b] for b in runs},
-            "run_ms": config.run_ms, "input_shape": list(shape), "seconds": round(seconds, 1),
+    prov = {**_provenance(config, runs, command), "input_shape": list(shape), "seconds": round(seconds, 1),
             "calib": calib_config.to_dict(),
             "method": "paired in-context switches against the all-int8 model (qpolicy.latency.table)",
-            "float_pairs": bool(pairs),
-            "command": command, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+            "float_pairs": bool(pairs)}
     log.info("latency table of %d layers x %d precisions on %s in %.0f s", len(names), len(others), tgt.name, seconds)
     return LatencyTable(model=model_name, target=tgt.name, layers=layer_signature(layers), batches=config.batches,
                         base=BASE, base_ms={b: Stat.of(v) for b, v in base_ms.items()}, float_ms=float_ms,
                         delta_ms=delta, float_pairs_ms=pairs, provenance=prov)
+
+
+def _base_policy(names: Sequence[str], weight_bits: int = 7) -> Any:
+    """Every layer at 8-bit inputs and ``weight_bits`` weights (7: the table's base, on u8s8 kernels)."""
+    from ..policy import LayerBits, Policy
+
+    return Policy(layers={n: LayerBits(weight_bits=weight_bits, act_bits=8) for n in names})
+
+
+def _batch_of(x0: Any, b: int) -> Any:
+    """A batch of ``b`` inputs, the calibration batch ``x0`` repeated as needed."""
+    import numpy as np
+
+    reps = int(math.ceil(b / len(x0)))
+    return np.ascontiguousarray(np.concatenate([x0] * reps)[:b])
+
+
+def _runs_per_repeat(sessions: Sequence[Any], feed: dict[str, Any], run_ms: float) -> int:
+    """Warm the sessions up; then how many runs one repeat times so that it lasts about ``run_ms`` (3..1000)."""
+    for _ in range(3):
+        for s in sessions:
+            s.run(None, feed)
+    one = min(_time(s, feed, 3) for s in sessions)
+    return max(3, min(1000, int(math.ceil(run_ms / max(one, 1e-3)))))
+
+
+def _provenance(config: ProfileConfig, runs: dict[int, int], command: str | None) -> dict[str, Any]:
+    """Machine, versions and timing settings of a measurement."""
+    import onnxruntime as ort
+    import torch
+
+    from ..policy import versions
+
+    return {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
+            "versions": {**versions(), "onnxruntime": ort.__version__, "torch": str(torch.__version__)},
+            "target": config.target, "threads": config.threads, "repeats": config.repeats,
+            "runs_per_repeat": {str(b): runs[b] for b in runs}, "run_ms": config.run_ms, "command": command,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
 def _export_float(model: Any, path: str, shape: Sequence[int]) -> None:

@@ -29,6 +29,7 @@ class RunContents:
     attack_curves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     findings: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
     latency: list[tuple[str, Any]] = field(default_factory=list)  # latency tables (qpolicy profile)
+    latency_measures: list[tuple[str, Any]] = field(default_factory=list)  # end-to-end times (qpolicy measure)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -136,6 +137,10 @@ def collect(root: str | Path) -> RunContents:
                 from ..latency import LatencyTable
 
                 out.latency.append((rel, LatencyTable.from_dict(data, source=rel)))
+            elif fmt == "qpolicy.latency-measure":
+                from ..latency import LatencyMeasurement
+
+                out.latency_measures.append((rel, LatencyMeasurement.from_dict(data, source=rel)))
             elif fmt == "qpolicy.policy":
                 out.policies.append((rel, Policy.from_dict(data, source=rel)))
             elif fmt == "qpolicy.pareto":
@@ -181,7 +186,7 @@ def collect(root: str | Path) -> RunContents:
         except (KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{rel}: malformed {fmt or 'result'} file ({type(e).__name__}: {e})") from None
     if not (out.tables or out.policies or out.fronts or out.evaluations or out.certificates or out.kurtosis
-            or out.attack_curves or out.findings or out.latency):
+            or out.attack_curves or out.findings or out.latency or out.latency_measures):
         raise PolicyError(f"{root} holds no qpolicy result file (sensitivity tables, policies, Pareto fronts, "
-                          "evaluations, certify results, layer tables, latency tables)")
+                          "evaluations, certify results, layer tables, latency tables or measurements)")
     return out

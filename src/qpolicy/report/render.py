@@ -180,6 +180,58 @@ def _latency_sections(src: str, lat: Any, run: RunContents, plt) -> list[tuple[s
     return out
 
 
+def _measured_latency_sections(run: RunContents, plt) -> list[tuple[str, str | None, str, str]]:
+    """End-to-end latency measurements (``qpolicy measure``): predicted against measured, with the +-10% band the
+    prediction is held to, and top-1 against measured latency for every measured policy the folder evaluated."""
+    recs = [(src, m, b) for src, m in run.latency_measures for b in m.batches]
+    rows = [[_label(m.policy, src), m.target, b, f"{m.measured_ms[b].median:.4g} [{m.measured_ms[b].q1:.4g}, "
+             f"{m.measured_ms[b].q3:.4g}]", "-" if m.error(b) is None else f"{m.predicted_ms[b]:.4g}",
+             "-" if m.error(b) is None else f"{m.error(b):.1%}", "-" if m.drift(b) is None else f"{m.drift(b):+.1%}"]
+            for src, m, b in recs]
+    h, md = _table(["policy", "target", "batch", "measured ms [quartiles]", "predicted ms", "error", "base drift"],
+                   rows)
+    out = []
+    priced = [(src, m, b) for src, m, b in recs if b in m.predicted_ms]
+    png = None
+    if priced:
+        fig, ax = plt.subplots(figsize=(6.4, 5))
+        xs = [m.predicted_ms[b] for _, m, b in priced]
+        ys = [m.measured_ms[b].median for _, m, b in priced]
+        ax.errorbar(xs, ys, yerr=[[y - m.measured_ms[b].q1 for y, (_, m, b) in zip(ys, priced, strict=True)],
+                                  [m.measured_ms[b].q3 - y for y, (_, m, b) in zip(ys, priced, strict=True)]],
+                    fmt="o", capsize=2, label="policies (quartiles of the repeats)")
+        lo, hi = min(xs + ys) * 0.85, max(xs + ys) * 1.15
+        grid = [lo, hi]
+        ax.plot(grid, grid, color="gray", linewidth=1, label="measured = predicted")
+        ax.fill_between(grid, [g / 1.1 for g in grid], [g / 0.9 for g in grid], color="gray", alpha=0.15,
+                        label="within 10% of measured")
+        ax.set_xlabel("predicted latency, ms (latency table)")
+        ax.set_ylabel("measured end to end, ms")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        png = _png(fig)
+    out.append(("Latency measured end to end" + (" against the table's prediction" if priced else ""), png, h, md))
+    pts = []
+    for src, m, b in recs:
+        for esrc, ev in run.evaluations:
+            if dict(ev["policy"].layers) == dict(m.policy.layers):
+                pts.append((_label(m.policy, src), m.target, b, m.measured_ms[b], ev["top1"], esrc))
+                break
+    if pts:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for label, tgt, b, st, top1, _ in pts:
+            ax.errorbar([st.median], [top1], xerr=[[st.median - st.q1], [st.q3 - st.median]], fmt="*",
+                        markersize=12, capsize=2, label=f"{label} ({tgt}, batch {b})")
+        ax.set_xlabel("measured latency, ms (end to end)")
+        ax.set_ylabel("top-1 %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        h2, md2 = _table(["policy", "target", "batch", "measured ms", "top-1 %", "evaluation"],
+                         [[p[0], p[1], p[2], f"{p[3].median:.4g}", f"{p[4]:.2f}", p[5]] for p in pts])
+        out.append(("Top-1 against measured latency", _png(fig), h2, md2))
+    return out
+
+
 def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path | None = None) -> dict[str, Any]:
     """Write ``out`` (HTML) and a markdown summary (default: ``out`` with ``.md``) from ``run_dir``'s results.
 
@@ -347,6 +399,8 @@ def render_report(run_dir: str | Path, out: str | Path, *, markdown: str | Path 
     # 8. latency tables: each layer's measured change per precision, and top-1 against predicted latency
     for src, lat in run.latency:
         sections.extend(_latency_sections(src, lat, run, plt))
+    if run.latency_measures:
+        sections.extend(_measured_latency_sections(run, plt))
 
     title = f"qpolicy report: {run.root.name}"
     body = [f"<h1>{html.escape(title)}</h1><p>{len(run.tables)} sensitivity table(s), {len(run.policies)} "

@@ -314,9 +314,11 @@ def build_problem(table: SensitivityTable, budget: Budget, *, weight_bits: Seque
 
 
 def check_float_layers(strategy: str, float_layers: bool) -> None:
-    """Float as a search choice is solved by the ILP only (a ConfigError for any other strategy)."""
-    if float_layers and strategy != "ilp":
-        raise ConfigError(f"float layers as a search choice are solved by strategy ilp, not {strategy!r}")
+    """Float as a search choice is solved by the ILP and by the validated search built on it (a ConfigError for
+    any other strategy)."""
+    if float_layers and strategy not in ("ilp", "validated"):
+        raise ConfigError(f"float layers as a search choice are solved by strategy ilp (or validated, which measures "
+                          f"ILP candidates), not {strategy!r}")
 
 
 def zero_table(layers: Sequence[LayerInfo], bits: Sequence[int]) -> SensitivityTable:
