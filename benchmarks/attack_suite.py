@@ -65,7 +65,7 @@ def attack_table(results, cfg, model: str, defense: str, attacks: dict) -> str:
                     rows)
 
 
-def _cell(v):
+def _finding_cell(v):
     """A findings table cell: floats to 4 digits, intervals as [lo, hi]."""
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -135,7 +135,7 @@ def main() -> None:
         if f["rows"]:
             keys = list(f["rows"][0])
             detail.append(f"**{f['finding']}: {f['verdict']}**\n\n" + md_table(keys, [
-                [_cell(row[k]) for k in keys] for row in f["rows"]]))
+                [_finding_cell(row[k]) for k in keys] for row in f["rows"]]))
     sections.append("## The paper's findings, re-checked\n\n" + md_table(["finding", "verdict", "cases"], rows)
                     + "\n\n" + "\n\n".join(detail))
     # mixed policies: where do attacks bite?
