@@ -2,7 +2,7 @@
 
     qpolicy train-noise --model resnet20 --sigma 0.25       # once
     python benchmarks/certify_sanity.py --split report       # the float reference on the report half (n = 10,000)
-    python benchmarks/arq_compare.py [--specs w4a4,w3a4] [--episodes 25]
+    python benchmarks/arq_compare.py [--specs w4a4,w3a4] [--episodes 25] [--name NAME]
 
 At the BitOPs of uniform W4A4 and of W3A4 (first/last layer 8 bits) three policies of the noise-trained ResNet-20:
 the uniform one, fisher + ILP (fisher on noisy training images) and ARQ's (DDPG, reward from the smoothed
@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--n-p", type=int, default=1000, help="IRS samples per test image")
     ap.add_argument("--out", default="runs/bench/arq")
+    ap.add_argument("--name", help="results/<name>.{json,md} (default arq_compare_sigma<SIGMA>; give another name "
+                    "when running one spec, so that the other's results stay)")
     ap.add_argument("--select-on", default="select", choices=["val", "select"],
                     help="where ARQ's reward images come from (report on the test split's other half, or all of it)")
     args = ap.parse_args()
@@ -187,8 +189,9 @@ def main() -> None:
              "the paper gives none). HAQ/ARQ run hundreds of episodes on a GPU; this is a CPU-sized search.")
     claims = claim_rows(results)
     table += "\n\n" + claims_table(claims)
-    write(f"arq_compare_sigma{args.sigma:g}", {"results": results, "claims": claims, "config": cfg.to_dict(),
-                                              "reference": str(reference_dir(args.sigma, report))}, table, notes)
+    write(args.name or f"arq_compare_sigma{args.sigma:g}",
+          {"results": results, "claims": claims, "config": cfg.to_dict(),
+           "reference": str(reference_dir(args.sigma, report))}, table, notes)
 
 
 if __name__ == "__main__":
