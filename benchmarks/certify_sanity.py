@@ -2,7 +2,7 @@
 beside the figures Cohen et al. (2019) publish for ResNet-110 at the same sigma.
 
     qpolicy train-noise --model resnet20 --sigma 0.25      # once: the base classifier (cached, not committed)
-    python benchmarks/certify_sanity.py [--images 100] [--n 10000] [--sigma 0.25] [--split report]
+    python benchmarks/certify_sanity.py [--images 100] [--n 10000] [--sigma 0.25] [--split report] [--name NAME]
 
 The run folder (``runs/bench/certify_fp_sigma<sigma>``) keeps the float model's classes on the first ``--record``
 samples of each image: the reference that ``irs_vs_full.py`` and ``arq_compare.py`` certify quantized models from
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--record", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--split", default="test", choices=["test", "report"])
+    ap.add_argument("--name", help="results/<name>.{json,md} (default certify_sanity_sigma<SIGMA>[_<SPLIT>])")
     args = ap.parse_args()
     model = load_noise_model(qp.models.load("resnet20"), noise_model_dir("resnet20", args.sigma))
     cfg = SmoothConfig(sigma=args.sigma, n0=100, n=args.n, alpha=0.001, batch=1000)
@@ -62,7 +63,7 @@ def main() -> None:
              f"ACR {s['acr']:.3f}; smoothed clean accuracy {s['clean_accuracy']:.1f}% (abstain {s['abstain']:.1f}%); "
              f"the base classifier's clean {args.split} top-1 (no noise, all {size:,} images) {clean.top1:.2f}%. "
              f"{s['samples']:,} noisy forward passes in {s['seconds']:.0f} s.")
-    name = f"certify_sanity_sigma{args.sigma:g}" + ("" if args.split == "test" else f"_{args.split}")
+    name = args.name or f"certify_sanity_sigma{args.sigma:g}" + ("" if args.split == "test" else f"_{args.split}")
     write(name, {"summary": s, "settings": res["settings"], "base_clean_top1": clean.top1, "cohen_resnet110": cohen,
                  "noise_weights": model.noise_weights,
                  "records": [{k: v for k, v in r.items() if k != "sample_preds"} for r in res["records"]]},

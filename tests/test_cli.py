@@ -325,6 +325,9 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
     assert rec["format"] == "qpolicy.latency-measure" and list(rec["batches"]) == ["2"]
     assert rec["provenance"]["threads"] == 1  # the table's threads, unless told otherwise
     assert rec["batches"]["2"]["predicted_ms"] == t.predict(Policy.from_dict(rec["policy"]), 2)
+    code, text, err = run(capsys, "measure", *TINY8[:3], "--uniform", "w8a8", "--repeats", "3", "--run-ms", "0.5",
+                          "--threads", "1")  # no table: the measurement alone
+    assert code == 0 and "batch 1: measured" in text and "predicted" not in text, err
     for bad, match in ((["--uniform", "w4a4"], "no kernel for"), (["--uniform", "w8a8", "--batch", "3"],
                                                                     "batch sizes [1, 2], not 3"),
                        (["--uniform", "w8a8", "--target", "ort-cuda"], "measured on ort-cpu, not on ort-cuda"),
