@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32", help="batch sizes of table A (ResNet-20; digits: the first)")
     ap.add_argument("--repeats", type=int, default=15, help="paired repeats per measured policy")
     ap.add_argument("--table-repeats", type=int, help="paired repeats per table entry (default: --repeats)")
+    ap.add_argument("--max-repeats", type=int, default=60, help="adaptive repeats up to this many per entry and "
+                    "measured policy (ProfileConfig.max_repeats); equal to the repeats: none")
     ap.add_argument("--budgets", type=int, default=12)
     ap.add_argument("--mixed", type=int, default=10, help="seeded random policies with float layers")
     ap.add_argument("--name", default="latency_ort_cpu")
@@ -78,9 +80,10 @@ def main() -> None:
         model, calib, test = _model(name)
         bs = batches if name != "digits" else batches[:1]
         reps = args.table_repeats or args.repeats
-        cfg = ProfileConfig(batches=bs, repeats=reps, threads=args.threads)
+        top = max(reps, args.max_repeats)
+        cfg = ProfileConfig(batches=bs, repeats=reps, threads=args.threads, max_repeats=top)
         table_a = profile_latency(model, calib=calib, config=cfg, model_name=name)
-        table_b = profile_latency(model, calib=calib, config=ProfileConfig(batches=(1,), repeats=reps,
+        table_b = profile_latency(model, calib=calib, config=ProfileConfig(batches=(1,), repeats=reps, max_repeats=top,
                                                                            threads=args.threads), model_name=name)
         # 1. repeatability
         rel_iqr, ab = [], []
@@ -142,7 +145,8 @@ def main() -> None:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             distinct = sorted(set(first.values()))
             recs = measure_latency(model, [policies[i][1] for i in distinct], calib=calib,
-                                   config=ProfileConfig(batches=(1,), repeats=args.repeats, threads=args.threads),
+                                   config=ProfileConfig(batches=(1,), repeats=args.repeats, threads=args.threads,
+                                                        max_repeats=max(args.repeats, args.max_repeats)),
                                    table=table_a, model_name=name, onnx_dir=tmp)
             seen: dict[str, dict] = {}
             for i, rec in zip(distinct, recs, strict=True):
@@ -196,6 +200,9 @@ def main() -> None:
                      "skipped_budgets": skipped,
                      "float_top1": float_top1, "seconds": time.perf_counter() - t0}
         md.append(f"## {name}\n\nTable A: batch {', '.join(map(str, bs))}, {reps} paired repeats per entry "
+                  f"(adaptive up to {top} where the median is uncertain; "
+                  f"{statistics.mean(s[1].n for per in table_a.delta_ms.values() for s in per.values()):.1f} on "
+                  "average) "
                   f"({args.repeats} per measured policy), "
                   f"{args.threads} threads, {table_a.provenance['seconds']:.0f} s. All int8 "
                   f"{table_a.base_ms[1].median:.4f} ms, float {table_a.float_ms[1].median:.4f} ms at batch 1"

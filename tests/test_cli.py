@@ -331,6 +331,8 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
     for bad, match in ((["--uniform", "w4a4"], "no kernel for"), (["--uniform", "w8a8", "--batch", "3"],
                                                                     "batch sizes [1, 2], not 3"),
                        (["--uniform", "w8a8", "--target", "ort-cuda"], "measured on ort-cpu, not on ort-cuda"),
-                       (["--uniform", "w8a8", "--repeats", "2"], "repeats must be")):
+                       (["--uniform", "w8a8", "--repeats", "2"], "repeats must be"),
+                       (["--uniform", "w8a8", "--max-repeats", "5"], "max_repeats must be"),
+                       (["--uniform", "w8a8", "--precision", "0"], "precision must be")):
         code, _, err = run(capsys, "measure", *TINY8[:3], "--latency-table", str(lat), *bad)
         assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -12,7 +12,7 @@ from qpolicy.policy import LayerBits, Policy, uniform_policy
 from qpolicy.testing import TinyConvNet, random_loader
 
 pytest.importorskip("onnxruntime")
-FAST = ProfileConfig(batches=(1, 3), repeats=3, run_ms=0.5, threads=1)
+FAST = ProfileConfig(batches=(1, 3), repeats=3, run_ms=0.5, threads=1, max_repeats=None)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from qpolicy.policy import uniform_policy
 from qpolicy.testing import TinyConvNet, random_loader
 
 pytest.importorskip("onnxruntime")
-FAST = ProfileConfig(batches=(1, 3), repeats=3, run_ms=0.5, threads=1)
+FAST = ProfileConfig(batches=(1, 3), repeats=3, run_ms=0.5, threads=1, max_repeats=None)
 
 
 def test_profile_measures_every_layer_at_every_other_precision_in_pairs():
@@ -33,7 +33,8 @@ def test_profile_measures_every_layer_at_every_other_precision_in_pairs():
     w4 = uniform_policy(model, "w4a8", first_last="same")
     assert t.predict(w4, batch=3) == t.base_ms[3].median
     off = profile_latency(model, calib=random_loader(16, batch_size=8), model_name="tiny",
-                          config=ProfileConfig(batches=(1,), repeats=3, run_ms=0.5, threads=1, float_pairs=False))
+                          config=ProfileConfig(batches=(1,), repeats=3, run_ms=0.5, threads=1, float_pairs=False,
+                                              max_repeats=None))
     assert off.float_pairs_ms == {} and off.base_ms[1].n == 3 * (1 + 4 * 2)
 
 
@@ -58,9 +59,44 @@ def test_the_table_file_is_the_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("kw", "match"), [({"batches": ()}, "batch sizes"), ({"batches": (1, 1)}, "differ"),
                                            ({"repeats": 2}, "repeats"), ({"run_ms": 0}, "run_ms"),
-                                           ({"threads": -1}, "threads"), ({"batches": [1]}, "batch sizes")])
+                                           ({"threads": -1}, "threads"), ({"batches": [1]}, "batch sizes"),
+                                           ({"repeats": 15, "max_repeats": 10}, "max_repeats"),
+                                           ({"max_repeats": 2000}, "max_repeats"), ({"precision": 0}, "precision"),
+                                           ({"precision": 1.5}, "precision")])
 def test_bad_profile_configs(kw, match):
     with pytest.raises(ConfigError, match=match):
         ProfileConfig(**kw)
     with pytest.raises(UnknownNameError, match="did you mean"):
         ProfileConfig(target="ort-gpu")
+
+
+def test_an_uncertain_entry_gets_more_repeats_up_to_the_limit(monkeypatch):
+    """``_more``: 5 more pairs at a time while the median's standard error exceeds the precision, up to max_repeats;
+    a precise entry stops at ``repeats``. Timings are scripted (base 1 ms; the variant 1.2 ms with or without a
+    spread of +-0.3 ms), so the counts are exact."""
+    calls = []
+
+    def scripted(noisy):
+        def fake(base, other, feed, repeats, runs):
+            calls.append(repeats)
+            k = len(calls)
+            return [1.0] * repeats, [1.2 + (0.3 * (-1) ** i if noisy else 0.0) * (k % 3 + 1) / 3
+                                     for i in range(repeats)]
+        return fake
+
+    cfg = ProfileConfig(repeats=15, max_repeats=27, precision=0.01)
+    monkeypatch.setattr(profile_mod, "_paired", scripted(False))
+    a, b = profile_mod._paired(None, None, {}, 15, 1)
+    profile_mod._more(cfg, None, None, {}, 1, a, b, lambda a, b: [y - z for y, z in zip(b, a, strict=True)])
+    assert len(b) == 15 and calls == [15]  # spread 0: certain at once
+    calls.clear()
+    monkeypatch.setattr(profile_mod, "_paired", scripted(True))
+    a, b = profile_mod._paired(None, None, {}, 15, 1)
+    profile_mod._more(cfg, None, None, {}, 1, a, b, lambda a, b: [y - z for y, z in zip(b, a, strict=True)])
+    assert len(a) == len(b) == 27 and calls == [15, 5, 5, 2]  # the last step stops at max_repeats
+    # the standard error of a median from its quartiles: IQR 0.6 over 16 values -> 1.2533 * 0.6 / 1.349 / 4
+    assert profile_mod._median_se([0.0] * 4 + [0.9] * 4 + [1.2] * 4 + [1.5] * 4) == pytest.approx(
+        1.2533 * 0.6 / 1.349 / 4, rel=1e-3)
+    calls.clear()
+    profile_mod._more(ProfileConfig(repeats=15, max_repeats=None), None, None, {}, 1, a[:15], b[:15], lambda a, b: b)
+    assert calls == []  # max_repeats None: exactly repeats

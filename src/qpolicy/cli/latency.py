@@ -34,6 +34,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--target", default="ort-cpu", help="deployment target: ort-cpu (default) or ort-cuda")
     p.add_argument("--batch", default="1", metavar="B[,B...]", help="batch sizes to measure (default 1)")
     p.add_argument("--repeats", type=int, default=15, help="paired repeats per entry (default 15)")
+    p.add_argument("--max-repeats", type=int, default=60, help="more repeats, up to this many, for an entry whose "
+                   "median is still uncertain (default 60; equal to --repeats: none)")
+    p.add_argument("--precision", type=float, default=0.01, help="an entry is certain enough when its median's "
+                   "standard error is at most this share of the base latency (default 0.01)")
     p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
     p.add_argument("--threads", type=int, default=0, help="the runtime's intra-op threads (0: its default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration images")
@@ -54,6 +58,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch", metavar="B[,B...]", help="batch sizes to time (default: the table's, else 1)")
     p.add_argument("--repeats", type=int, default=15, help="repeats, each alternating with the all-int8 base "
                    "model (default 15)")
+    p.add_argument("--max-repeats", type=int, default=60, help="more repeats, up to this many, while the median is "
+                   "uncertain (default 60; equal to --repeats: none)")
+    p.add_argument("--precision", type=float, default=0.01, help="certain enough: the median's standard error at "
+                   "most this share of the base latency (default 0.01)")
     p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
     p.add_argument("--threads", type=int, help="the runtime's intra-op threads (default: the table's, else 0: the "
                    "runtime's default)")
@@ -70,7 +78,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     batches = _int_list(args.batch, "--batch") or ()
     config = ProfileConfig(target=args.target, batches=tuple(batches), repeats=args.repeats, run_ms=args.run_ms,
-                           threads=args.threads)  # bad values fail here, before any work
+                           threads=args.threads, max_repeats=args.max_repeats,
+                           precision=args.precision)  # bad values fail here, before any work
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise ConfigError(f"--out {args.out}: give a file in an existing folder")
@@ -110,7 +119,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         int(table.provenance.get("threads", 0)) if table is not None else 0)
     name = args.target or (table.target if table is not None else "ort-cpu")
     config = ProfileConfig(target=name, batches=tuple(batches), repeats=args.repeats, run_ms=args.run_ms,
-                           threads=threads)  # bad values fail here, before any work
+                           threads=threads, max_repeats=args.max_repeats,
+                           precision=args.precision)  # bad values fail here, before any work
     if table is not None:
         table.check_target(config.target)
         for b in config.batches:

@@ -156,7 +156,8 @@ def measure_latency(model: Any, policies: Sequence[Any], *, calib: Iterable[Any]
         model: The float model.
         policies: The policies to measure (every layer at 8-bit inputs or float: what integer kernels run).
         calib: ``(x, y)`` batches: the deployed calibration, as for :func:`.profile_latency`.
-        config: Target, batch sizes, repeats, runs per repeat, threads (a :class:`.ProfileConfig`).
+        config: Target, batch sizes, repeats (adaptive up to ``max_repeats``), runs per repeat, threads (a
+            :class:`.ProfileConfig`).
         calib_config: The calibration the policies are deployed with (default ``CalibConfig()``).
         table: A latency table of this model and target: each record then carries its prediction.
         input_shape: Per-sample input shape (default: the model's ``input_shape``).
@@ -171,7 +172,16 @@ def measure_latency(model: Any, policies: Sequence[Any], *, calib: Iterable[Any]
     from ..layers import model_input_shape, quantizable_layers
     from ..progress import progress
     from ..quant import CalibConfig, apply_policy
-    from .profile import ProfileConfig, _base_policy, _batch_of, _export_float, _paired, _provenance, _runs_per_repeat
+    from .profile import (
+        ProfileConfig,
+        _base_policy,
+        _batch_of,
+        _export_float,
+        _more,
+        _paired,
+        _provenance,
+        _runs_per_repeat,
+    )
     from .targets import precision_of, target
 
     config = config or ProfileConfig()
@@ -231,6 +241,7 @@ def measure_latency(model: Any, policies: Sequence[Any], *, calib: Iterable[Any]
                 for _ in range(3):
                     sess.run(None, feeds[b])
                 a, v = _paired(base_sess, sess, feeds[b], config.repeats, runs[b])
+                _more(config, base_sess, sess, feeds[b], runs[b], a, v, lambda a, v: v)
                 measured[b], base[b] = Stat.of(v), Stat.of(a)
             pred = {b: table.predict(pol, b) for b in config.batches} if table is not None else {}
             tbase = {b: table.base_ms[b].median for b in config.batches} if table is not None else {}

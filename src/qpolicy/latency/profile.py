@@ -37,6 +37,11 @@ class ProfileConfig:
         target: A registered target (``qpolicy list targets``... ``ort-cpu``, ``ort-cuda``).
         batches: Batch sizes to measure (each gets its own entries).
         repeats: Paired repeats per entry (base and variant alternate; the entry is their median difference).
+        max_repeats: An entry whose median is still uncertain after ``repeats`` pairs gets more, 5 at a time, up
+            to this many (None: exactly ``repeats``). Uncertain: the median's standard error (estimated from the
+            quartiles, ``1.253 * IQR / 1.349 / sqrt(n)``) above ``precision`` of the base latency. Noisy machines
+            (two runtime threads on two shared cores) need it; quiet ones stop at ``repeats``.
+        precision: That bound, a share of the base latency.
         run_ms: Each repeat times as many runs as take about this long (at least 3), and keeps their median.
         threads: The runtime's intra-op threads (0: its default, all cores).
         float_pairs: Also measure every two consecutive layers in float together (the table's pair terms).
@@ -45,6 +50,8 @@ class ProfileConfig:
     target: str = "ort-cpu"
     batches: tuple[int, ...] = (1,)
     repeats: int = 15
+    max_repeats: int | None = 60
+    precision: float = 0.01
     run_ms: float = 20.0
     threads: int = 0
     float_pairs: bool = True
@@ -58,6 +65,13 @@ class ProfileConfig:
             raise ConfigError(f"batches must differ, got {list(self.batches)}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or not 3 <= self.repeats <= 1000:
             raise ConfigError(f"repeats must be an integer in 3..1000, got {self.repeats!r}")
+        if self.max_repeats is not None and (isinstance(self.max_repeats, bool) or not isinstance(
+                self.max_repeats, int) or not self.repeats <= self.max_repeats <= 1000):
+            raise ConfigError(f"max_repeats must be an integer in repeats..1000 ({self.repeats}..1000) or None, got "
+                              f"{self.max_repeats!r}")
+        if isinstance(self.precision, bool) or not isinstance(self.precision, (int, float)) or \
+                not 0 < self.precision < 1:
+            raise ConfigError(f"precision must be a share of the base latency in (0, 1), got {self.precision!r}")
         if isinstance(self.run_ms, bool) or not isinstance(self.run_ms, (int, float)) or \
                 not 0 < self.run_ms <= 10_000:
             raise ConfigError(f"run_ms must be a number of milliseconds in (0, 10000], got {self.run_ms!r}")
@@ -101,6 +115,23 @@ def _paired(base: Any, other: Any, feed: dict[str, Any], repeats: int, runs: int
             b.append(_time(other, feed, runs))
             a.append(_time(base, feed, runs))
     return a, b
+
+
+def _median_se(values: Sequence[float]) -> float:
+    """The standard error of a median of ``values``, from their quartiles (normal approximation)."""
+    st = Stat.of(values)
+    return 1.2533 * (st.spread / 1.349) / math.sqrt(len(values))
+
+
+def _more(config: ProfileConfig, base: Any, other: Any, feed: dict[str, Any], runs: int, a: list[float],
+          b: list[float], entry: Any) -> None:
+    """Extend the paired times ``a`` (base) and ``b`` 5 pairs at a time while the entry's median (``entry(a, b)``)
+    is uncertain by more than ``config.precision`` of the base latency, up to ``config.max_repeats`` pairs."""
+    while config.max_repeats is not None and len(b) < config.max_repeats and \
+            _median_se(entry(a, b)) > config.precision * statistics.median(a):
+        a2, b2 = _paired(base, other, feed, min(5, config.max_repeats - len(b)), runs)
+        a += a2
+        b += b2
 
 
 def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig | None = None,
@@ -175,6 +206,7 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
         float_ms: dict[int, Stat] = {}
         for b in config.batches:
             a, f = _paired(base_sess, float_sess, feeds[b], config.repeats, runs[b])
+            _more(config, base_sess, float_sess, feeds[b], runs[b], a, f, lambda a, f: f)
             base_ms[b] += a
             float_ms[b] = Stat.of(f)
         delta: dict[str, dict[str, dict[int, Stat]]] = {n: {} for n in names}
@@ -189,6 +221,8 @@ def profile_latency(model: Any, *, calib: Iterable[Any], config: ProfileConfig |
                 for _ in range(2):
                     sess.run(None, feeds[b])
                 a, v = _paired(base_sess, sess, feeds[b], config.repeats, runs[b])
+                _more(config, base_sess, sess, feeds[b], runs[b], a, v,
+                      lambda a, v: [y - z for y, z in zip(v, a, strict=True)])
                 base_ms[b] += a
                 stats[b] = Stat.of([y - z for y, z in zip(v, a, strict=True)])
     seconds = time.perf_counter() - t0
@@ -236,6 +270,7 @@ def _provenance(config: ProfileConfig, runs: dict[int, int], command: str | None
     return {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
             "versions": {**versions(), "onnxruntime": ort.__version__, "torch": str(torch.__version__)},
             "target": config.target, "threads": config.threads, "repeats": config.repeats,
+            "max_repeats": config.max_repeats, "precision": config.precision,
             "runs_per_repeat": {str(b): runs[b] for b in runs}, "run_ms": config.run_ms, "command": command,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
