@@ -160,9 +160,8 @@ def main() -> None:
                         total += len(yb)
                     top1 = 100.0 * correct / total
                 m, a = rec.measured_ms[1], rec.base_ms[1]
-                seen[keys[i]] = {"measured_ms": m.median, "measured": {"median": m.median, "q1": m.q1, "q3": m.q3},
-                                 "base_now": {"median": a.median, "q1": a.q1, "q3": a.q3}, "drift": rec.drift(1),
-                                 "top1": top1}
+                seen[keys[i]] = {"measured_ms": m.median, "measured": m.to_dict(), "base_now": a.to_dict(),
+                                 "drift": rec.drift(1), "top1": top1}
             for key, (label, pol, kind) in zip(keys, policies, strict=True):
                 m = seen[key]
                 pred = table_a.predict(pol, 1)

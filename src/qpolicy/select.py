@@ -52,7 +52,7 @@ from .costs import policy_cost
 from .errors import ConfigError, InfeasibleBudgetError
 from .evaluate import resolve_device
 from .layers import quantizable_layers
-from .policy import LayerBits, Policy, versions
+from .policy import Policy, versions
 from .progress import progress
 from .quant.apply import apply_policy
 from .quant.fake_quant import CalibConfig
@@ -64,7 +64,7 @@ from .search.base import (
     SearchResult,
     build_problem,
     check_budget,
-    choice_bits,
+    choice_layer_bits,
     fits,
     ties_hold,
     total_cost,
@@ -154,13 +154,8 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "val_loss": self.val_loss, "val_top1": self.val_top1, "cost": dict(self.cost),
-                "bits": " ".join(_bits(c).short() for c in self.assignment.values())}
+                "bits": " ".join(choice_layer_bits(c).short() for c in self.assignment.values())}
 
-
-def _bits(choice: Choice) -> LayerBits:
-    """A search choice as a policy's layer bits (the float choice as ``f``)."""
-    w, a = choice_bits(choice)
-    return LayerBits(weight_bits=w, act_bits=a)
 
 
 def _normalized_damage(tables: Sequence[SensitivityTable]) -> dict[str, dict[Choice, float]]:
@@ -266,7 +261,7 @@ def _uniform_candidates(problem: Problem, k: int) -> list[tuple[str, dict[str, C
         except InfeasibleBudgetError:
             continue
         if all(assign[n] in problem.choices[n] for n in assign) and assign not in [a for _, a in out]:
-            out.append((f"uniform {_bits(pair).short()}", assign))
+            out.append((f"uniform {choice_layer_bits(pair).short()}", assign))
     return out
 
 
@@ -330,7 +325,7 @@ class _Scorer:
     @torch.no_grad()
     def _measure(self, assign: Mapping[str, Choice], data) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image loss and score (correctness for a classifier) of the policy's PTQ model on ``data``."""
-        policy = Policy(layers={n: _bits(c) for n, c in assign.items()})
+        policy = Policy(layers={n: choice_layer_bits(c) for n, c in assign.items()})
         qmodel = apply_policy(self.model, policy, calib=self.calib, config=self.config, learnable=False).eval()
         dev = resolve_device(self.device)
         qmodel.to(dev)
@@ -552,7 +547,7 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
         best, confirmation = _confirm(score, best, uniform, config.confirm_p)
         best_uniform = best if best in uniform else best_uniform
     seconds = time.perf_counter() - t0
-    layers_bits = {n: _bits(c) for n, c in best.assignment.items()}
+    layers_bits = {n: choice_layer_bits(c) for n, c in best.assignment.items()}
     cost = policy_cost(layers, layers_bits)
     criterion = "cross-entropy" if score.task.is_classification else "the task's loss_fn"
     selection = {"split": "val", "images": score.images, "criterion": f"{criterion} (lower is better)",

@@ -33,13 +33,7 @@ def add_parsers(sub: Any) -> None:
     _add_data(p)
     p.add_argument("--target", default="ort-cpu", help="deployment target: ort-cpu (default) or ort-cuda")
     p.add_argument("--batch", default="1", metavar="B[,B...]", help="batch sizes to measure (default 1)")
-    p.add_argument("--repeats", type=int, default=15, help="paired repeats per entry (default 15)")
-    p.add_argument("--max-repeats", type=int, default=60, help="more repeats, up to this many, for an entry whose "
-                   "median is still uncertain (default 60; equal to --repeats: none)")
-    p.add_argument("--precision", type=float, default=0.01, help="an entry is certain enough when its median's "
-                   "standard error is at most this share of the base latency (default 0.01)")
-    p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
-    p.add_argument("--threads", type=int, default=0, help="the runtime's intra-op threads (0: its default)")
+    _add_timing(p, threads_default="0: the runtime's default")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration images")
     p.add_argument("-o", "--out", required=True, help="the latency table (JSON) to write; an existing one for the "
                    "same model, target, batch sizes and machine is reused")
@@ -56,30 +50,40 @@ def add_parsers(sub: Any) -> None:
                    "profile`): each batch size then shows the predicted latency and the error")
     p.add_argument("--target", help="deployment target (default: the table's, else ort-cpu)")
     p.add_argument("--batch", metavar="B[,B...]", help="batch sizes to time (default: the table's, else 1)")
-    p.add_argument("--repeats", type=int, default=15, help="repeats, each alternating with the all-int8 base "
-                   "model (default 15)")
-    p.add_argument("--max-repeats", type=int, default=60, help="more repeats, up to this many, while the median is "
-                   "uncertain (default 60; equal to --repeats: none)")
-    p.add_argument("--precision", type=float, default=0.01, help="certain enough: the median's standard error at "
-                   "most this share of the base latency (default 0.01)")
-    p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
-    p.add_argument("--threads", type=int, help="the runtime's intra-op threads (default: the table's, else 0: the "
-                   "runtime's default)")
+    _add_timing(p, threads_default="the table's, else 0: the runtime's default")
     p.add_argument("-o", "--out", help="write the measurement (JSON, format qpolicy.latency-measure) here; "
                    "`qpolicy report` draws it")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log messages")
 
 
+def _add_timing(p: argparse.ArgumentParser, *, threads_default: str) -> None:
+    """How each time is measured (ProfileConfig's repeats, adaptive repeats, run length, threads)."""
+    p.add_argument("--repeats", type=int, default=15, help="repeats, each alternating with the all-int8 base model "
+                   "(default 15)")
+    p.add_argument("--max-repeats", type=int, default=60, help="more repeats, up to this many, while a median is "
+                   "still uncertain (default 60; equal to --repeats: none)")
+    p.add_argument("--precision", type=float, default=0.01, help="certain enough: a median's standard error at most "
+                   "this share of the base latency (default 0.01)")
+    p.add_argument("--run-ms", type=float, default=20.0, help="time each repeat over about this many ms of runs")
+    p.add_argument("--threads", type=int, help=f"the runtime's intra-op threads (default: {threads_default})")
+
+
+def _config(args: argparse.Namespace, target: str, batches: Any, threads: int) -> Any:
+    """The ProfileConfig of these options (bad values fail here, before any work)."""
+    from ..latency import ProfileConfig
+
+    return ProfileConfig(target=target, batches=tuple(batches), repeats=args.repeats, run_ms=args.run_ms,
+                         threads=threads, max_repeats=args.max_repeats, precision=args.precision)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from .. import data
     from ..errors import ConfigError
-    from ..latency import ProfileConfig, load_or_profile
+    from ..latency import load_or_profile
 
     batches = _int_list(args.batch, "--batch") or ()
-    config = ProfileConfig(target=args.target, batches=tuple(batches), repeats=args.repeats, run_ms=args.run_ms,
-                           threads=args.threads, max_repeats=args.max_repeats,
-                           precision=args.precision)  # bad values fail here, before any work
+    config = _config(args, args.target, batches, args.threads or 0)
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise ConfigError(f"--out {args.out}: give a file in an existing folder")
@@ -110,7 +114,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_measure(args: argparse.Namespace) -> int:
     from .. import data
     from ..errors import ConfigError
-    from ..latency import LatencyTable, ProfileConfig, measure_latency, target
+    from ..latency import LatencyTable, measure_latency, target
 
     _check_policy_args(args)
     table = LatencyTable.load(args.latency_table) if args.latency_table else None
@@ -118,9 +122,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else (
         int(table.provenance.get("threads", 0)) if table is not None else 0)
     name = args.target or (table.target if table is not None else "ort-cpu")
-    config = ProfileConfig(target=name, batches=tuple(batches), repeats=args.repeats, run_ms=args.run_ms,
-                           threads=threads, max_repeats=args.max_repeats,
-                           precision=args.precision)  # bad values fail here, before any work
+    config = _config(args, name, batches, threads)
     if table is not None:
         table.check_target(config.target)
         for b in config.batches:

@@ -178,6 +178,7 @@ def measure_latency(model: Any, policies: Sequence[Any], *, calib: Iterable[Any]
         _batch_of,
         _export_float,
         _more,
+        _now,
         _paired,
         _provenance,
         _runs_per_repeat,
@@ -233,6 +234,12 @@ def measure_latency(model: Any, policies: Sequence[Any], *, calib: Iterable[Any]
         for b in config.batches:
             feeds[b] = {base_sess.get_inputs()[0].name: _batch_of(x0, b)}
             runs[b] = _runs_per_repeat([base_sess], feeds[b], config.run_ms)
+        # what every record shares: machine, versions, timing settings, calibration, the table's identity
+        common = {**_provenance(config, runs, command), "calib": calib_config.to_dict()}
+        tbase = {}
+        if table is not None:
+            common["table"] = {"created": table.provenance.get("created"), "model": table.model}
+            tbase = {b: table.base_ms[b].median for b in config.batches}
         for i, pol in enumerate(progress(list(policies), desc=f"end-to-end latency on {tgt.name}", unit="policy")):
             path = str(keep / f"policy-{i}.onnx") if keep is not None else os.path.join(tmp, "policy.onnx")
             sess = tgt.session(export(pol, path), config.threads)
@@ -244,14 +251,10 @@ def measure_latency(model: Any, policies: Sequence[Any], *, calib: Iterable[Any]
                 _more(config, base_sess, sess, feeds[b], runs[b], a, v, lambda a, v: v)
                 measured[b], base[b] = Stat.of(v), Stat.of(a)
             pred = {b: table.predict(pol, b) for b in config.batches} if table is not None else {}
-            tbase = {b: table.base_ms[b].median for b in config.batches} if table is not None else {}
-            prov = _provenance(config, runs, command)
-            prov["calib"] = calib_config.to_dict()
-            if table is not None:
-                prov["table"] = {"created": table.provenance.get("created"), "model": table.model}
             out.append(LatencyMeasurement(model=model_name, target=tgt.name, policy=pol, measured_ms=measured,
                                           base_ms=base, predicted_ms=pred, table_base_ms=tbase,
-                                          onnx=path if keep is not None else None, provenance=prov))
+                                          onnx=path if keep is not None else None,
+                                          provenance={**common, "created": _now()}))
     log.info("measured %d polic%s end to end on %s in %.0f s", len(out), "y" if len(out) == 1 else "ies", tgt.name,
              time.perf_counter() - t0)
     return out

@@ -272,7 +272,12 @@ def _provenance(config: ProfileConfig, runs: dict[int, int], command: str | None
             "target": config.target, "threads": config.threads, "repeats": config.repeats,
             "max_repeats": config.max_repeats, "precision": config.precision,
             "runs_per_repeat": {str(b): runs[b] for b in runs}, "run_ms": config.run_ms, "command": command,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+            "created": _now()}
+
+
+def _now() -> str:
+    """The time now (UTC, ISO 8601, seconds): when a measurement was made."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _export_float(model: Any, path: str, shape: Sequence[int]) -> None:

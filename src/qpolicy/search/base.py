@@ -32,8 +32,8 @@ from ..registry import Registry
 from ..sensitivity.base import SensitivityTable
 
 __all__ = ["Choice", "Problem", "SearchResult", "STRATEGIES", "ModelStrategy", "table_strategies", "TIE_MODES",
-           "BUDGET_RTOL", "FLOAT_CHOICE", "choice_bits", "search", "build_problem", "check_budget", "zero_table",
-           "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold", "fastest_latency",
+           "BUDGET_RTOL", "FLOAT_CHOICE", "choice_bits", "choice_layer_bits", "search", "build_problem", "check_budget",
+           "zero_table", "choice_cost", "total_cost", "fits", "tie_pairs", "ties_hold", "fastest_latency",
            "check_float_layers"]
 
 Choice = tuple[int, int]  # (weight_bits, act_bits)
@@ -44,6 +44,12 @@ FLOAT_CHOICE: Choice = (FLOAT_BITS, FLOAT_BITS)
 def choice_bits(choice: Choice) -> tuple[int | None, int | None]:
     """A choice as a policy's (weight_bits, act_bits): the float choice as ``(None, None)``."""
     return (None, None) if tuple(choice) == FLOAT_CHOICE else (choice[0], choice[1])
+
+
+def choice_layer_bits(choice: Choice) -> LayerBits:
+    """A choice as a policy's layer bits (the float choice as ``f``)."""
+    w, a = choice_bits(choice)
+    return LayerBits(weight_bits=w, act_bits=a)
 TIE_MODES = {"none": (), "act": (1,), "all": (0, 1)}  # tie mode -> tied sides (0 weight bits, 1 act bits)
 BUDGET_RTOL = 1e-9  # a policy fits when its cost is at most limit * (1 + BUDGET_RTOL): one rule for all checks
 
@@ -258,10 +264,7 @@ def search(table: SensitivityTable, budget: Budget, *, strategy: str | Strategy 
         raise RuntimeError(f"strategy {name!r} returned a policy over budget")
     if not ties_hold(problem, assignment):
         raise RuntimeError(f"strategy {name!r} returned a policy that breaks a tie between layers")
-    layers = {}
-    for li in table.layers:
-        w, a = choice_bits(assignment[li.name])
-        layers[li.name] = LayerBits(weight_bits=w, act_bits=a)
+    layers = {li.name: choice_layer_bits(assignment[li.name]) for li in table.layers}
     cost = policy_cost(table.layers, layers)
     damage = sum(problem.damage(n, c) for n, c in assignment.items())
     from ..policy import versions
