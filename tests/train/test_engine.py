@@ -93,3 +93,42 @@ def test_resume_refuses_other_settings(tmp_path):
     spec.settings = {"lr": 0.1}
     with pytest.raises(CheckpointError, match="other settings"):
         train(model, data, spec, out_dir=tmp_path, resume=True)
+
+
+def _run(precision, terms=()):
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    seen = []
+
+    def probe(m, x, y, logits):  # what the loss terms get: channels-last batches and float32 logits under bf16
+        seen.append((x.is_contiguous(memory_format=torch.channels_last), logits.dtype))
+        return 0.0 * logits.sum()
+
+    out = train(model, random_loader(32, batch_size=8),
+                TrainSpec(epochs=1, lr=0.05, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                          loss_terms=(probe, *terms), precision=precision))
+    return model, out, seen
+
+
+def test_bf16_training_autocasts_and_returns_a_float32_contiguous_model():
+    ref, ref_out, ref_seen = _run("fp32")
+    model, out, seen = _run("bf16")
+    assert ref_seen == [(False, torch.float32)] * 4 and seen == [(True, torch.float32)] * 4
+    for p in model.parameters():
+        assert p.dtype == torch.float32 and p.is_contiguous()
+    # bfloat16 rounding (8 bits of mantissa) changes the run, but only by a small relative amount
+    assert ref_out.history[0]["loss"] != out.history[0]["loss"]
+    assert abs(ref_out.history[0]["loss"] - out.history[0]["loss"]) < 0.05 * ref_out.history[0]["loss"]
+    diff = max((a - b).abs().max().item() for a, b in zip(ref.parameters(), model.parameters(), strict=True))
+    assert 0 < diff < 0.05
+
+
+def test_unknown_precision_is_refused():
+    from qpolicy.errors import ConfigError
+    from qpolicy.train.trained import FloatTrainConfig
+
+    model = TinyConvNet()
+    with pytest.raises(ConfigError, match="fp32, bf16"):
+        TrainSpec(epochs=1, lr=0.1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), precision="fp16")
+    with pytest.raises(ConfigError, match="fp32, bf16"):
+        FloatTrainConfig(precision="half")

@@ -80,6 +80,9 @@ def add_parsers(sub: Any) -> None:
                    "training images: the student sees nothing the plain run would not")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature of the distillation")
     p.add_argument("--kd-weight", type=float, default=0.9, help="the distillation term's share of the loss")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast with "
+                   "channels-last batches, about 2x faster on CPUs with AVX-512 BF16 and on recent GPUs (weights "
+                   "stay float32)")
     _add_training_run(p, "MODEL[-DEFENSE]")
 
 
@@ -161,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--defense-option needs --defense")
     config = FloatTrainConfig(epochs=args.epochs if args.epochs is not None else (3 if defense else 30),
                               lr=args.lr if args.lr is not None else (0.01 if defense else 0.1),
-                              checkpoint_every=args.checkpoint_every, seed=args.seed, optimizer=args.optimizer)
+                              checkpoint_every=args.checkpoint_every, seed=args.seed, optimizer=args.optimizer,
+                              precision=args.precision)
     if ":" in args.model and not args.out:
         raise ConfigError("a model outside the zoo has no cache name: give --out RUN_FOLDER")
     variant = defense.name if defense else None

@@ -46,7 +46,8 @@ class DistillConfig:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
-    t = float(temperature)
+    t = float(temperature)  # in float32 whatever the logits' precision (bfloat16 training)
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     return t * t * F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                             reduction="batchmean", log_target=True)
 

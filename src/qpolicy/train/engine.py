@@ -16,6 +16,11 @@ distillation plug in the same way):
   ``end_epoch`` (fields added to the epoch's history record), and carry their own state through checkpoints
   (``state_dict`` / ``load_state_dict``).
 
+**Precision.** ``precision="bf16"`` runs the forward pass and the loss terms under ``torch.autocast`` in bfloat16
+(parameters, gradients and optimizer state stay float32; the logits are cast back to float32 before the loss) and
+puts 4-D image batches and the model in channels-last layout. On CPUs with AVX-512 BF16 (and on recent GPUs) that
+is about twice as fast as float32 for conv nets; the model is returned in float32, contiguous.
+
 A checkpoint holds the model, the optimizer, the position (epoch, step), the history, the torch RNG, every hook's
 state and the caller's settings; it is written atomically every ``checkpoint_every`` steps, when a hook asks, and
 at every epoch end. Resuming restores all of it and refuses a checkpoint made with other settings. With a loader
@@ -46,8 +51,8 @@ from ..progress import progress
 from ..task import batch_size, move, task_of
 from .distributed import all_reduce_grads, all_reduce_sum, global_batchnorm, shard, world
 
-__all__ = ["Hook", "TrainSpec", "TrainOutcome", "train", "load_checkpoint", "check_resume", "check_same_config",
-           "CHECKPOINT_NAME", "cosine_lr"]
+__all__ = ["Hook", "TrainSpec", "PRECISIONS", "TrainOutcome", "train", "load_checkpoint", "check_resume",
+           "check_same_config", "CHECKPOINT_NAME", "cosine_lr"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -110,6 +115,7 @@ class TrainSpec:
         desc: Progress bar label.
         task_loss_weight: Weight of the cross-entropy on the labels (0: the loss terms alone, e.g. the soft labels
             of defensive distillation).
+        precision: "fp32", or "bf16" for bfloat16 autocast with channels-last image batches (module docs).
     """
 
     epochs: int
@@ -127,6 +133,14 @@ class TrainSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     desc: str = "epoch"
     task_loss_weight: float = 1.0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"training precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +245,9 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
     p = next(model.parameters(), None)
     home = p.device if p is not None else dev
     model.to(dev)
+    bf16 = spec.precision == "bf16"
+    if bf16:
+        model.to(memory_format=torch.channels_last)  # in place, like .to(device): the optimizer keeps its tensors
     opt = spec.optimizer
     epoch, step, history, resumed_from = 0, 0, [], None
     torch.manual_seed(spec.seed)
@@ -293,18 +310,23 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
                     x, y, share = shard(x, y)  # this process's part of the global batch (all of it alone)
                     for t in per_share:
                         x, y = t(x, y, global_step)
-                    logits = model(x)
-                    loss = (F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight
-                            else logits.sum() * 0)
-                    for term in spec.loss_terms:
-                        loss = loss + term(model, x, y, logits)
+                    if bf16 and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                        logits = model(x).float()
+                        loss = (F.cross_entropy(logits, y) * spec.task_loss_weight if spec.task_loss_weight
+                                else logits.sum() * 0)
+                        for term in spec.loss_terms:
+                            loss = loss + term(model, x, y, logits).float()
                     n = y.numel()
                 else:  # the user's task (qpolicy.task): any batch structure, the user's per-sample loss
                     batch, share = move(batch, dev), 1.0
-                    logits = task.run(model, batch)
-                    loss = task.loss(logits, batch).mean() * spec.task_loss_weight
-                    for term in spec.loss_terms:
-                        loss = loss + term(model, task.inputs(batch), batch, logits)
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                        logits = task.run(model, batch)
+                        logits = logits.float() if torch.is_tensor(logits) and logits.is_floating_point() else logits
+                        loss = task.loss(logits, batch).float().mean() * spec.task_loss_weight
+                        for term in spec.loss_terms:
+                            loss = loss + term(model, task.inputs(batch), batch, logits).float()
                     n = batch_size(batch)
                 opt.zero_grad(set_to_none=True)
                 (loss * share if world_size > 1 else loss).backward()
@@ -342,6 +364,8 @@ def train(model: nn.Module, data: Iterable[Any], spec: TrainSpec, *, out_dir: st
         for h in spec.hooks:
             h.close()
         model.eval().to(home)
+        if bf16:
+            model.to(memory_format=torch.contiguous_format)
     return TrainOutcome(
         epochs=epoch, steps=epoch * steps_per_epoch, seconds=time.perf_counter() - t_start,
         seconds_per_epoch=sum(full_epochs_seconds) / len(full_epochs_seconds) if full_epochs_seconds else None,

@@ -25,7 +25,7 @@ from .._io import atomic_torch_save
 from .._validate import require_ints, require_numbers
 from ..errors import ConfigError, WeightsError, first_line
 from ..paths import trained_dir
-from .engine import LossTerm, TrainOutcome, TrainSpec, Transform, train
+from .engine import PRECISIONS, LossTerm, TrainOutcome, TrainSpec, Transform, train
 
 __all__ = ["FloatTrainConfig", "train_float", "trained_model_dir", "load_trained", "WEIGHTS_NAME", "FORMAT"]
 
@@ -47,6 +47,8 @@ class FloatTrainConfig:
         checkpoint_every: Steps between mid-epoch checkpoints (0: epoch ends only).
         seed: Seeds the run.
         optimizer: "sgd" (Nesterov momentum) or "adam" (``momentum`` is then its beta1).
+        precision: "fp32", or "bf16": bfloat16 autocast with channels-last batches, about twice as fast on CPUs with
+            AVX-512 BF16 (:class:`qpolicy.train.TrainSpec`).
     """
 
     epochs: int = 30
@@ -56,10 +58,13 @@ class FloatTrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     optimizer: str = "sgd"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         require_ints(self, ("epochs",), minimum=1)
         require_ints(self, ("checkpoint_every", "seed"), minimum=0)
         require_numbers(self, ("lr",), positive=True)
@@ -110,7 +115,7 @@ def train_float(model: nn.Module, data: Iterable[Any], *, config: FloatTrainConf
         transforms=tuple(transforms), loss_terms=tuple(loss_terms), task_loss_weight=task_loss_weight,
         checkpoint_every=config.checkpoint_every, seed=config.seed, fmt="qpolicy.checkpoint.trained",
         what="training", settings={**config.to_dict(), "recipe": recipe}, extra={"model": model_name},
-        desc=kind)
+        desc=kind, precision=config.precision)
     outcome = train(model, data, spec, out_dir=out_dir, resume=resume, device=device)
     atomic_torch_save({"format": FORMAT, "version": 1, "model": model_name, "kind": kind, "recipe": recipe,
                        "config": config.to_dict(), "history": list(outcome.history),
