@@ -8,6 +8,7 @@ import torch
 from qpolicy import data, models
 from qpolicy.cli import main
 from qpolicy.errors import ConfigError
+from qpolicy.models import shipped
 from qpolicy.testing import TinyConvNet, write_cifar_npz
 from qpolicy.train.distill import DistillConfig, kd_loss, kd_term
 from tests.conftest import SHARED
@@ -63,6 +64,7 @@ def small_home(tmp_path, monkeypatch):
     (tmp_path / "models").symlink_to(SHARED / "models")
     monkeypatch.setenv("QPOLICY_HOME", str(tmp_path))
     monkeypatch.setenv("QPOLICY_TRAINED", str(tmp_path / "trained"))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "shipped")  # as before any held-out model shipped
     data._CACHE.clear()
     yield tmp_path
     data._CACHE.clear()

@@ -29,19 +29,24 @@ def add_parsers(sub: Any) -> None:
 # ---- commands ----------------------------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
     from .. import models
+    from ..models.shipped import manifest
 
-    rows = [models.spec(n) for n in models.names()]
+    rows = [(models.spec(n), manifest(n)) for n in models.names()]
     obj = {"models": [{"name": s.name, "dataset": s.dataset, "input_shape": list(s.input_shape),
-                       "pretrained": bool(s.weights), "weights": s.weights, "url": s.url,
-                       "reference_top1": s.reference_top1, "description": s.description,
-                       "trained_on": s.trained_on or None, "sees_validation": s.sees_validation} for s in rows]}
-    lines = [f"{'name':<18} {'dataset':<9} {'input':<12} {'weights':<24} {'test top-1':>10}  description"]
-    for s in rows:
-        top1 = f"{s.reference_top1:.2f}" if s.reference_top1 is not None else "-"
+                       "pretrained": bool(s.weights or m), "weights": s.weights or (m and m["weights"]), "url": s.url,
+                       "reference_top1": s.reference_top1 if m is None else m["test_top1"],
+                       "description": s.description, "trained_on": s.trained_on or None,
+                       "sees_validation": s.sees_validation, "shipped": m} for s, m in rows]}
+    lines = [f"{'name':<18} {'dataset':<9} {'input':<12} {'weights':<26} {'test top-1':>10}  description"]
+    for (s, m), row in zip(rows, obj["models"], strict=True):
+        top1 = f"{row['reference_top1']:.2f}" if row["reference_top1"] is not None else "-"
         lines.append(f"{s.name:<18} {s.dataset:<9} {'x'.join(map(str, s.input_shape)):<12} "
-                     f"{s.weights or '-':<24} {top1:>10}  {s.description}")
+                     f"{row['weights'] or '-':<26} {top1:>10}  {s.description}")
         if s.trained_on:
             lines.append(f"{'':<18} trained on {s.trained_on}")
+        if m is not None:
+            lines.append(f"{'':<18} shipped with qpolicy: trained by `{m['command']}` at commit {m['commit'][:10]}; "
+                         f"validation top-1 {m['val_top1']:.2f}")
     _emit(args, obj, "\n".join(lines))
     return 0
 

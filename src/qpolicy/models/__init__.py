@@ -3,7 +3,8 @@
 Weights are found in ``--weights-dir`` > ``$QPOLICY_HOME/models`` > ``~/.cache/qpolicy/models``, checked against
 the sha256 prefix in their file name (``resnet20-12fca82f.th``), and downloaded from the canonical URL when
 missing. A user model is any ``nn.Module``, or from the CLI a ``package.module:factory`` or ``file.py:factory``
-reference with ``--weights FILE`` and ``--model-arg KEY=VALUE``.
+reference with ``--weights FILE`` and ``--model-arg KEY=VALUE``. Models qpolicy trains itself load the weights
+shipped with the package when there are some (:mod:`qpolicy.models.shipped`), else from the trained-model cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..registry import Registry
 from .mobilenetv2 import mobilenetv2
 from .resnet8 import resnet8
 from .resnet_cifar import cifar_resnet
+from .shipped import weights_path
 
 __all__ = ["ModelSpec", "REGISTRY", "register", "names", "spec", "load", "load_weights", "resolve_weights",
            "from_reference"]
@@ -241,7 +243,12 @@ def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike |
     """
     s = spec(name)
     model = s.factory()
-    if pretrained and s.trained_here:
+    shipped = weights_path(name) if pretrained and s.trained_here else None
+    if shipped is not None:  # trained here and shipped as package data (qpolicy.models.shipped)
+        from ..train.trained import load_trained
+
+        load_trained(model, shipped)
+    elif pretrained and s.trained_here:
         from ..train.trained import load_trained, trained_model_dir
 
         folder = trained_model_dir(name, trained=trained_dir)
