@@ -113,7 +113,8 @@ for _depth in (20, 32):
         input_shape=(3, 32, 32),
         dataset="cifar10",
         trained_here=True,
-        recipe=f"qpolicy train --model resnet{_depth}-heldout --teacher resnet{_depth} --epochs {HELDOUT_EPOCHS}",
+        recipe=f"qpolicy train --model resnet{_depth}-heldout --teacher resnet{_depth} --epochs {HELDOUT_EPOCHS} "
+               "--precision bf16",
         description=f"CIFAR ResNet-{_depth} trained here without the validation images, distilled from "
                     f"resnet{_depth} (`make heldout-models`)",
         trained_on=f"the 45,000 CIFAR-10 training images outside the validation split, distilled from resnet{_depth}"
