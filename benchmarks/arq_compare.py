@@ -4,6 +4,12 @@
     python benchmarks/certify_sanity.py --split report       # the float reference on the report half (n = 10,000)
     python benchmarks/arq_compare.py [--specs w4a4,w3a4] [--episodes 25] [--name NAME]
 
+    # on the held-out ResNet-20 (trained here without the validation images): rewards on validation images,
+    # every figure on the whole test split
+    qpolicy train-noise --model resnet20-heldout --sigma 0.25
+    python benchmarks/certify_sanity.py --model resnet20-heldout --n 2000
+    python benchmarks/arq_compare.py --model resnet20-heldout --select-on val
+
 At the BitOPs of uniform W4A4 and of W3A4 (first/last layer 8 bits) three policies of the noise-trained ResNet-20:
 the uniform one, fisher + ILP (fisher on noisy training images) and ARQ's (DDPG, reward from the smoothed
 classifier's accuracy and ACR on 40 images of the 'select' half of the test split: the published ResNet-20 was trained
@@ -95,21 +101,28 @@ def claims_table(claims: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet20", help="the zoo model whose noise-trained base is searched "
+                    "(resnet20-heldout: trained here without the validation images; use --select-on val)")
     ap.add_argument("--sigma", type=float, default=0.25)
     ap.add_argument("--specs", default="w4a4,w3a4")
     ap.add_argument("--episodes", type=int, default=25)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--n-p", type=int, default=1000, help="IRS samples per test image")
-    ap.add_argument("--out", default="runs/bench/arq")
+    ap.add_argument("--out", help="run folders (resumed; default runs/bench/arq[_MODEL])")
     ap.add_argument("--name", help="results/<name>.{json,md} (default arq_compare_sigma<SIGMA>; give another name "
                     "when running one spec, so that the other's results stay)")
     ap.add_argument("--select-on", default="select", choices=["val", "select"],
                     help="where ARQ's reward images come from (report on the test split's other half, or all of it)")
     args = ap.parse_args()
-    model = load_noise_model(qp.models.load("resnet20"), noise_model_dir("resnet20", args.sigma))
+    name = args.model
+    args.out = args.out or "runs/bench/arq" + ("" if name == "resnet20" else f"_{name}")
+    if qp.models.spec(name).sees_validation and args.select_on == "val":
+        raise SystemExit(f"{name} was trained on the validation images: choose on the select half (--select-on "
+                         "select) or use a model trained here")
+    model = load_noise_model(qp.models.load(name), noise_model_dir(name, args.sigma))
     report = ARQ_SPLITS[args.select_on]
-    reference = load_certify(reference_dir(args.sigma, report))
+    reference = load_certify(reference_dir(args.sigma, report, name))
     cfg = SmoothConfig(**reference["settings"]["config"])
     images = len(reference["records"])
     calib = qp.data.calib_loader("cifar10")
@@ -117,14 +130,14 @@ def main() -> None:
     layers = qp.quantizable_layers(model)
     fisher = qp.analyze(model, NoisyBatches(qp.data.loader("cifar10", "train", batch_size=128, shuffle=True,
                                                            augment=False), args.sigma),
-                        metric="fisher", bits=BITS, model_name="resnet20")
+                        metric="fisher", bits=BITS, model_name=name)
 
     calib_config = ARQConfig().calib_config()  # the PTQ ARQ rewards every policy with
 
     def certify_both(slug: str, policy) -> dict:
         """The two rules, the same for every row: from scratch (the float row's is the reference itself) and IRS."""
         kw = dict(config=cfg, split=report, images=images, resume=True, calib=calib, calib_config=calib_config,
-                  model_name="resnet20")
+                  model_name=name)
         scratch = reference if policy is None else certify_model(model, policy, out_dir=Path(args.out) / slug
                                                                  / "scratch", **kw)
         irs = certify_model(model, policy, out_dir=Path(args.out) / slug / "irs", reference=reference,
@@ -161,7 +174,7 @@ def main() -> None:
                          config=ARQConfig(episodes=args.episodes, val_images=args.val_images, test_images=0,
                                           select_on=args.select_on,
                                           ddpg=DDPGConfig(warmup=args.warmup)),
-                         resume=True, model_name="resnet20")
+                         resume=True, model_name=name)
         results.append(measure("ARQ (DDPG)", arq.policy, spec, time.perf_counter() - t, args.episodes))
         results[-1]["arq"] = arq.policy.provenance["arq"]
         results[-1]["history"] = [{k: v for k, v in h.items() if k != "policy"} for h in arq.extra["history"]]
@@ -178,7 +191,7 @@ def main() -> None:
     table = md_table(["policy", "budget", "BitOPs / W8A8", "base top-1 (clean test) %",
                       *(f"{c} ({rule})" for rule in ("from scratch", "IRS") for c in
                         ("smoothed acc. %", "ACR", "cert. r=0.25 %", "r=0.5 %")), "search s", "episodes"], rows)
-    notes = (f"Noise-trained ResNet-20 (sigma = {cfg.sigma:g}). Rewards on {args.val_images} {args.select_on} "
+    notes = (f"Noise-trained {name} (sigma = {cfg.sigma:g}). Rewards on {args.val_images} {args.select_on} "
              f"images, figures on the {report} split: base top-1 on all {len(test.indices):,} of its images, smoothed "
              f"figures on {images} of them, evenly spaced; every row by both rules: from scratch (n = {cfg.n:,}) and "
              "by IRS from the float "
@@ -189,9 +202,9 @@ def main() -> None:
              "the paper gives none). HAQ/ARQ run hundreds of episodes on a GPU; this is a CPU-sized search.")
     claims = claim_rows(results)
     table += "\n\n" + claims_table(claims)
-    write(args.name or f"arq_compare_sigma{args.sigma:g}",
+    write(args.name or f"arq_compare_sigma{args.sigma:g}" + ("" if name == "resnet20" else f"_{name}"),
           {"results": results, "claims": claims, "config": cfg.to_dict(),
-           "reference": str(reference_dir(args.sigma, report))}, table, notes)
+           "model": name, "reference": str(reference_dir(args.sigma, report, name))}, table, notes)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,14 @@ COHEN_R110 = {0.25: {"0": 75.0, "0.25": 60.0, "0.5": 43.0}}
 RUN = Path(__file__).resolve().parent.parent / "runs" / "bench"
 
 
-def reference_dir(sigma: float, split: str = "test") -> Path:
-    return RUN / (f"certify_fp_sigma{sigma:g}" + ("" if split == "test" else f"_{split}"))
+def reference_dir(sigma: float, split: str = "test", model: str = "resnet20") -> Path:
+    return RUN / (f"certify_fp_sigma{sigma:g}" + ("" if split == "test" else f"_{split}")
+                  + ("" if model == "resnet20" else f"_{model}"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet20", help="the zoo model whose noise-trained base is certified")
     ap.add_argument("--sigma", type=float, default=0.25)
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--n", type=int, default=10000)
@@ -42,19 +44,20 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["test", "report"])
     ap.add_argument("--name", help="results/<name>.{json,md} (default certify_sanity_sigma<SIGMA>[_<SPLIT>])")
     args = ap.parse_args()
-    model = load_noise_model(qp.models.load("resnet20"), noise_model_dir("resnet20", args.sigma))
+    model = load_noise_model(qp.models.load(args.model), noise_model_dir(args.model, args.sigma))
     cfg = SmoothConfig(sigma=args.sigma, n0=100, n=args.n, alpha=0.001, batch=1000)
-    res = certify_model(model, None, config=cfg, out_dir=reference_dir(args.sigma, args.split),
+    res = certify_model(model, None, config=cfg, out_dir=reference_dir(args.sigma, args.split, args.model),
                         split=args.split,
-                        images=args.images, resume=args.resume, record=args.record, model_name="resnet20")
+                        images=args.images, resume=args.resume, record=args.record, model_name=args.model)
     s = res["summary"]
     clean = qp.evaluate(model, qp.data.loader("cifar10", args.split, batch_size=500))
     size = clean.total
     cohen = COHEN_R110.get(args.sigma, {})
     rows = [[f"{r:g}", f"{s['certified_accuracy'][f'{r:g}']:.1f}", f"{cohen[f'{r:g}']:.0f}" if f"{r:g}" in cohen
              else "-"] for r in RADII]
-    table = md_table(["radius", "ResNet-20 (ours), certified accuracy %", "ResNet-110 (Cohen et al.), %"], rows)
-    notes = (f"Noise-trained ResNet-20 (`qpolicy train-noise --sigma {args.sigma:g}`: the pretrained model fine-tuned "
+    table = md_table(["radius", f"{args.model} (ours), certified accuracy %", "ResNet-110 (Cohen et al.), %"], rows)
+    notes = (f"Noise-trained {args.model} (`qpolicy train-noise --model {args.model} --sigma {args.sigma:g}`: the zoo "
+             "model fine-tuned "
              f"under Gaussian noise), smoothed at sigma = {args.sigma:g}, certified with n0 = 100, n = {args.n:,}, "
              f"alpha = 0.001 on {s['images']} {args.split} images (every {size // args.images}th). Cohen et al. "
              "certify with "
@@ -63,7 +66,8 @@ def main() -> None:
              f"ACR {s['acr']:.3f}; smoothed clean accuracy {s['clean_accuracy']:.1f}% (abstain {s['abstain']:.1f}%); "
              f"the base classifier's clean {args.split} top-1 (no noise, all {size:,} images) {clean.top1:.2f}%. "
              f"{s['samples']:,} noisy forward passes in {s['seconds']:.0f} s.")
-    name = args.name or f"certify_sanity_sigma{args.sigma:g}" + ("" if args.split == "test" else f"_{args.split}")
+    name = args.name or (f"certify_sanity_sigma{args.sigma:g}" + ("" if args.split == "test" else f"_{args.split}")
+                         + ("" if args.model == "resnet20" else f"_{args.model}"))
     write(name, {"summary": s, "settings": res["settings"], "base_clean_top1": clean.top1, "cohen_resnet110": cohen,
                  "noise_weights": model.noise_weights,
                  "records": [{k: v for k, v in r.items() if k != "sample_preds"} for r in res["records"]]},
