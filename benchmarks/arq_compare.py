@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import md_table, write
-from certify_sanity import reference_dir
+from certify_sanity import model_suffix, reference_dir
 
 import qpolicy as qp
 from qpolicy.pipeline import evaluate_policy
@@ -116,7 +116,7 @@ def main() -> None:
                     help="where ARQ's reward images come from (report on the test split's other half, or all of it)")
     args = ap.parse_args()
     name = args.model
-    args.out = args.out or "runs/bench/arq" + ("" if name == "resnet20" else f"_{name}")
+    args.out = args.out or "runs/bench/arq" + model_suffix(name)
     if qp.models.spec(name).sees_validation and args.select_on == "val":
         raise SystemExit(f"{name} was trained on the validation images: choose on the select half (--select-on "
                          "select) or use a model trained here")
@@ -202,7 +202,7 @@ def main() -> None:
              "the paper gives none). HAQ/ARQ run hundreds of episodes on a GPU; this is a CPU-sized search.")
     claims = claim_rows(results)
     table += "\n\n" + claims_table(claims)
-    write(args.name or f"arq_compare_sigma{args.sigma:g}" + ("" if name == "resnet20" else f"_{name}"),
+    write(args.name or f"arq_compare_sigma{args.sigma:g}" + model_suffix(name),
           {"results": results, "claims": claims, "config": cfg.to_dict(),
            "model": name, "reference": str(reference_dir(args.sigma, report, name))}, table, notes)
 

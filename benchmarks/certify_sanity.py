@@ -28,9 +28,13 @@ COHEN_R110 = {0.25: {"0": 75.0, "0.25": 60.0, "0.5": 43.0}}
 RUN = Path(__file__).resolve().parent.parent / "runs" / "bench"
 
 
+def model_suffix(model: str) -> str:
+    """What run folders and result names of a model other than the default ResNet-20 end with."""
+    return "" if model == "resnet20" else f"_{model}"
+
+
 def reference_dir(sigma: float, split: str = "test", model: str = "resnet20") -> Path:
-    return RUN / (f"certify_fp_sigma{sigma:g}" + ("" if split == "test" else f"_{split}")
-                  + ("" if model == "resnet20" else f"_{model}"))
+    return RUN / (f"certify_fp_sigma{sigma:g}" + ("" if split == "test" else f"_{split}") + model_suffix(model))
 
 
 def main() -> None:
@@ -67,7 +71,7 @@ def main() -> None:
              f"the base classifier's clean {args.split} top-1 (no noise, all {size:,} images) {clean.top1:.2f}%. "
              f"{s['samples']:,} noisy forward passes in {s['seconds']:.0f} s.")
     name = args.name or (f"certify_sanity_sigma{args.sigma:g}" + ("" if args.split == "test" else f"_{args.split}")
-                         + ("" if args.model == "resnet20" else f"_{args.model}"))
+                         + model_suffix(args.model))
     write(name, {"summary": s, "settings": res["settings"], "base_clean_top1": clean.top1, "cohen_resnet110": cohen,
                  "noise_weights": model.noise_weights,
                  "records": [{k: v for k, v in r.items() if k != "sample_preds"} for r in res["records"]]},

@@ -21,7 +21,8 @@ from scipy.stats import binomtest
 
 import qpolicy as qp
 from qpolicy.models import shipped
-from qpolicy.train.trained import WEIGHTS_NAME, load_trained, trained_model_dir
+from qpolicy.stats import verdict
+from qpolicy.train.trained import FORMAT, WEIGHTS_NAME, load_weights_file, trained_model_dir
 
 TARGETS = {"resnet20-heldout": 91.0, "resnet32-heldout": 91.8}  # issue 22's float test top-1 goals
 
@@ -50,8 +51,8 @@ def main() -> None:
     for name in args.models:
         teacher_name = name.removesuffix("-heldout")
         weights = trained_model_dir(name, trained=args.trained_dir) / WEIGHTS_NAME
-        model = load_trained(qp.models.spec(name).factory(), weights)
-        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        model = qp.models.spec(name).factory().eval()
+        saved, _ = load_weights_file(model, weights, fmt=FORMAT, what="trained weights", made_by="qpolicy train")
         history, config, recipe = saved["history"], saved["config"], saved["recipe"]
         teacher = qp.models.load(teacher_name)
         rec = {"model": name, "teacher": teacher_name, "weights": str(weights), "config": config, "recipe": recipe,
@@ -61,8 +62,7 @@ def main() -> None:
             rec[who] = {split: _top1(m, split) for split in ("val", "test")}
             print(name, who, rec[who], flush=True)
         s, t = rec["student"], rec["teacher"]
-        lo, hi = s["test"]["ci95"]
-        rec["verdict"] = ("held" if lo >= TARGETS[name] else "not held" if hi < TARGETS[name] else "undecided")
+        rec["verdict"] = verdict(tuple(s["test"]["ci95"]), TARGETS[name], inclusive=True)
         recipe_cmd = (f"qpolicy train --model {name} --teacher {teacher_name} --epochs {config['epochs']} "
                       f"--kd-temperature {recipe['temperature']} --kd-weight {recipe['weight']} "
                       f"--precision {config.get('precision', 'fp32')}")

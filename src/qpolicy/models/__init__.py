@@ -244,16 +244,12 @@ def load(name: str, *, pretrained: bool = True, weights_dir: str | os.PathLike |
     """
     s = spec(name)
     model = s.factory()
-    shipped = weights_path(name) if pretrained and s.trained_here else None
-    if shipped is not None:  # trained here and shipped as package data (qpolicy.models.shipped)
-        from ..train.trained import load_trained
-
-        load_trained(model, shipped)
-    elif pretrained and s.trained_here:
+    if pretrained and s.trained_here:
         from ..train.trained import load_trained, trained_model_dir
 
-        folder = trained_model_dir(name, trained=trained_dir)
-        if not (folder / "weights.pt").is_file():
+        shipped = weights_path(name)  # package data (qpolicy.models.shipped) first
+        folder = shipped or trained_model_dir(name, trained=trained_dir)
+        if shipped is None and not (folder / "weights.pt").is_file():
             raise WeightsError(f"no trained {name} in {folder}: it has no public weights; train it once with "
                                f"`{s.recipe or f'qpolicy train --model {name}'}` (or `make {name}`), or use "
                                "--random-init")
