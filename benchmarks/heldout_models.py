@@ -8,6 +8,9 @@ validation image, so their validation top-1 should match their test top-1 within
 
     qpolicy train --model resnet20-heldout --teacher resnet20 --epochs 100 --precision bf16
     python benchmarks/heldout_models.py --models resnet20-heldout [--ship --trained-commit SHA]
+
+A model whose weights are not in the trained-model cache is measured from its shipped file; weights already shipped
+are not shipped again (their manifest, and the commit in it, stay).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from scipy.stats import binomtest
 
 import qpolicy as qp
 from qpolicy.models import shipped
+from qpolicy.paths import sha256_file
 from qpolicy.stats import verdict
 from qpolicy.train.trained import FORMAT, WEIGHTS_NAME, load_weights_file, trained_model_dir
 
@@ -43,7 +47,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["resnet20-heldout"], choices=sorted(TARGETS))
     ap.add_argument("--trained-dir", help="trained-model cache (default $QPOLICY_TRAINED or ~/.cache/qpolicy/trained)")
     ap.add_argument("--ship", action="store_true", help="copy the weights into the package with their manifest")
-    ap.add_argument("--trained-commit", help="the commit the training ran at (default: this checkout's HEAD)")
+    ap.add_argument("--trained-commit", help="the commit the training of the newly shipped weights ran at (default: "
+                                             "this checkout's HEAD)")
     ap.add_argument("--name", default="heldout_models")
     args = ap.parse_args()
 
@@ -51,6 +56,9 @@ def main() -> None:
     for name in args.models:
         teacher_name = name.removesuffix("-heldout")
         weights = trained_model_dir(name, trained=args.trained_dir) / WEIGHTS_NAME
+        shipped_file = shipped.weights_path(name)
+        if not weights.is_file() and shipped_file is not None:  # measured again from the package, not re-shipped
+            weights = shipped_file
         model = qp.models.spec(name).factory().eval()
         saved, _ = load_weights_file(model, weights, fmt=FORMAT, what="trained weights", made_by="qpolicy train")
         history, config, recipe = saved["history"], saved["config"], saved["recipe"]
@@ -67,7 +75,10 @@ def main() -> None:
                       f"--kd-temperature {recipe['temperature']} --kd-weight {recipe['weight']} "
                       f"--precision {config.get('precision', 'fp32')}")
         rec["recipe_command"] = recipe_cmd
-        if args.ship:
+        already = shipped_file is not None and sha256_file(weights) == shipped.manifest(name)["sha256"]
+        if args.ship and already:
+            rec["shipped"] = shipped_file.name  # the same weights: their manifest (and its commit) stay
+        elif args.ship:
             commit = args.trained_commit or START_GIT["commit"]
             path = shipped.ship(name, weights, test_top1=s["test"]["top1"], val_top1=s["val"]["top1"],
                                 command=recipe_cmd, commit=commit,

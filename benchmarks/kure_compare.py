@@ -2,7 +2,8 @@
 bit-widths under min-max and under our MSE calibration, robustness to step-size errors, and the spread of top-1
 over random mixed policies. Does "one model to rule them all" hold on ResNet-20?
 
-    python benchmarks/kure_compare.py [--epochs 2] [--lambda 1.0] [--randoms 50] [--random-images 2000]
+    python benchmarks/kure_compare.py [--model resnet20-heldout] [--epochs 2] [--lambda 1.0] [--randoms 50]
+        [--random-images 2000]
 
 Both models start from the pretrained ResNet-20 and are fine-tuned on the training images (validation images held
 out) with the same SGD schedule and seed; KURE adds lambda * mean (Kurt[W_l] - 1.8)^2 over every Conv2d but the
@@ -54,6 +55,9 @@ def perturbed(qmodel, delta: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet20-heldout"],
+                    help="the base model: the published ResNet-20 or the one trained here without the validation "
+                         "images")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--lambda", dest="lam", type=float, default=1.0)
@@ -67,7 +71,7 @@ def main() -> None:
     test_small = qp.data.loader("cifar10", "test", batch_size=500, limit=args.random_images)
     calib = qp.data.calib_loader("cifar10")
     train = qp.data.loader("cifar10", "train", batch_size=128, seed=0, limit=args.train_images)
-    base = qp.models.load("resnet20")
+    base = qp.models.load(args.model)
     names = [li.name for li in qp.quantizable_layers(base)]
     models, fit = {}, {}
     for label, lam in (("plain", 0.0), ("KURE", args.lam)):
@@ -138,7 +142,8 @@ def main() -> None:
     kurt_table = md_table(["layer", "pretrained", "plain fine-tune", "KURE fine-tune", "regularized"], krow)
     f = fit
     trained_on = "the 45,000 training" if args.train_images is None else f"{args.train_images:,} of the training"
-    notes = (f"ResNet-20 fine-tuned {args.epochs} epoch(s) (SGD, lr {args.lr}, cosine, seed 0) on {trained_on} "
+    notes = (f"{args.model} ({qp.models.spec(args.model).trained_on}) fine-tuned {args.epochs} epoch(s) (SGD, "
+             f"lr {args.lr}, cosine, seed 0) on {trained_on} "
              f"images, plain and with KURE (lambda {args.lam}, target 1.8): float test top-1 plain "
              f"{f['plain']['float_top1']:.2f}%, KURE {f['KURE']['float_top1']:.2f}% "
              f"({f['plain']['seconds']:.0f} s / {f['KURE']['seconds']:.0f} s). PTQ on the test set; first and "

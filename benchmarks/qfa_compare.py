@@ -1,14 +1,15 @@
 """QFA: one bit-width supernet of ResNet-20 for every policy, against PTQ and QAT of the plain model per policy,
 with and without BatchQuant; its accuracy predictor; its NSGA-II front against the fisher + ILP front.
 
-    python benchmarks/qfa_compare.py [--train-images 8000] [--randoms 10] [--qat 1] [--samples 24]
+    python benchmarks/qfa_compare.py [--model resnet20-heldout] [--train-images 8000] [--randoms 10] [--qat 1]
 
 Reduced scale on 2 CPU cores, stated in the result: the supernet trains one epoch on a subset of the training
 images (the paper: many epochs on ImageNet), random policies are fewer than 50. Every choice (predictor, NSGA-II
 finalists) is made on images the base model never saw: the 'select' half of the test split (the published ResNet-20
-was trained on all 50,000 training images, our validation split included; ``--select-on val`` for a model trained
-here), and every figure is on the other ('report') half. Each comparison the paper's claims rest on carries a 95%
-paired bootstrap interval over the report images and a verdict (held / not held / undecided).
+was trained on all 50,000 training images, our validation split included) or, for ``--model resnet20-heldout``
+(trained here without them), the validation split; every figure is on images no choice saw (the other, 'report',
+half or the whole test split). Each comparison the paper's claims rest on carries a 95% paired bootstrap interval over
+the report images and a verdict (held / not held / undecided).
 """
 
 from __future__ import annotations
@@ -44,15 +45,23 @@ def main() -> None:
     ap.add_argument("--qat", type=int, default=1, help="random policies also fine-tuned 1 epoch (besides extremes)")
     ap.add_argument("--qat-images", type=int, default=4000)
     ap.add_argument("--test-images", type=int, help="report on this many images of the report split (default: all)")
-    ap.add_argument("--select-on", default="select", choices=["val", "select"],
-                    help="where the choices are made: the 'select' half of the test split (default: the published "
-                         "ResNet-20 saw the validation split) or the validation split (a model trained here)")
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet20-heldout"],
+                    help="the base model: the published ResNet-20 or the one trained here without the validation "
+                         "images")
+    ap.add_argument("--select-on", choices=["val", "select"],
+                    help="where the choices are made: the validation split when the model never saw it, else the "
+                         "'select' half of the test split (the default follows the model)")
     ap.add_argument("--samples", type=int, default=24, help="subnets measured for the predictor")
     ap.add_argument("--budgets", default="0.08,0.12,0.16,0.2,0.26")
-    ap.add_argument("--out", type=Path, default=RUN, help="where the supernets are trained (resumed when there)")
+    ap.add_argument("--out", type=Path, help="where the supernets are trained (resumed when there; default "
+                                             "runs/bench/qfa, or runs/bench/qfa_MODEL for another model)")
     ap.add_argument("--name", default="qfa_compare", help="result file name")
     args = ap.parse_args()
-    model = qp.models.load("resnet20")
+    model = qp.models.load(args.model)
+    if args.select_on is None:
+        args.select_on = "select" if model.sees_validation else "val"
+    if args.out is None:
+        args.out = RUN if args.model == "resnet20" else RUN.with_name(f"qfa_{args.model}")
     train = qp.data.loader("cifar10", "train", batch_size=128, seed=0, limit=args.train_images)
     calib = qp.data.calib_loader("cifar10", batches=16)
     report = "report" if args.select_on == "select" else "test"  # never an image a choice was made on
@@ -71,7 +80,7 @@ def main() -> None:
         run = args.out / aq
         t = time.perf_counter()
         res = train_qfa(model, train, calib=calib, config=cfg, out_dir=run,
-                        resume=(run / "checkpoint.pt").exists(), model_name="resnet20")
+                        resume=(run / "checkpoint.pt").exists(), model_name=args.model)
         nets[aq] = load_qfa(model, run)
         out[f"train_{aq}"] = {"seconds": time.perf_counter() - t, "history": list(res.train.history)}
         print(aq, res.train.history[-1], flush=True)
@@ -135,7 +144,7 @@ def main() -> None:
 
     layers = qp.quantizable_layers(model)
     fisher = qp.analyze(model, qp.data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False),
-                        metric="fisher", bits=(2, 3, 4, 8), model_name="resnet20")
+                        metric="fisher", bits=(2, 3, 4, 8), model_name=args.model)
     front_rows, fronts = [], []
     info = {li.name: li for li in layers}
 
@@ -194,9 +203,10 @@ def main() -> None:
     split_note = (f"Every choice (predictor, finalists) on the 'select' half of the test split, every figure on "
                   f"{report_images:,} images of the 'report' half (the published ResNet-20 was trained on all 50,000 "
                   "training images, the validation split included)" if args.select_on == "select" else
-                  f"Every choice on the validation split, every figure on {report_images:,} test images")
-    notes = (f"{split_note}. ResNet-20, candidate bits 2, 3, 4, 8 for weights and activations (first/last layer "
-             "8), supernet trained "
+                  f"Every choice on the validation split, which {args.model} never saw (trained here on the other "
+                  f"45,000 training images), every figure on {report_images:,} test images")
+    notes = (f"{split_note}. Base model {args.model}, candidate bits 2, 3, 4, 8 for weights and activations "
+             "(first/last layer 8), supernet trained "
              f"1 epoch on {args.train_images} training images (sandwich: largest, smallest, 2 random per step; "
              f"distillation from the float model), BatchQuant activations vs plain activation quantizers (a "
              f"step size per candidate, MSE-calibrated once, then learned by LSQ); nothing else differs between the "
