@@ -115,7 +115,7 @@ bench-attacks: resnet8-defenses
 
 # Held-out ResNet-20/32 (issue 22): trained here on the 45,000 training images outside the validation split,
 # distilled from the published weights on those images only (resumable; 100 epochs in bfloat16: 1.3 h for ResNet-20 on
-# 2 cores of an AMD EPYC with AVX-512 BF16, about 2 h for ResNet-32; use HELDOUT_PRECISION=fp32 on CPUs without BF16).
+# 2 cores of an AMD EPYC with AVX-512 BF16, 1.7 h for ResNet-32; use HELDOUT_PRECISION=fp32 on CPUs without BF16).
 # Weights go to $$QPOLICY_TRAINED/resnetNN-heldout; benchmarks/heldout_models.py --ship puts them in the package.
 HELDOUT_EPOCHS ?= 100
 HELDOUT_PRECISION ?= bf16
