@@ -19,6 +19,14 @@ from qpolicy._io import atomic_write, write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def add_base_model(ap) -> None:
+    """``--model``: the ResNet-20 a benchmark starts from, the published one (default) or the one trained here
+    without the validation images."""
+    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet20-heldout"],
+                    help="the base model: the published ResNet-20 or the one trained here without the validation "
+                         "images")
+
+
 def machine() -> dict[str, Any]:
     from qpolicy.latency.profile import _cpu_name
 

@@ -75,7 +75,8 @@ def main() -> None:
                       f"--kd-temperature {recipe['temperature']} --kd-weight {recipe['weight']} "
                       f"--precision {config.get('precision', 'fp32')}")
         rec["recipe_command"] = recipe_cmd
-        already = shipped_file is not None and sha256_file(weights) == shipped.manifest(name)["sha256"]
+        already = shipped_file is not None and (weights == shipped_file or
+                                                sha256_file(weights) == shipped.manifest(name)["sha256"])
         if args.ship and already:
             rec["shipped"] = shipped_file.name  # the same weights: their manifest (and its commit) stay
         elif args.ship:

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from _common import md_table, write
+from _common import add_base_model, md_table, write
 
 import qpolicy as qp
 from qpolicy.quant.fake_quant import WeightQuantizer
@@ -55,9 +55,7 @@ def perturbed(qmodel, delta: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet20-heldout"],
-                    help="the base model: the published ResNet-20 or the one trained here without the validation "
-                         "images")
+    add_base_model(ap)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--lambda", dest="lam", type=float, default=1.0)

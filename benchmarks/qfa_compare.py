@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import md_table, write
+from _common import add_base_model, md_table, write
 
 import qpolicy as qp
 from qpolicy.search.nsga import NSGAConfig, nsga2_front
@@ -45,9 +45,7 @@ def main() -> None:
     ap.add_argument("--qat", type=int, default=1, help="random policies also fine-tuned 1 epoch (besides extremes)")
     ap.add_argument("--qat-images", type=int, default=4000)
     ap.add_argument("--test-images", type=int, help="report on this many images of the report split (default: all)")
-    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet20-heldout"],
-                    help="the base model: the published ResNet-20 or the one trained here without the validation "
-                         "images")
+    add_base_model(ap)
     ap.add_argument("--select-on", choices=["val", "select"],
                     help="where the choices are made: the validation split when the model never saw it, else the "
                          "'select' half of the test split (the default follows the model)")
