@@ -196,7 +196,8 @@ def why(rec: dict) -> str | None:
                      f"there ({top['source']}), is {gain:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]: "
                      + ("no candidate it measured reaches the goal (the candidates fall short, not the choice)"
                         if where == "not held" else
-                        "a candidate reached it and the choice on validation missed it" if where == "held" else
+                        "the best candidate clears it on these images, so the candidates allowed it and the "
+                        "choice on validation did not secure it" if where == "held" else
                         "undecided whether any candidate it measured reaches it"))
     return "; ".join(parts) if parts else None
 
