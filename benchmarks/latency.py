@@ -3,7 +3,8 @@ well its additive prediction matches the exported model measured end to end, and
 latency-budgeted policies against uniform int8, float and the BitOPs-budgeted policy of the same BitOPs.
 
 For each model (ResNet-20 with its published weights; the digits CNN of ``examples/mynet.py``, whose latency does
-not depend on its weights, so it is not trained here):
+not depend on its weights, so it is not trained here; ``vit``: the tiny vision transformer of ``benchmarks/digits.py``,
+trained on the digits as there, so that its exported models' top-1 means something):
 
 1. ``profile_latency`` twice (table A at every batch size, table B at batch 1 again, later): each entry's
    quartile spread, and how far A and B differ entry by entry.
@@ -15,10 +16,11 @@ not depend on its weights, so it is not trained here):
    measure`` runs), alternating with the base model;
    the error is |predicted - measured| / measured. A constant predictor (the base latency for every policy) and
    BitOPs (rank correlation with measured latency) are given beside it.
-3. ResNet-20 only: top-1 of each exported model in onnxruntime on the CIFAR-10 test set (nothing is chosen on it:
-   the budgets are fixed in advance and the ILP sees a table of training images).
+3. Trained models (ResNet-20, vit): top-1 of each exported model in onnxruntime and of its PyTorch simulation on
+   the test split (nothing is chosen on it: the budgets are fixed in advance and the ILP sees a table of training
+   images).
 
-    python benchmarks/latency.py [--models resnet20,digits] [--threads 2] [--batches 1,32] [--repeats 15]
+    python benchmarks/latency.py [--models resnet20,digits,vit] [--threads 2] [--batches 1,32] [--repeats 15]
                                  [--table-repeats N]
 """
 
@@ -42,6 +44,7 @@ from qpolicy.budget import Budget
 from qpolicy.errors import InfeasibleBudgetError
 from qpolicy.latency import ProfileConfig, measure_latency, profile_latency, target
 from qpolicy.models import from_reference
+from qpolicy.pipeline import evaluate_policy
 from qpolicy.policy import LayerBits, Policy
 from qpolicy.search import search
 from qpolicy.search.base import build_problem, fastest_latency
@@ -49,21 +52,40 @@ from qpolicy.search.base import build_problem, fastest_latency
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _model(name: str):
+def _model(name: str, workdir: Path):
+    """(model, calibration batches, test batches or None, training batches for the qerror table)."""
     if name == "digits":
         m = from_reference(f"{ROOT / 'examples' / 'mynet.py'}:factory")
         m.input_shape = (1, 8, 8)
-        return m.eval(), [(torch.rand(64, 1, 8, 8), torch.zeros(64, dtype=torch.long))], None
+        calib = [(torch.rand(64, 1, 8, 8), torch.zeros(64, dtype=torch.long))]
+        return m.eval(), calib, None, calib
+    if name == "vit":  # trained on the digits as benchmarks/digits.py trains it (14 s), so top-1 means something
+        from digits import MODELS
+
+        from qpolicy import datasets
+        from qpolicy.testing import write_digits
+        from qpolicy.train.trained import train_float
+
+        src = datasets.source(write_digits(workdir / "digits"))
+        ref, cfg = MODELS["vit"]
+        torch.manual_seed(0)
+        m = from_reference(ref)
+        m.input_shape = src.input_shape
+        train_float(m, data.loader(src, "train", batch_size=64, seed=0), config=cfg, out_dir=workdir / "train_vit",
+                    model_name=name)
+        return (m.eval(), data.calib_loader(src, batches=8, batch_size=64), data.loader(src, "test", batch_size=500),
+                data.loader(src, "train", batch_size=128, shuffle=True, augment=False, seed=0))
     m = qp.models.load(name).eval()
     calib = data.calib_loader("cifar10", batches=8, seed=0)
-    return m, calib, data.loader("cifar10", "test", batch_size=500)
+    return (m, calib, data.loader("cifar10", "test", batch_size=500),
+            data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=0))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="resnet20,digits")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batches", default="1,32", help="batch sizes of table A (ResNet-20; digits: the first)")
+    ap.add_argument("--batches", default="1,32", help="batch sizes of table A (ResNet-20; digits, vit: the first)")
     ap.add_argument("--repeats", type=int, default=15, help="paired repeats per measured policy")
     ap.add_argument("--table-repeats", type=int, help="paired repeats per table entry (default: --repeats)")
     ap.add_argument("--max-repeats", type=int, default=60, help="adaptive repeats up to this many per entry and "
@@ -75,10 +97,11 @@ def main() -> None:
     tgt = target("ort-cpu")
     batches = tuple(int(b) for b in args.batches.split(","))
     out, md = {}, []
+    work = tempfile.TemporaryDirectory()
     for name in args.models.split(","):
         t0 = time.perf_counter()
-        model, calib, test = _model(name)
-        bs = batches if name != "digits" else batches[:1]
+        model, calib, test, train = _model(name, Path(work.name))
+        bs = batches if name not in ("digits", "vit") else batches[:1]
         reps = args.table_repeats or args.repeats
         top = max(reps, args.max_repeats)
         cfg = ProfileConfig(batches=bs, repeats=reps, threads=args.threads, max_repeats=top)
@@ -99,8 +122,6 @@ def main() -> None:
                "per_layer": {n: {p: {"a": sb[1].to_dict(), "b": table_b.delta_ms[n][p][1].to_dict()}
                                  for p, sb in per.items()} for n, per in table_a.delta_ms.items()}}
         # 2. policies: a latency sweep by the ILP, and random policies with float layers
-        train = data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False, seed=0) \
-            if test is not None else calib
         sens = qp.analyze(model, train, metric="qerror", bits=(2, 3, 4, 5, 6, 7, 8), seed=0, model_name=name)
         names = list(table_a.layers)
         lo = table_a.predict({n: (7 if 0 < i < len(names) - 1 else 8, 8) for i, n in enumerate(names)}, 1)
@@ -150,8 +171,9 @@ def main() -> None:
                                    table=table_a, model_name=name, onnx_dir=tmp)
             seen: dict[str, dict] = {}
             for i, rec in zip(distinct, recs, strict=True):
-                top1 = None
-                if test is not None:
+                top1 = sim_top1 = None
+                if test is not None:  # the exported model in onnxruntime, and the PyTorch simulation it came from
+                    sim_top1 = evaluate_policy(model, policies[i][1], test=test, calib=calib).accuracy.top1
                     ev = tgt.session(rec.onnx, args.threads)
                     correct = total = 0
                     for xb, yb in test:
@@ -161,7 +183,7 @@ def main() -> None:
                     top1 = 100.0 * correct / total
                 m, a = rec.measured_ms[1], rec.base_ms[1]
                 seen[keys[i]] = {"measured_ms": m.median, "measured": m.to_dict(), "base_now": a.to_dict(),
-                                 "drift": rec.drift(1), "top1": top1}
+                                 "drift": rec.drift(1), "top1": top1, "sim_top1": sim_top1}
             for key, (label, pol, kind) in zip(keys, policies, strict=True):
                 m = seen[key]
                 pred = table_a.predict(pol, 1)
@@ -194,7 +216,9 @@ def main() -> None:
                    "base_now_range_ms": [min(r["base_now"]["median"] for r in rows),
                                          max(r["base_now"]["median"] for r in rows)],
                    "spearman_predicted_vs_measured": pred_rho, "spearman_bitops_vs_measured": bit_rho,
-                   "goal_median_error_le_10pct": statistics.median(errs["all"]) <= 0.10}
+                   "goal_median_error_le_10pct": statistics.median(errs["all"]) <= 0.10,
+                   "max_top1_onnxruntime_minus_simulation": max((abs(r["top1"] - r["sim_top1"]) for r in rows
+                                                                 if r["top1"] is not None), default=None)}
         out[name] = {"table_a": table_a.to_dict(), "repeatability": rep, "policies": rows, "summary": summary,
                      "skipped_budgets": skipped,
                      "float_top1": float_top1, "seconds": time.perf_counter() - t0}
@@ -225,14 +249,17 @@ def main() -> None:
                   f"A constant predictor (the base latency) "
                   f"errs by {summary['constant_predictor_median_error']:.1%}. Rank correlation with the measured "
                   f"latency: predicted {pred_rho:.2f}, BitOPs {bit_rho:.2f}."
-                  + (f" Float top-1 {float_top1:.2f}%." if float_top1 is not None else "") + "\n\n"
+                  + (f" Float top-1 {float_top1:.2f}%; the exported models' top-1 in onnxruntime is within "
+                     f"{summary['max_top1_onnxruntime_minus_simulation']:.2f} points of the PyTorch simulation's "
+                     f"({len(test.indices):,} test images)." if float_top1 is not None else "") + "\n\n"
                   + md_table(["policy", "predicted ms", "measured ms [IQR]", "error", "float layers",
-                              "W8A8 layers", "BitOPs / W8A8"] + (["top-1 % (onnxruntime)"] if test is not None
-                                                                 else []),
+                              "W8A8 layers", "BitOPs / W8A8"]
+                             + (["top-1 % (onnxruntime)", "top-1 % (simulation)"] if test is not None else []),
                              [[r["policy"], f"{r['predicted_ms']:.4f}",
                                f"{r['measured_ms']:.4f} [{r['measured']['q1']:.4f}, {r['measured']['q3']:.4f}]",
                                f"{r['error']:.1%}", r["float_layers"], r["w8_layers"],
-                               f"{r['bitops_rel_w8a8']:.3f}"] + ([f"{r['top1']:.2f}"] if test is not None else [])
+                               f"{r['bitops_rel_w8a8']:.3f}"]
+                              + ([f"{r['top1']:.2f}", f"{r['sim_top1']:.2f}"] if test is not None else [])
                               for r in rows]))
     notes = ("Every latency is onnxruntime 'ort-cpu' on this machine, measured alternately with the all-int8 base "
              "model so that drift cancels; an entry is the median of paired differences. Top-1 is of the exported "

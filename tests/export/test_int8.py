@@ -152,3 +152,32 @@ def test_auto_weight_type_is_per_layer(tmp_path):
     with torch.no_grad():
         ref = qm(x).numpy()
     _close(out, ref)
+
+
+def test_a_vision_transformer_runs_its_linears_on_integer_kernels(tmp_path):
+    """A ViT's Linears on token sequences export as MatMul (+ Add): they become QLinearMatMul with the policy's
+    integers; the head (one token) a QGemm. The two products of activations in each attention stay float MatMuls,
+    as the simulation keeps them."""
+    from qpolicy.models.vit import tiny_vit
+
+    torch.manual_seed(0)
+    model = tiny_vit(channels=3, classes=4).eval()
+    policy = uniform_policy(model, "w8a8", first_last="same")
+    qm = apply_policy(model, policy, calib=random_loader(64, batch_size=32), config=CALIB)
+    path = tmp_path / "vit.onnx"
+    info = export_int8(qm, path, calib=random_loader(64, batch_size=32, seed=1), input_shape=(3, 8, 8), policy=policy)
+    assert info["layers"] == 10 and info["ops"].get("QLinearMatMul") == 9 and info["ops"].get("QGemm") == 1
+    assert info["ops"].get("MatMul") == 4  # Q K^T and weights x V in each of the 2 blocks
+    proto = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    qkv = [n for n in proto.graph.node if n.op_type == "QLinearMatMul"][1]  # the first block's qkv (after embed)
+    mod = qm.blocks[0].attn.qkv
+    s = mod.weight_quant.scale.detach().reshape(-1, 1)
+    q = torch.clamp(torch.round(mod.weight.detach() / s), -127, 127).numpy()
+    assert np.array_equal(inits[qkv.input[3]].astype(np.int64) - 128, q.T)  # (in, out), zero point 128
+    assert np.allclose(inits[qkv.input[4]], s.reshape(-1).numpy(), rtol=1e-6)
+    x, _ = next(iter(random_loader(128, batch_size=128, seed=3)))
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    _close(out, ref)
