@@ -262,8 +262,10 @@ def main() -> None:
                               + ([f"{r['top1']:.2f}", f"{r['sim_top1']:.2f}"] if test is not None else [])
                               for r in rows]))
     notes = ("Every latency is onnxruntime 'ort-cpu' on this machine, measured alternately with the all-int8 base "
-             "model so that drift cancels; an entry is the median of paired differences. Top-1 is of the exported "
-             "model run in onnxruntime on the 10,000 test images; no choice is made on them.")
+             "model so that drift cancels; an entry is the median of paired differences. Top-1 (trained models) is "
+             "of the exported model run in onnxruntime and of the PyTorch simulation it was exported from, on the "
+             "model's test split (ResNet-20: CIFAR-10's 10,000 images; vit: the 359 digits of its test split); no "
+             "choice is made on them.")
     write(args.name, {"models": out, "settings": vars(args)}, "\n\n".join(md), notes)
 
 
