@@ -336,3 +336,25 @@ def test_profile_then_search_under_a_latency_budget(capsys, home, tmp_path):
                        (["--uniform", "w8a8", "--precision", "0"], "precision must be")):
         code, _, err = run(capsys, "measure", *TINY8[:3], "--latency-table", str(lat), *bad)
         assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_factory_models_initialization_follows_the_seed():
+    """``--model module:factory`` without weights: its initialization is seeded by ``--seed`` like a zoo model's
+    ``--random-init`` (the digits ViT's position embedding is drawn in its constructor)."""
+    import argparse
+
+    import torch
+
+    from qpolicy.cli._common import _load_model
+
+    def load(seed):
+        args = argparse.Namespace(model="qpolicy.models.vit:tiny_vit", input_shape=None, model_arg=[], weights=None,
+                                  random_init=True, seed=seed)
+        return _load_model(args).state_dict()
+
+    torch.manual_seed(123)  # the caller's generator state does not matter, and is left as it was
+    before = torch.random.get_rng_state()
+    a, b, c = load(0), load(0), load(1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["pos"], c["pos"])

@@ -163,7 +163,11 @@ def _load_model(args: argparse.Namespace):
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(f"--weights {weights}: no such file")
     if ":" in args.model:
-        model = models.from_reference(args.model, **kwargs)
+        import torch
+
+        with torch.random.fork_rng():  # a factory's own initialization: the same for the same --seed, run after run
+            torch.manual_seed(getattr(args, "seed", 0) or 0)
+            model = models.from_reference(args.model, **kwargs)
         if weights is not None:
             models.load_weights(model, weights)
         elif not args.random_init:

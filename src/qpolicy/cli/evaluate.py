@@ -124,8 +124,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     opset = max(args.opset, 21) if args.int4 or (wide and not args.int8_kernels) else args.opset
     if args.int8_kernels:
         info = export_int8(qmodel, args.out, calib=cal, input_shape=tuple(shape), policy=policy, opset=opset)
-        what = ", ".join(f"{info['ops'].get(k, 0)} {k}" for k in ("QLinearConv", "QGemm", "QLinearAdd")) + \
-            f", {len(info['float_layers'])} float layer(s)"
+        what = ", ".join(f"{info['ops'][k]} {k}" for k in ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd")
+                         if info["ops"].get(k)) + f", {len(info['float_layers'])} float layer(s)"
     else:
         info = export_onnx(qmodel, args.out, input_shape=tuple(shape), policy=policy, opset=opset, int4=args.int4)
         what = f"{info['ops'].get('QuantizeLinear', 0)} QuantizeLinear"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -244,11 +245,17 @@ def export_int8(qmodel: nn.Module, path: str | os.PathLike, *, calib: Iterable[A
                 # the runtime drops a Relu before a uint8 quantization (zero point 0 clamps at 0) and quantizes its
                 # input with these parameters instead
                 overrides[src.input[0]] = act
-        quantize_static(str(pre), str(out), _Reader(calib, "input"), quant_format=QuantFormat.QOperator,
-                        per_channel=True, op_types_to_quantize=_integer_ops(fp.graph),
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=floats,
-                        # products of two activations (attention's Q K^T and weights x V) stay float, as simulated
-                        extra_options={"TensorQuantOverrides": overrides, "MatMulConstBOnly": True})
+        root = logging.getLogger()  # onnxruntime's quantizer logs every operator it skips on the root logger
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(str(pre), str(out), _Reader(calib, "input"), quant_format=QuantFormat.QOperator,
+                            per_channel=True, op_types_to_quantize=_integer_ops(fp.graph),
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=floats,
+                            # products of two activations (attention's Q K^T and weights x V) stay float, as simulated
+                            extra_options={"TensorQuantOverrides": overrides, "MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
         proto = onnx.load(str(out))
     _set_policy_weights(proto, expect)
     info = _write_model(proto, path, policy)
