@@ -137,6 +137,9 @@ class _DiesInEpoch2:
     def __len__(self):
         return len(self.data)
 
+    def __iter__(self):
+        return iter(self.data)
+
     def batches(self, epoch, start):
         if epoch == 1:
             raise _Killed
@@ -174,6 +177,35 @@ def test_train_based_defenses_run_on_the_engine_and_resume(tmp_path, name):
     assert loaded.trained_kind == name
     for a, b in zip(full.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_pixeldefend_trains_its_pixelcnn_on_the_engine_and_resumes(tmp_path):
+    """The PixelCNN is trained as a task of its own (256-way logits per sub-pixel, not class logits): the loss
+    falls from log(256) nats, a killed run resumes to the same weights, and the defense loads what was trained."""
+    import math
+
+    from qpolicy.robust.defenses.pixeldefend import PixelDefend, _pixels
+    from qpolicy.train import FloatTrainConfig
+
+    spec = DEFENSES.get("pixeldefend")
+    opts = spec.make_config({"channels": 8, "blocks": 1, "eps_defend": 4 / 255})
+    cfg = FloatTrainConfig(epochs=2, lr=0.01, optimizer="adam", checkpoint_every=0)
+    res = spec.train(Tiny(), _tiny_data(), opts, config=cfg, out_dir=tmp_path / "pixelcnn", model_name="tiny")
+    first, last = res.history[0]["loss"], res.history[-1]["loss"]
+    assert last < first < math.log(256) + 0.05 and 0 <= res.history[-1]["sub-pixel accuracy"] <= 1
+    with pytest.raises(_Killed):
+        spec.train(Tiny(), _DiesInEpoch2(_tiny_data()), opts, config=cfg, out_dir=tmp_path / "half", model_name="tiny")
+    spec.train(Tiny(), _tiny_data(), opts, config=cfg, out_dir=tmp_path / "half", resume=True, model_name="tiny")
+    a = torch.load(tmp_path / "pixelcnn" / "weights.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "half" / "weights.pt", weights_only=True)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    x, _ = next(iter(_tiny_data()))
+    pix, levels = _pixels(x)
+    assert torch.equal((pix * 255).round().long(), levels) and 0 <= float(pix.min()) and float(pix.max()) <= 1
+    defense = spec.build(Tiny(), opts, trained_dir=tmp_path, model_name="tiny", data_dir=None, device=None)
+    assert isinstance(defense, PixelDefend)
+    out = defense(pix[:2])
+    assert out.shape == pix[:2].shape and float((out - pix[:2]).abs().max()) <= 4 / 255 + 1e-6
 
 
 def test_pixelcnn_row_logits_equal_the_full_ones():

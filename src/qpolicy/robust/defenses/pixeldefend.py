@@ -6,8 +6,8 @@ with a small PixelCNN trained here (:class:`PixelCNN`, van den Oord et al. 2016)
 residual blocks of 3x3 type-B masked convolutions and a 1x1 head giving 256-way logits for each colour channel of
 each pixel. Pixels are modelled in raster order; the three channels of a pixel are conditionally independent given
 the pixels before it (a simplification of PixelCNN's channel ordering that keeps purification at one forward pass
-per pixel). It is trained on the training images with the one training engine (cross-entropy per sub-pixel, a
-batch transform turning normalized images into pixel values and targets) and cached as
+per pixel). It is trained on the training images with the one training engine, as a task of its own (input:
+the image's pixel values; per-image loss: the mean cross-entropy of its sub-pixels) and cached as
 ``<trained dir>/pixelcnn/weights.pt`` (``qpolicy train --defense pixeldefend`` with any ``--model``).
 
 Purification (:func:`purify`): for each pixel in raster order, each channel takes the most likely of the 256
@@ -146,23 +146,42 @@ class PixelDefend(nn.Module):
         return self._memo[key].to(device=x.device, dtype=x.dtype)
 
 
-def _targets(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized images -> their pixel values in [0, 1] (the PixelCNN's input) and as levels 0..255 (targets)."""
     m, s = normalization()  # the default data set's
     mean = torch.tensor(m, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(s, device=x.device).view(1, -1, 1, 1)
-    pix = ((x * std + mean).clamp(0, 1) * (LEVELS - 1)).round()
+    pix = ((x.float() * std + mean).clamp(0, 1) * (LEVELS - 1)).round()
     return pix / (LEVELS - 1), pix.long()
+
+
+def _inputs(batch: Any) -> torch.Tensor:
+    return _pixels(batch[0])[0]
+
+
+def _subpixel_nll(logits: torch.Tensor, batch: Any) -> torch.Tensor:
+    """Per image: the mean cross-entropy of its sub-pixels' values (nats per sub-pixel)."""
+    target = _pixels(batch[0].to(logits.device))[1]
+    return F.cross_entropy(logits, target, reduction="none").flatten(1).mean(1)
+
+
+def _subpixel_accuracy(logits: torch.Tensor, batch: Any) -> torch.Tensor:
+    target = _pixels(batch[0].to(logits.device))[1]
+    return (logits.argmax(1) == target).float().flatten(1).mean(1)
 
 
 def _train(model, data, options: PixelDefendConfig, *, config, out_dir, resume=False, device=None, model_name=None,
            trained_dir=None):
-    """Train the PixelCNN (``model``, the classifier, is not touched); ``out_dir`` is replaced by the PixelCNN's
-    cache folder unless the caller named one."""
+    """Train the PixelCNN (``model``, the classifier, is not touched) on the training images, as a task of its own:
+    the input is the image's pixel values, the loss each sub-pixel's 256-way cross-entropy."""
+    from ...task import Data
     from ...train.trained import train_float
 
     net = PixelCNN(options.channels, options.blocks)
-    return train_float(net, data, config=config, out_dir=out_dir, resume=resume, device=device,
-                       model_name="pixelcnn", kind="pixelcnn", transforms=(_targets,), settings=options.to_dict())
+    task_data = Data(data, transform=_inputs, loss_fn=_subpixel_nll, metric_fn=_subpixel_accuracy,
+                     metric_name="sub-pixel accuracy")
+    return train_float(net, task_data, config=config, out_dir=out_dir, resume=resume, device=device,
+                       model_name="pixelcnn", kind="pixelcnn", settings=options.to_dict())
 
 
 def _build(model, options: PixelDefendConfig, *, trained_dir=None, **_: Any) -> nn.Module:
