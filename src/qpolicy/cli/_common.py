@@ -162,30 +162,23 @@ def _load_model(args: argparse.Namespace):
     weights = getattr(args, "weights", None)
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(f"--weights {weights}: no such file")
-    if ":" in args.model:
-        import torch
+    if ":" not in args.model and args.model not in models.REGISTRY:
+        raise UnknownNameError("model", args.model, models.names())
+    if ":" not in args.model and kwargs:
+        raise ConfigError(f"--model-arg is for a model factory (module:factory); zoo model {args.model!r} takes none")
+    import torch
 
-        with torch.random.fork_rng():  # a factory's own initialization: the same for the same --seed, run after run
-            torch.manual_seed(getattr(args, "seed", 0) or 0)
+    with torch.random.fork_rng():  # random weights (--random-init, a factory's own): the same for the same --seed
+        torch.manual_seed(getattr(args, "seed", 0) or 0)
+        if ":" in args.model:
             model = models.from_reference(args.model, **kwargs)
-        if weights is not None:
-            models.load_weights(model, weights)
-        elif not args.random_init:
-            log.warning("model %s: no --weights given, so its weights are the factory's", args.model)
-    elif args.model in models.REGISTRY:
-        import torch
-
-        if kwargs:
-            raise ConfigError(f"--model-arg is for a model factory (module:factory); zoo model {args.model!r} takes "
-                              "none")
-        with torch.random.fork_rng():  # --random-init: the same weights for the same --seed, run after run
-            torch.manual_seed(getattr(args, "seed", 0) or 0)
+        else:
             model = models.load(args.model, pretrained=not args.random_init and weights is None,
                                 weights_dir=args.weights_dir, trained_dir=getattr(args, "trained_dir", None))
-        if weights is not None:
-            models.load_weights(model, weights)
-    else:
-        raise UnknownNameError("model", args.model, models.names())
+    if weights is not None:
+        models.load_weights(model, weights)
+    elif ":" in args.model and not args.random_init:
+        log.warning("model %s: no --weights given, so its weights are the factory's", args.model)
     if shape is not None:
         model.input_shape = shape
     elif getattr(model, "input_shape", None) is None and hasattr(args, "data"):
