@@ -297,7 +297,10 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
                 SelectConfig().refine_evaluations else
                 f"'Default search' column: the default search given {sel['refine_evaluations']} refinement "
                 f"evaluations instead of {SelectConfig().refine_evaluations} (how much a longer search buys) ")
-             + f"(`search_validated`: {' + '.join(sel['metrics'])} ILP candidates, the {sel['uniform_candidates']} "
+             + f"(`search_validated`: {' + '.join(sel['metrics'])} ILP candidates"
+             + (f" (each also with its activation damages scaled by "
+                f"{', '.join(f'{k:g}' for k in sel['act_scales'] if k != 1)})" if sel.get("act_scales") else "")
+             + f", the {sel['uniform_candidates']} "
              f"widest uniform policies, {sel['refine_evaluations']} refinement evaluations, each policy scored on "
              f"{sel['val_images']:,} images of {where} and calibrated "
              f"like the row's quantizer ({sel['bn_batches']} BN + "

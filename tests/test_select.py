@@ -1,11 +1,13 @@
 import pytest
 
 from qpolicy.budget import Budget
+from qpolicy.costs import policy_cost
 from qpolicy.errors import ConfigError, InfeasibleBudgetError, UnknownNameError
 from qpolicy.layers import quantizable_layers
 from qpolicy.policy import uniform_policy
 from qpolicy.search.base import build_problem, fits, ties_hold, total_cost
-from qpolicy.select import SelectConfig, _moves, _uniform_candidates, search_validated
+from qpolicy.search.ilp import solve_ilp
+from qpolicy.select import SelectConfig, _moves, _scale_act, _uniform_candidates, search_validated
 from qpolicy.sensitivity import SensitivityTable
 from qpolicy.testing import TinyConvNet, random_loader
 
@@ -29,6 +31,23 @@ def test_moves_keep_budget_ties_and_differ_by_one_step():
         assert 1 <= len(changed) <= 2
 
 
+def test_scaling_the_activation_damage_moves_the_ilp_policy_between_weight_and_activation_bits():
+    # the two free layers (dw, pw) have to drop one side to 2 bits each (the budget is both at W4A2; one at 2/2 and
+    # the other at 4/4 is over it); weights lose 1.0 there, activations 0.6
+    m = TinyConvNet()
+    layers = quantizable_layers(m)
+    weight = {li.name: {2: 1.0, 4: 0.0, 8: 0.0} for li in layers}
+    act = {li.name: {2: 0.6, 4: 0.0, 8: 0.0} for li in layers}
+    table = SensitivityTable(metric="x", bits=(2, 4, 8), layers=tuple(layers), weight=weight, act=act)
+    limit = policy_cost(layers, {"conv1": (8, 8), "dw": (4, 2), "pw": (4, 2), "fc": (8, 8)}).bitops_rel_w8a8
+    budget = Budget(bitops=limit)
+    as_is = solve_ilp(build_problem(table, budget, first_last=8))
+    doubled = solve_ilp(build_problem(_scale_act(table, 2.0), budget, first_last=8))
+    assert (as_is["dw"], as_is["pw"]) == ((4, 2), (4, 2))  # 0.6 < 1.0: the activations give
+    assert (doubled["dw"], doubled["pw"]) == ((2, 4), (2, 4))  # 1.2 > 1.0: the weights give
+    assert _scale_act(table, 2.0).weight == table.weight and _scale_act(table, 1.0) is table
+
+
 def test_uniform_candidates_are_widest_first_and_fit():
     m = TinyConvNet()
     problem = _problem(m, Budget(bitops=0.3))
@@ -47,7 +66,10 @@ def test_validated_search_never_scores_below_its_uniform_candidates():
     sel = res.extra["selection"]
     assert res.cost.bitops_rel_w8a8 <= 0.3 + 1e-9
     assert res.policy.provenance["val_loss"] <= sel["best_uniform"]["val_loss"]
-    assert sel["evaluations"] <= 1 + 2 + 3 + 3  # metric, 2 uniform candidates, refinement, confirmation (1 + 2)
+    # the metric's ILP at 4 activation scales, 2 uniform candidates, refinement, confirmation (1 + 2)
+    assert sel["evaluations"] <= 4 + 2 + 3 + 3
+    bits = [c["bits"] for c in sel["measured"]]
+    assert len(set(bits)) == len(bits)  # a candidate found twice is measured once
     conf = sel["confirmation"]
     if conf is None or conf["kept"]:  # the lowest validation score, confirmed on other images
         assert res.policy.provenance["val_loss"] == min(c["val_loss"] for c in sel["measured"])
@@ -66,6 +88,10 @@ def test_select_config_checks():
         SelectConfig(val_images=0)
     with pytest.raises(ConfigError, match="at least one"):
         SelectConfig(metrics=(), uniform_candidates=0)
+    for bad in ((), (1.0, 0.0), "2", (True,)):
+        with pytest.raises(ConfigError, match="act_scales must be a non-empty list of positive numbers"):
+            SelectConfig(act_scales=bad)
+    assert SelectConfig(act_scales=[1, 2]).act_scales == (1.0, 2.0)
 
 
 def test_a_search_on_a_model_that_memorized_the_validation_images_warns_once(caplog, monkeypatch):
