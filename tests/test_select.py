@@ -48,6 +48,45 @@ def test_scaling_the_activation_damage_moves_the_ilp_policy_between_weight_and_a
     assert _scale_act(table, 2.0).weight == table.weight and _scale_act(table, 1.0) is table
 
 
+class _ConfirmScores:
+    """Per-image confirmation losses and correctness of named policies (what _confirm reads of the scorer)."""
+
+    confirm_images = 400
+
+    def __init__(self, outcomes):
+        self.outcomes, self.asked = outcomes, []
+
+    def confirm_(self, assign):
+        self.asked.append(assign["p"])
+        return self.outcomes[assign["p"]]
+
+
+def test_confirmation_tries_the_next_best_candidate_at_a_bonferroni_level():
+    import torch
+
+    from qpolicy.select import Candidate, _confirm
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(400, generator=g, dtype=torch.float64)
+    jitter = 0.01 * torch.rand(400, generator=g, dtype=torch.float64)
+    ok = torch.ones(400)
+    outcomes = {"u": (1.0 + noise, ok), "a": (1.0 + noise.flip(0), ok),  # a: no better than uniform
+                "b": (0.8 + noise + jitter, ok)}  # b: lower by about 0.2 on every image
+    cand = {p: Candidate(source=p, assignment={"p": p}, val_loss=v, val_top1=90.0)
+            for p, v in (("u", 0.5), ("a", 0.3), ("b", 0.4))}
+    scores = _ConfirmScores(outcomes)
+    chosen, info = _confirm(scores, [cand["a"], cand["b"]], [cand["u"]], 0.05)
+    assert chosen is cand["b"] and info["level"] == 0.025 and scores.asked == ["u", "a", "b"]
+    assert [t["kept"] for t in info["tried"]] == [False, True]
+    # confirming only the best-scoring one gives uniform back
+    chosen, info = _confirm(_ConfirmScores(outcomes), [cand["a"]], [cand["u"]], 0.05)
+    assert chosen is cand["u"] and not info["kept"]
+    # a candidate whose top-1 there is below uniform's is not kept, however low its loss
+    worse = {**outcomes, "b": (0.8 + noise + jitter, torch.cat([torch.zeros(1), torch.ones(399)]))}
+    chosen, _ = _confirm(_ConfirmScores(worse), [cand["a"], cand["b"]], [cand["u"]], 0.05)
+    assert chosen is cand["u"]
+
+
 def test_uniform_candidates_are_widest_first_and_fit():
     m = TinyConvNet()
     problem = _problem(m, Budget(bitops=0.3))
@@ -66,13 +105,16 @@ def test_validated_search_never_scores_below_its_uniform_candidates():
     sel = res.extra["selection"]
     assert res.cost.bitops_rel_w8a8 <= 0.3 + 1e-9
     assert res.policy.provenance["val_loss"] <= sel["best_uniform"]["val_loss"]
-    # the metric's ILP at 4 activation scales, 2 uniform candidates, refinement, confirmation (1 + 2)
-    assert sel["evaluations"] <= 4 + 2 + 3 + 3
+    # the metric's ILP at 4 activation scales, 2 uniform candidates, refinement, confirmation (2 uniform + up to 3)
+    assert sel["evaluations"] <= 4 + 2 + 3 + 5
     bits = [c["bits"] for c in sel["measured"]]
     assert len(set(bits)) == len(bits)  # a candidate found twice is measured once
     conf = sel["confirmation"]
-    if conf is None or conf["kept"]:  # the lowest validation score, confirmed on other images
+    if conf is None:  # a uniform candidate scored best: nothing to confirm
         assert res.policy.provenance["val_loss"] == min(c["val_loss"] for c in sel["measured"])
+    elif conf["kept"]:  # the first of the best-scoring ones that the other images confirmed
+        assert [t["kept"] for t in conf["tried"]] == [False] * (len(conf["tried"]) - 1) + [True]
+        assert res.policy.provenance["chosen"] == conf["tried"][-1]["source"]
     else:  # the confirmation images preferred the best uniform candidate
         assert res.policy.provenance["chosen"] == sel["best_uniform"]["source"]
     # the model is not changed by the search
@@ -92,6 +134,8 @@ def test_select_config_checks():
         with pytest.raises(ConfigError, match="act_scales must be a non-empty list of positive numbers"):
             SelectConfig(act_scales=bad)
     assert SelectConfig(act_scales=[1, 2]).act_scales == (1.0, 2.0)
+    with pytest.raises(ConfigError, match="confirm_candidates"):
+        SelectConfig(confirm_candidates=0)
 
 
 def test_a_search_on_a_model_that_memorized_the_validation_images_warns_once(caplog, monkeypatch):

@@ -19,12 +19,16 @@ default search measures instead of trusting one prediction:
    ``refine_evaluations`` evaluations are spent. With float as a choice (``float_layers``: a latency budget on a
    CPU where some float kernels beat the integer ones), a move may also switch one layer (with the layers tied to
    it) to float, or a float one back to its widest integer choice.
-4. **Choice.** The policy with the lowest score among all measured ones, confirmed against the uniform
-   candidates on ``confirm_images`` *other* validation images (the score that picked it is biased in its favour,
-   having been the best of many noisy measurements): it is kept only if its per-image loss there is lower than
-   each one's, significantly (one-sided paired t-test, ``confirm_p``), and its top-1 at least theirs; otherwise
-   the uniform candidate with the best top-1 there is returned. Never below uniform
-   is the first requirement of a default; a gain has to show twice.
+4. **Choice.** The ``confirm_candidates`` non-uniform policies with the lowest scores (below the best uniform
+   candidate's), in that order, are confirmed against the uniform candidates on ``confirm_images`` *other*
+   validation images (the score that picked them is biased in their favour, having been the best of many noisy
+   measurements): the first whose per-image loss there is lower than each uniform candidate's, significantly
+   (one-sided paired t-test at ``confirm_p / confirm_candidates``: Bonferroni, so the chance that a policy no better
+   than uniform passes stays below ``confirm_p``), and whose top-1 is at least theirs, is kept; if none is, the
+   uniform candidate with the best top-1 there is returned. Never below uniform is the first requirement of a
+   default; a gain has to show twice. (On the held-out ResNet-32 at the BitOPs of W3A3 with ``ours``, the
+   best-scoring candidate failed this test while 7 of the 8 best-scoring ones were 0.5-1.0 points above uniform on
+   the test split: confirming only the first threw real gains away.)
 
 The score is the validation cross-entropy. The pretrained models were trained on all 50,000 training images,
 validation ones included, so their validation top-1 is near 99%: top-1 differences between policies are a handful
@@ -100,7 +104,10 @@ class SelectConfig:
         val_images: Validation images that score every policy.
         confirm_images: Further validation images on which the choice is confirmed against the uniform
             candidates (0: no confirmation).
-        confirm_p: Significance level of that confirmation (one-sided paired t-test on per-image losses).
+        confirm_p: Significance level of that confirmation (one-sided paired t-test on per-image losses), for all
+            the confirmed candidates together.
+        confirm_candidates: How many of the best-scoring non-uniform policies may be confirmed, in order, until one
+            passes (each test at ``confirm_p / confirm_candidates``).
         bn_batches: Calibration batches (128 images) for BatchNorm re-estimation while scoring (an average: fewer
             batches than deployment add noise, not bias).
         act_batches: Calibration batches for activation ranges while scoring; None (default): as many as the
@@ -123,6 +130,7 @@ class SelectConfig:
     val_images: int = 1000
     confirm_images: int = 4000
     confirm_p: float = 0.05
+    confirm_candidates: int = 3
     bn_batches: int = 4
     act_batches: int | None = None
     act_samples: int = 2**18
@@ -140,7 +148,8 @@ class SelectConfig:
         object.__setattr__(self, "act_scales", tuple(float(x) for x in self.act_scales))
         for m in self.metrics:
             METRICS.get(m)  # unknown names: "did you mean"
-        require_ints(self, ("metric_batches", "val_images", "bn_batches", "proposals", "act_samples"), minimum=1)
+        require_ints(self, ("metric_batches", "val_images", "bn_batches", "proposals", "act_samples",
+                            "confirm_candidates"), minimum=1)
         if self.act_batches is not None:
             require_ints(self, ("act_batches",), minimum=1)
         require_ints(self, ("uniform_candidates", "refine_evaluations", "confirm_images", "seed"), minimum=0)
@@ -377,31 +386,39 @@ def _score_item(score: _Scorer, item: Sequence[tuple[str, Choice]]) -> tuple[flo
     return float(loss.mean()), score.scale * float(correct.double().mean())
 
 
-def _confirm(score: _Scorer, best: Candidate, uniform: list[Candidate], p_max: float
+def _confirm(score: _Scorer, finalists: Sequence[Candidate], uniform: list[Candidate], p_max: float
              ) -> tuple[Candidate, dict[str, Any]]:
-    """Keep ``best`` only if, on the confirmation images, its per-image loss is lower than every uniform
-    candidate's with a one-sided paired t-test p-value below ``p_max``, and its top-1 is at least theirs;
-    otherwise the uniform candidate with the best top-1 there (then the lowest loss)."""
+    """The first of ``finalists`` whose per-image loss on the confirmation images is lower than every uniform
+    candidate's, by a one-sided paired t-test with p below ``p_max / len(finalists)``, and whose top-1 there is at
+    least theirs; if none, the uniform candidate with the best top-1 there (then the lowest loss)."""
     from scipy.stats import ttest_rel
 
-    mine_loss, mine_ok = score.confirm_(best.assignment)
-    rows, kept = [], True
+    level = p_max / len(finalists)
+    base = []
     for c in uniform:
         loss, ok = score.confirm_(c.assignment)
-        p = float(ttest_rel(mine_loss.numpy(), loss.numpy(), alternative="less").pvalue)
-        top1 = 100.0 * float(ok.double().mean())
-        rows.append({"source": c.source, "val_loss": float(loss.mean()), "val_top1": top1, "p_value": p})
-        kept = kept and p < p_max and float(mine_ok.double().mean()) * 100.0 >= top1
-    mine = {"source": best.source, "val_loss": float(mine_loss.mean()),
-            "val_top1": 100.0 * float(mine_ok.double().mean())}
-    log.info("confirmation on %d other validation images: %s loss %.4f, top-1 %.2f%% vs %s -> %s",
-             score.confirm_images, best.source, mine["val_loss"], mine["val_top1"],
-             ", ".join(f"{r['source']} loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}% p {r['p_value']:.3f}"
-                       for r in rows), "kept" if kept else "uniform")
-    info = {"images": score.confirm_images, "kept": kept, "p_max": p_max, "chosen": mine, "uniform": rows}
-    if kept:
-        return best, info
-    top = max(rows, key=lambda r: (r["val_top1"], -r["val_loss"]))
+        base.append((c, loss, 100.0 * float(ok.double().mean())))
+    uniform_rows = [{"source": c.source, "val_loss": float(loss.mean()), "val_top1": top1} for c, loss, top1 in base]
+    tried, chosen = [], None
+    for cand in finalists:
+        mine_loss, mine_ok = score.confirm_(cand.assignment)
+        mine_top1 = 100.0 * float(mine_ok.double().mean())
+        p = [float(ttest_rel(mine_loss.numpy(), loss.numpy(), alternative="less").pvalue) for _, loss, _ in base]
+        kept = all(x < level for x in p) and all(mine_top1 >= top1 for _, _, top1 in base)
+        tried.append({"source": cand.source, "val_loss": float(mine_loss.mean()), "val_top1": mine_top1,
+                      "p_values": p, "kept": kept})
+        log.info("confirmation on %d other validation images: %s loss %.4f, top-1 %.2f%% vs %s -> %s",
+                 score.confirm_images, cand.source, tried[-1]["val_loss"], mine_top1,
+                 ", ".join(f"{r['source']} loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}% p {x:.3f}"
+                           for r, x in zip(uniform_rows, p, strict=True)), "kept" if kept else "not kept")
+        if kept:
+            chosen = cand
+            break
+    info = {"images": score.confirm_images, "kept": chosen is not None, "p_max": p_max, "level": level,
+            "tried": tried, "uniform": uniform_rows}
+    if chosen is not None:
+        return chosen, info
+    top = max(uniform_rows, key=lambda r: (r["val_top1"], -r["val_loss"]))
     return next(c for c in uniform if c.source == top["source"]), info
 
 
@@ -499,8 +516,11 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
         return sum(damage[n].get(c, 0.0) for n, c in assign.items())
 
     starts: list[tuple[str, dict[str, Choice]]] = []
+    # with every layer's activation bits fixed (a size budget at given act bits) the scaled tables have the same
+    # optimum, up to the solver's choice among equal ones
+    acts_free = any(len({c[1] for c in cs}) > 1 for cs in problem.choices.values())
     for t in tables:
-        for k in config.act_scales:
+        for k in (config.act_scales if acts_free else (1.0,)):
             p = dataclasses.replace(problem, table=_scale_act(t, k))
             starts.append((f"{t.metric} + ilp" + ("" if k == 1 else f" (act x{k:g})"),
                            STRATEGIES.get("ilp")(p, config.seed)))
@@ -573,7 +593,9 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     best_uniform = min(uniform, key=lambda c: c.val_loss) if uniform else None
     confirmation = None
     if uniform and best not in uniform and score.confirm_images:
-        best, confirmation = _confirm(score, best, uniform, config.confirm_p)
+        finalists = sorted((c for c in measured if c not in uniform and c.val_loss < best_uniform.val_loss),
+                           key=lambda c: c.val_loss)[:config.confirm_candidates]
+        best, confirmation = _confirm(score, finalists, uniform, config.confirm_p)
         best_uniform = best if best in uniform else best_uniform
     seconds = time.perf_counter() - t0
     layers_bits = {n: choice_layer_bits(c) for n, c in best.assignment.items()}
