@@ -208,6 +208,16 @@ def goal_verdict(rec: dict) -> tuple[float, str]:
     return goal, verdict(margin_ci(rec), goal, inclusive=True)
 
 
+def _confirm_text(sel: dict) -> str:
+    """How the run's default search confirmed its choice (runs before ``confirm_candidates`` confirmed one)."""
+    k = sel.get("confirm_candidates", 1)
+    what = ("the choice confirmed" if k == 1 else
+            f"the {k} best-scoring non-uniform policies confirmed in order, the first that passes kept,")
+    level = f"p < {sel['confirm_p']}" + (f" / {k}" if k > 1 else "")
+    return (f"{what} against every uniform candidate on {sel['confirm_images']:,} other images of it "
+            f"(one-sided paired t-test on per-image loss, {level}, and top-1 at least theirs)")
+
+
 def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, str]:
     """The markdown table and notes of stored records; the default search's settings are read from its policies'
     provenance, so the text says what ran."""
@@ -306,8 +316,7 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
              f"like the row's quantizer ({sel['bn_batches']} BN + "
              f"{sel['act_batches'] or 'as many activation batches as deployed (8)'}"
              f"{' activation' if sel['act_batches'] else ''} batches); the "
-             f"choice confirmed against every uniform candidate on {sel['confirm_images']:,} other images of it "
-             f"(one-sided paired t-test on per-image loss, p < {sel['confirm_p']}, and top-1 at least theirs)). "
+             + _confirm_text(sel) + "). "
              "Random: seeded random policies that fill the budget. Default search below uniform: "
              + (", ".join(below) if below else "never") + ".")
     return table, notes
