@@ -593,7 +593,8 @@ def _search_validated(model, budget, *, calib, val, metric_data, calib_config, c
     best_uniform = min(uniform, key=lambda c: c.val_loss) if uniform else None
     confirmation = None
     if uniform and best not in uniform and score.confirm_images:
-        finalists = sorted((c for c in measured if c not in uniform and c.val_loss < best_uniform.val_loss),
+        # <=: a non-uniform best that ties the best uniform score is still among them (never an empty list)
+        finalists = sorted((c for c in measured if c not in uniform and c.val_loss <= best_uniform.val_loss),
                            key=lambda c: c.val_loss)[:config.confirm_candidates]
         best, confirmation = _confirm(score, finalists, uniform, config.confirm_p)
         best_uniform = best if best in uniform else best_uniform
