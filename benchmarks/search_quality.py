@@ -208,10 +208,14 @@ def goal_verdict(rec: dict) -> tuple[float, str]:
     return goal, verdict(margin_ci(rec), goal, inclusive=True)
 
 
-def _confirm_text(sel: dict) -> str:
-    """How the run's default search confirmed its choice (runs before ``confirm_candidates`` confirmed one)."""
+def _confirm_text(sel: dict, records: list[dict] = ()) -> str:
+    """How the run's default search confirmed its choice (runs before ``confirm_candidates`` confirmed one; runs
+    before the lowest confirmation loss of those that pass was kept, which record no ``passed``)."""
     k = sel.get("confirm_candidates", 1)
+    lowest = any("passed" in t for r in records for t in (r.get("confirmation") or {}).get("tried", []))
     what = ("the choice confirmed" if k == 1 else
+            f"the {k} best-scoring non-uniform policies confirmed, the one with the lowest loss there of those that "
+            "pass kept," if lowest else
             f"the {k} best-scoring non-uniform policies confirmed in order, the first that passes kept,")
     level = f"p < {sel['confirm_p']}" + (f" / {k}" if k > 1 else "")
     return (f"{what} against every uniform candidate on {sel['confirm_images']:,} other images of it "
@@ -316,7 +320,7 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
              f"like the row's quantizer ({sel['bn_batches']} BN + "
              f"{sel['act_batches'] or 'as many activation batches as deployed (8)'}"
              f"{' activation' if sel['act_batches'] else ''} batches); the "
-             + _confirm_text(sel) + "). "
+             + _confirm_text(sel, records) + "). "
              "Random: seeded random policies that fill the budget. Default search below uniform: "
              + (", ".join(below) if below else "never") + ".")
     return table, notes

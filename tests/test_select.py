@@ -77,7 +77,7 @@ def test_confirmation_tries_the_next_best_candidate_at_a_bonferroni_level():
     scores = _ConfirmScores(outcomes)
     chosen, info = _confirm(scores, [cand["a"], cand["b"]], [cand["u"]], 0.05)
     assert chosen is cand["b"] and info["level"] == 0.025 and scores.asked == ["u", "a", "b"]
-    assert [t["kept"] for t in info["tried"]] == [False, True]
+    assert [t["kept"] for t in info["tried"]] == [False, True] and [t["passed"] for t in info["tried"]] == [False, True]
     # confirming only the best-scoring one gives uniform back
     chosen, info = _confirm(_ConfirmScores(outcomes), [cand["a"]], [cand["u"]], 0.05)
     assert chosen is cand["u"] and not info["kept"]
@@ -85,6 +85,28 @@ def test_confirmation_tries_the_next_best_candidate_at_a_bonferroni_level():
     worse = {**outcomes, "b": (0.8 + noise + jitter, torch.cat([torch.zeros(1), torch.ones(399)]))}
     chosen, _ = _confirm(_ConfirmScores(worse), [cand["a"], cand["b"]], [cand["u"]], 0.05)
     assert chosen is cand["u"]
+
+
+def test_of_the_candidates_that_pass_the_lowest_confirmation_loss_is_kept():
+    import torch
+
+    from qpolicy.select import Candidate, _confirm
+
+    g = torch.Generator().manual_seed(1)
+    noise = torch.rand(400, generator=g, dtype=torch.float64)
+    ok = torch.ones(400)
+    outcomes = {"u": (1.0 + noise, ok),
+                "b": (0.9 + noise + 0.01 * torch.rand(400, generator=g, dtype=torch.float64), ok),  # passes, -0.1
+                "c": (0.7 + noise + 0.01 * torch.rand(400, generator=g, dtype=torch.float64), ok),  # passes, -0.3
+                "d": (1.0 + noise.flip(0), ok)}  # no better than uniform
+    # the scores (1,000 images) rank b before c: the confirmation images (4,000) decide between them
+    cand = {p: Candidate(source=p, assignment={"p": p}, val_loss=v, val_top1=90.0)
+            for p, v in (("u", 0.5), ("b", 0.3), ("c", 0.35), ("d", 0.4))}
+    scores = _ConfirmScores(outcomes)
+    chosen, info = _confirm(scores, [cand["b"], cand["c"], cand["d"]], [cand["u"]], 0.05)
+    assert chosen is cand["c"] and scores.asked == ["u", "b", "c", "d"]  # every finalist is confirmed
+    assert [t["passed"] for t in info["tried"]] == [True, True, False]
+    assert [t["kept"] for t in info["tried"]] == [False, True, False] and info["level"] == pytest.approx(0.05 / 3)
 
 
 def test_uniform_candidates_are_widest_first_and_fit():
