@@ -26,7 +26,6 @@ no test image is read.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from _common import md_table, write
 from scipy import stats
-from search_quality import BUDGETS, GOALS, QUANTIZERS, measured_policies
+from search_quality import BUDGETS, GOALS, QUANTIZERS, heldout_parser, heldout_rows, measured_policies, row_budget
 
 import qpolicy as qp
 from qpolicy.select import SelectConfig, _Scorer, search_validated  # the search's own scoring and split
@@ -79,12 +78,10 @@ def compare(mine: dict[str, np.ndarray], base: dict[str, np.ndarray], level: flo
 
 
 def run_row(model, name: str, label: str, q: str, *, calib, val, train, log) -> dict:
-    spec, key, act_bits = BUDGETS[label]
+    act_bits = BUDGETS[label][2]
     cfg = QUANTIZERS[q]
     layers = qp.quantizable_layers(model)
-    uni = qp.uniform_policy(model, spec, model_name=name)
-    c = qp.policy_cost(layers, uni)
-    budget = qp.Budget(**{key: c.bitops_rel_w8a8 if key == "bitops" else c.size_rel_w8a8})
+    uni, budget = row_budget(model, name, label)
     select = SelectConfig()
     t = time.perf_counter()
     res = search_validated(model, budget, calib=calib, val=val, metric_data=train, calib_config=cfg,
@@ -178,11 +175,7 @@ def render(records: list[dict]) -> tuple[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="resnet20-heldout")
-    ap.add_argument("--rows", default="goal", choices=["goal", "all"],
-                    help="goal: the rows issue 22 sets a gain goal for; all: every row of search_quality")
-    ap.add_argument("--name", default="confirmation_power")
+    ap = heldout_parser("confirmation_power")
     ap.add_argument("--render", metavar="JSON", help="only render a stored result of this script again")
     args = ap.parse_args()
     if args.render:
@@ -199,15 +192,8 @@ def main() -> None:
     val = qp.data.loader("cifar10", "val", batch_size=250)
     train = qp.data.loader("cifar10", "train", batch_size=128, shuffle=True, augment=False)
     records = []
-    for name in (m.strip() for m in args.models.split(",") if m.strip()):
-        model = qp.models.load(name).eval()
-        if model.sees_validation:
-            raise SystemExit(f"{name} was trained on the validation images: use a held-out model")
-        for label in BUDGETS:
-            for q in QUANTIZERS:
-                if args.rows == "goal" and (label, q) not in GOALS:
-                    continue
-                records.append(run_row(model, name, label, q, calib=calib, val=val, train=train, log=log))
+    for model, name, label, q in heldout_rows(args.models, args.rows):
+        records.append(run_row(model, name, label, q, calib=calib, val=val, train=train, log=log))
     table, notes = render(records)
     write(args.name, {"results": records}, table, notes)
 

@@ -16,11 +16,10 @@ split with a paired 95% interval. An additive model; one with pairwise terms wou
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from _common import md_table, write
-from search_quality import BITS, BUDGETS, GOALS, QUANTIZERS
+from search_quality import BITS, BUDGETS, GOALS, QUANTIZERS, heldout_parser, heldout_rows, row_budget
 
 import qpolicy as qp
 from qpolicy.pipeline import evaluate_policies
@@ -65,12 +64,10 @@ def measured_table(score, layers, base: dict, act_fixed: bool) -> tuple[Sensitiv
 
 
 def run_row(model, name: str, label: str, q: str, *, calib, val, test, log) -> dict:
-    spec, key, act_bits = BUDGETS[label]
+    act_bits = BUDGETS[label][2]
     cfg = QUANTIZERS[q]
     layers = qp.quantizable_layers(model)
-    uni = qp.uniform_policy(model, spec, model_name=name)
-    c = qp.policy_cost(layers, uni)
-    budget = qp.Budget(**{key: c.bitops_rel_w8a8 if key == "bitops" else c.size_rel_w8a8})
+    uni, budget = row_budget(model, name, label)
     select = SelectConfig()
     score = _Scorer(model, layers, calib, val, cfg, select, None)
     base = {n: (lb.weight_bits, lb.act_bits) for n, lb in uni.layers.items()}
@@ -134,11 +131,7 @@ def render(records: list[dict]) -> tuple[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="resnet20-heldout")
-    ap.add_argument("--rows", default="goal", choices=["goal", "all"],
-                    help="goal: the rows issue 22 sets a gain goal for; all: every row of search_quality")
-    ap.add_argument("--name", default="measured_damage")
+    ap = heldout_parser("measured_damage")
     args = ap.parse_args()
     t0 = time.perf_counter()
 
@@ -149,15 +142,8 @@ def main() -> None:
     val = qp.data.loader("cifar10", "val", batch_size=250)
     test = qp.data.loader("cifar10", "test", batch_size=500)
     records = []
-    for name in (m.strip() for m in args.models.split(",") if m.strip()):
-        model = qp.models.load(name)
-        if model.sees_validation:
-            raise SystemExit(f"{name} was trained on the validation images: use a held-out model")
-        for label in BUDGETS:
-            for q in QUANTIZERS:
-                if args.rows == "goal" and (label, q) not in GOALS:
-                    continue
-                records.append(run_row(model, name, label, q, calib=calib, val=val, test=test, log=log))
+    for model, name, label, q in heldout_rows(args.models, args.rows):
+        records.append(run_row(model, name, label, q, calib=calib, val=val, test=test, log=log))
     table, notes = render(records)
     write(args.name, {"results": records}, table, notes)
 

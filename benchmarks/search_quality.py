@@ -49,6 +49,37 @@ SECONDS_GOAL = {"resnet20": 60.0}
 FINALISTS = 8
 
 
+def row_budget(model, name: str, label: str):
+    """The uniform policy of a row's budget label and the budget it costs (its BitOPs or size)."""
+    spec, key, _ = BUDGETS[label]
+    uni = qp.uniform_policy(model, spec, model_name=name)
+    c = qp.policy_cost(qp.quantizable_layers(model), uni)
+    return uni, qp.Budget(**{key: c.bitops_rel_w8a8 if key == "bitops" else c.size_rel_w8a8})
+
+
+def heldout_rows(models: str, rows: str):
+    """``(model, name, label, quantizer)`` for each row of each comma-separated model (``rows``: "goal", the rows
+    issue 22 sets a gain goal for, or "all"); a model trained on the validation images is refused."""
+    for name in (m.strip() for m in models.split(",") if m.strip()):
+        model = qp.models.load(name)
+        if model.sees_validation:
+            raise SystemExit(f"{name} was trained on the validation images: use a held-out model")
+        for label in BUDGETS:
+            for q in QUANTIZERS:
+                if rows == "all" or (label, q) in GOALS:
+                    yield model, name, label, q
+
+
+def heldout_parser(name: str):
+    """The command line of a script that runs :func:`heldout_rows` (``--models``, ``--rows``, ``--name``)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet20-heldout")
+    ap.add_argument("--rows", default="goal", choices=["goal", "all"],
+                    help="goal: the rows issue 22 sets a gain goal for; all: every row of search_quality")
+    ap.add_argument("--name", default=name)
+    return ap
+
+
 def measured_policies(res, name: str) -> list[tuple[dict, qp.Policy]]:
     """The policies the default search measured (``selection.measured``: bits in the policy's layer order), as
     (record, policy); checked against the chosen policy, so that a change of that order cannot go unnoticed."""
@@ -83,7 +114,6 @@ def run_model(name: str, metrics: list[str], randoms: int, log, workers: int | N
               address: str | None = None, select_on: str = "val", refine: int | None = None,
               goal_rows: bool = False) -> list[dict]:
     model = qp.models.load(name)
-    layers = qp.quantizable_layers(model)
     report = "test" if select_on == "val" else "report"  # never an image the choices were made on
     test = qp.data.loader("cifar10", report, batch_size=500)
     val = qp.data.loader("cifar10", select_on, batch_size=250)
@@ -97,10 +127,8 @@ def run_model(name: str, metrics: list[str], randoms: int, log, workers: int | N
     select_config = SelectConfig() if refine is None else SelectConfig(refine_evaluations=refine)
     float_top1 = qp.evaluate(model, test, desc=f"{name} float").top1  # the most a policy can be expected to reach
     records = []
-    for label, (spec, key, act_bits) in BUDGETS.items():
-        uni = qp.uniform_policy(model, spec, model_name=name)
-        c = qp.policy_cost(layers, uni)
-        budget = qp.Budget(**{key: c.bitops_rel_w8a8 if key == "bitops" else c.size_rel_w8a8})
+    for label, (_, _, act_bits) in BUDGETS.items():
+        uni, budget = row_budget(model, name, label)
         for q, cfg in QUANTIZERS.items():
             if goal_rows and (label, q) not in GOALS:
                 continue
