@@ -95,6 +95,18 @@ def write(name: str, payload: dict[str, Any], table: str, notes: str = "", *,
     print(md)
 
 
+def timed_log():
+    """A ``log(msg)`` that prints each message with the seconds since this call."""
+    import time
+
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+
+    return log
+
+
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import md_table, write
+from _common import md_table, timed_log, write
 from scipy import stats
 from search_quality import BUDGETS, GOALS, QUANTIZERS, heldout_parser, heldout_rows, measured_policies, row_budget
 
@@ -183,10 +183,7 @@ def main() -> None:
         table, notes = render(stored["results"])
         write(stored["benchmark"], {"results": stored["results"]}, table, notes, stored=stored)
         return
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+    log = timed_log()
 
     calib = qp.data.calib_loader("cifar10")
     val = qp.data.loader("cifar10", "val", batch_size=250)

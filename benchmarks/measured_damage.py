@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from _common import md_table, write
+from _common import md_table, timed_log, write
 from search_quality import BITS, BUDGETS, GOALS, QUANTIZERS, heldout_parser, heldout_rows, row_budget
 
 import qpolicy as qp
@@ -133,10 +133,7 @@ def render(records: list[dict]) -> tuple[str, str]:
 def main() -> None:
     ap = heldout_parser("measured_damage")
     args = ap.parse_args()
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+    log = timed_log()
 
     calib = qp.data.calib_loader("cifar10")
     val = qp.data.loader("cifar10", "val", batch_size=250)

@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-from _common import md_table, write
+from _common import md_table, timed_log, write
 
 import qpolicy as qp
 from qpolicy.pipeline import evaluate_policies
@@ -382,10 +382,7 @@ def main() -> None:
               table, notes, stored=stored)
         return
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+    log = timed_log()
 
     records = []
     for name in args.models.split(","):
