@@ -109,6 +109,18 @@ def test_of_the_candidates_that_pass_the_lowest_confirmation_loss_is_kept():
     assert [t["kept"] for t in info["tried"]] == [False, True, False] and info["level"] == pytest.approx(0.05 / 3)
 
 
+def test_the_fitted_candidate_is_confirmed_whatever_it_scored():
+    from qpolicy.select import Candidate, _finalists
+
+    cands = [Candidate(source=f"c{i}", assignment={"p": i}, val_loss=0.1 * i, val_top1=90.0) for i in range(8)]
+    shuffled = cands[::-1]
+    assert _finalists(shuffled, None, 3) == cands[:3]
+    assert _finalists(shuffled, cands[6], 3) == [*cands[:3], cands[6]]  # 7th by score: confirmed too
+    assert _finalists(shuffled, cands[1], 3) == cands[:3]  # among the best: not twice
+    uniform = Candidate(source="uniform w4a4", assignment={"p": 9}, val_loss=0.0, val_top1=90.0)
+    assert _finalists(shuffled, uniform, 3) == cands[:3]  # a fitted policy that is uniform is no finalist
+
+
 def test_uniform_candidates_are_widest_first_and_fit():
     m = TinyConvNet()
     problem = _problem(m, Budget(bitops=0.3))
@@ -123,18 +135,28 @@ def test_validated_search_keeps_uniform_unless_a_candidate_passes_the_confirmati
     budget = Budget(bitops=0.3)
     res = search_validated(m, budget, calib=data, val=data, metric_data=data, first_last=None,
                            config=SelectConfig(metrics=("qerror",), bits=(2, 4, 8), val_images=32,
-                                               refine_evaluations=3, proposals=2, bn_batches=2, act_batches=1))
+                                               refine_evaluations=3, proposals=2, bn_batches=2, act_batches=1,
+                                               confirm_candidates=2))
     sel = res.extra["selection"]
     assert res.cost.bitops_rel_w8a8 <= 0.3 + 1e-9
-    # the metric's ILP at 4 activation scales, 2 uniform candidates, refinement, confirmation (2 uniform + up to 5)
-    assert sel["evaluations"] <= 4 + 2 + 3 + 2 + 5
+    # the metric's ILP at 4 activation scales, 2 uniform candidates, refinement, the fitted candidate, confirmation
+    # (2 uniform + 2 + the fitted one)
+    assert sel["evaluations"] <= 4 + 2 + 3 + 1 + 2 + 3
     bits = [c["bits"] for c in sel["measured"]]
     assert len(set(bits)) == len(bits)  # a candidate found twice is measured once
     others = sorted((c for c in sel["measured"] if not c["source"].startswith("uniform")),
                     key=lambda c: c["val_loss"])
     conf = sel["confirmation"]
     assert others and conf is not None  # non-uniform candidates are always confirmed, whatever uniform scored
-    assert [t["source"] for t in conf["tried"]] == [c["source"] for c in others[:5]]  # the best-scoring five
+    fitted = sel["fitted"]
+    assert fitted is not None and len(fitted["slopes"]) == 2  # qerror's weight and activation slopes
+    # the fitted candidate was measured (or found among the measured), under the bits the fit chose
+    assert any(c["source"] == fitted["source"] and c["bits"] == fitted["bits"] for c in sel["measured"])
+    expected = [c["source"] for c in others[:2]]
+    if not fitted["source"].startswith("uniform") and fitted["bits"] not in [c["bits"] for c in others[:2]]:
+        expected.append(fitted["source"])  # here it scored 5th of 6
+    assert [t["source"] for t in conf["tried"]] == expected  # the best-scoring two, and the fitted one
+    assert conf["level"] == pytest.approx(0.05 / len(expected))
     passed = [t for t in conf["tried"] if t["passed"]]
     if passed:  # of those that passed, the lowest loss on the confirmation images
         kept = min(passed, key=lambda t: t["val_loss"])
