@@ -240,12 +240,13 @@ def _confirm_text(sel: dict, records: list[dict] = ()) -> str:
     """How the run's default search confirmed its choice (runs before ``confirm_candidates`` confirmed one; runs
     before the lowest confirmation loss of those that pass was kept, which record no ``passed``)."""
     k = sel.get("confirm_candidates", 1)
+    fitted = sel.get("fitted_candidate", False)
     lowest = any("passed" in t for r in records for t in (r.get("confirmation") or {}).get("tried", []))
-    what = ("the choice confirmed" if k == 1 else
-            f"the {k} best-scoring non-uniform policies confirmed, the one with the lowest loss there of those that "
-            "pass kept," if lowest else
-            f"the {k} best-scoring non-uniform policies confirmed in order, the first that passes kept,")
-    level = f"p < {sel['confirm_p']}" + (f" / {k}" if k > 1 else "")
+    policies = f"the {k} best-scoring non-uniform policies" + (" and the fitted one" if fitted else "")
+    what = ("the choice confirmed" if k == 1 and not fitted else
+            f"{policies} confirmed, the one with the lowest loss there of those that pass kept," if lowest else
+            f"{policies} confirmed in order, the first that passes kept,")
+    level = f"p < {sel['confirm_p']}" + (" / their number" if fitted else f" / {k}" if k > 1 else "")
     return (f"{what} against every uniform candidate on {sel['confirm_images']:,} other images of it "
             f"(one-sided paired t-test on per-image loss, {level}, and top-1 at least theirs)")
 
@@ -347,7 +348,9 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
              f"{sel['val_images']:,} images of {where} and calibrated "
              f"like the row's quantizer ({sel['bn_batches']} BN + "
              f"{sel['act_batches'] or 'as many activation batches as deployed (8)'}"
-             f"{' activation' if sel['act_batches'] else ''} batches); the "
+             f"{' activation' if sel['act_batches'] else ''} batches); "
+             + ("then the ILP optimum of the metrics' damages fitted to every measured score (non-negative slopes "
+                "per metric and side), measured too; " if sel.get("fitted_candidate") else "")
              + _confirm_text(sel, records) + "). "
              "Random: seeded random policies that fill the budget. Default search below uniform: "
              + (", ".join(below) if below else "never") + ".")
