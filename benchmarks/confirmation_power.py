@@ -92,9 +92,10 @@ def run_row(model, name: str, label: str, q: str, *, calib, val, train, log) -> 
     ranked = sorted([(m, p) for m, p in measured if not m["source"].startswith("uniform")],
                     key=lambda mp: mp[0]["val_loss"])
     fitted = res.extra["selection"].get("fitted") or {}
+    fitted_i = next((i for i, (m, _) in enumerate(ranked)
+                     if m["source"] == fitted.get("source") and m["bits"] == fitted.get("bits")), None)
     # the CANDIDATES best-scoring ones, and the fitted candidate wherever it ranked (the search confirms it)
-    chosen = [i for i, (m, _) in enumerate(ranked)
-              if i < CANDIDATES or (m["source"] == fitted.get("source") and m["bits"] == fitted.get("bits"))]
+    chosen = [i for i in range(len(ranked)) if i < CANDIDATES or i == fitted_i]
     base_m, base_p = min(uniforms, key=lambda mp: mp[0]["val_loss"])
     score = _Scorer(model, layers, calib, val, cfg, select, None)
     conf = res.extra["selection"]["confirmation"] or {"tried": [], "uniform": []}
@@ -111,9 +112,7 @@ def run_row(model, name: str, label: str, q: str, *, calib, val, train, log) -> 
     for i in chosen:
         m, p = ranked[i]
         r = compare(stats_of(p), base, level)
-        confirmed = i < select.confirm_candidates or (m["source"] == fitted.get("source")
-                                                      and m["bits"] == fitted.get("bits"))
-        rows.append({"rank": i + 1, "source": m["source"], "confirmed": confirmed,
+        rows.append({"rank": i + 1, "source": m["source"], "confirmed": i < select.confirm_candidates or i == fitted_i,
                      "val_loss_minus_uniform": m["val_loss"] - base_m["val_loss"], "bits": m["bits"], **r})
     # the candidates the search itself confirmed must come out as it measured them (same images, same calibration)
     col = [u["source"] for u in conf["uniform"]].index(base_m["source"]) if conf["tried"] else None

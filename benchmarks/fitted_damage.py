@@ -40,7 +40,7 @@ from search_quality import BITS, GOALS, QUANTIZERS, row_budget
 import qpolicy as qp
 from qpolicy.pipeline import evaluate_policies
 from qpolicy.policy import parse_uniform_spec
-from qpolicy.search.fitted import fit_table, side_features
+from qpolicy.search.fitted import fit_table, lowest_bits_total, side_features
 from qpolicy.select import SelectConfig, _Scorer  # the default search's own scoring, so the figures are its figures
 from qpolicy.sensitivity import METRICS, SensitivityTable
 from qpolicy.stats import paired_difference_interval, unpack_outcomes, verdict
@@ -60,9 +60,7 @@ def pair_terms(tables: Sequence[SensitivityTable], assign: Mapping[str, tuple[in
     damages (weight + activation) at ``assign``'s bits."""
     out = []
     for t in tables:
-        lo = t.bits[0]
-        total = sum(t.weight[n][lo] + t.act[n][lo] for n in t.names) or 1.0
-        per = np.array([t.weight[n][w] + t.act[n][a] for n, (w, a) in assign.items()]) / total
+        per = np.array([t.weight[n][w] + t.act[n][a] for n, (w, a) in assign.items()]) / lowest_bits_total(t)
         out.append(float((per[:-1] * per[1:]).sum()))
     return out
 

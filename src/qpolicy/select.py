@@ -92,7 +92,7 @@ from .search.base import (
     zero_table,
 )
 from .search.baselines import uniform_pairs
-from .search.fitted import fit_table
+from .search.fitted import fit_table, lowest_bits_total
 from .sensitivity import METRICS, SensitivityTable, analyze
 from .task import Data, batch_size, cut, move, tail, task_of
 
@@ -206,8 +206,7 @@ def _normalized_damage(tables: Sequence[SensitivityTable]) -> dict[str, dict[Cho
     (so metrics on different scales weigh the same)."""
     out: dict[str, dict[Choice, float]] = {}
     for t in tables:
-        lo = t.bits[0]
-        total = sum(t.weight[n][lo] + t.act[n][lo] for n in t.names) or 1.0
+        total = lowest_bits_total(t)
         for n in t.names:
             d = out.setdefault(n, {})
             for w in t.bits:

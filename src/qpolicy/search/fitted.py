@@ -24,22 +24,22 @@ import numpy as np
 from ..sensitivity.base import SensitivityTable
 from .base import Choice
 
-__all__ = ["fit_table", "side_features"]
+__all__ = ["fit_table", "lowest_bits_total", "side_features"]
 
 
-def _totals(tables: Sequence[SensitivityTable]) -> list[float]:
-    out = []
-    for t in tables:
-        lo = t.bits[0]
-        out.append(sum(t.weight[n][lo] + t.act[n][lo] for n in t.names) or 1.0)
-    return out
+def lowest_bits_total(table: SensitivityTable) -> float:
+    """A table's total damage (weights and activations, every layer) at its lowest bits: what each metric is
+    divided by so that metrics on different scales weigh the same (1 for a table of zeros)."""
+    lo = table.bits[0]
+    return sum(table.weight[n][lo] + table.act[n][lo] for n in table.names) or 1.0
 
 
 def side_features(tables: Sequence[SensitivityTable], assignment: Mapping[str, Choice]) -> list[float]:
     """``[W_1, A_1, W_2, A_2, ...]``: each table's total weight and activation damage at ``assignment``'s bits,
     divided by its total damage at its lowest bits (a bit-width the table did not score, such as float, adds 0)."""
     out = []
-    for t, total in zip(tables, _totals(tables), strict=True):
+    for t in tables:
+        total = lowest_bits_total(t)
         out.append(sum(t.weight[n].get(c[0], 0.0) for n, c in assignment.items()) / total)
         out.append(sum(t.act[n].get(c[1], 0.0) for n, c in assignment.items()) / total)
     return out
@@ -69,7 +69,7 @@ def fit_table(tables: Sequence[SensitivityTable], assignments: Sequence[Mapping[
     slopes = [0.0 if t else float(s) for s, t in zip(coef[:k], tiny, strict=True)]
     if not any(slopes):
         return None
-    totals = _totals(tables)
+    totals = [lowest_bits_total(t) for t in tables]
     first = tables[0]
     parts = list(zip(slopes[0::2], slopes[1::2], tables, totals, strict=True))
     weight = {n: {b: sum(sw * t.weight[n][b] / z for sw, _, t, z in parts) for b in first.bits} for n in first.names}
