@@ -227,7 +227,34 @@ def why(rec: dict) -> str | None:
                         "the best candidate clears it on these images, so the candidates allowed it and the "
                         "choice on validation did not secure it" if where == "held" else
                         "undecided whether any candidate it measured reaches it"))
+    need = needed_for_held(rec)
+    if need:
+        est, half = need
+        text = (f"a held verdict needs the whole interval at +{goal:.1f} or above, so with this row's interval "
+                f"half-width of about {half:.2f} points an estimate near {est:+.2f}")
+        if "float" in rec and (room := rec["float"] - rec["uniform"]) > 0:
+            text += (f", {100 * est / room:.0f}% of float - uniform" + (
+                ": more than the float model itself is above uniform, so on these images only a policy better "
+                "than float could show it" if est > room else ""))
+        parts.append(text)
     return "; ".join(parts) if parts else None
+
+
+def needed_for_held(rec: dict) -> tuple[float, float] | None:
+    """About the smallest estimate whose paired interval would clear the row's goal: the goal plus the half-width
+    of the default's interval (of the best finalist's when the default is uniform, whose interval is a point), and
+    that half-width. None without a goal or an interval."""
+    goal, _ = goal_verdict(rec)
+    ci = margin_ci(rec)
+    if not goal or ci is None:
+        return None
+    if ci[1] - ci[0] <= 0:
+        fin = best_finalist(rec)
+        if not fin or fin[1] is None or fin[1][1] - fin[1][0] <= 0:
+            return None
+        ci = fin[1]
+    half = (ci[1] - ci[0]) / 2
+    return goal + half, half
 
 
 def goal_verdict(rec: dict) -> tuple[float, str]:

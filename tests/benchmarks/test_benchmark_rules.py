@@ -67,6 +67,30 @@ def test_search_quality_margins_are_paired_and_judged_against_the_goal(bench):
     assert "16 of its 18 free layers have the same MACs (the other 2: 2 x 1.18M)" in notes
 
 
+def test_search_quality_says_what_estimate_a_held_verdict_would_need(bench):
+    import numpy as np
+    import search_quality
+
+    from qpolicy.stats import pack_outcomes
+
+    base = (np.arange(2000) % 5 != 0).astype(float)
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:36]] = 1.0  # +1.8 points, interval about +-0.59 (the test above)
+    row = _row("size of W4 (A8)", "minmax", base, base)  # the search returned uniform: a point interval
+    row["float"] = row["uniform"] + 1.76
+    row["finalists"] = [{"source": "refine round 1", "top1": 100 * better.mean(), "per_sample": pack_outcomes(better)}]
+    lo, hi = search_quality.best_finalist(row)[1]
+    est, half = search_quality.needed_for_held(row)
+    assert half == pytest.approx((hi - lo) / 2) and half == pytest.approx(1.96 * 0.30, abs=0.1)
+    assert est == pytest.approx(1.5 + half)  # the goal plus the finalist's half-width: about +2.09
+    text = search_quality.why(row)
+    assert f"an estimate near {est:+.2f}, {100 * est / 1.76:.0f}% of float - uniform" in text
+    assert "only a policy better than float could show it" in text  # 2.09 > 1.76
+    row["float"] = row["uniform"] + 4.0
+    assert "better than float" not in search_quality.why(row)
+    assert search_quality.needed_for_held(_row("size of W4 (A8)", "ours", base, better)) is None  # no goal
+
+
 def test_search_quality_names_a_longer_search_and_judges_no_speed_goal_on_it(bench):
     import dataclasses
 
