@@ -244,6 +244,34 @@ def test_the_search_scores_the_ptq_that_is_deployed():
                                                                                                       rel=1e-3)
 
 
+def test_the_confirmation_measures_the_model_the_policy_deploys():
+    """Candidates are scored on fewer BatchNorm batches than deployment re-estimates on; the confirmation must test
+    the deployed PTQ model itself (old code: the scoring one, whose BatchNorm statistics and ranges differ, so a
+    candidate could pass on calibration luck it loses when deployed)."""
+    import torch
+
+    from qpolicy.pipeline import evaluate_policy
+    from qpolicy.quant import CalibConfig
+    from qpolicy.select import _Scorer
+
+    torch.manual_seed(0)
+    m = TinyConvNet()
+    calib = [torch.randn(16, 3, 8, 8) * (1 + i / 2) for i in range(6)]  # later batches differ: 2 vs 6 matters
+    val = list(random_loader(48, batch_size=16))
+    deployed = CalibConfig(bn_batches=6, batches=2)  # MSE ranges, BatchNorm re-estimated on all 6 batches
+    score = _Scorer(m, quantizable_layers(m), calib, val, deployed,
+                    SelectConfig(val_images=16, confirm_images=32, bn_batches=2), "cpu")
+    assert len(score.calib) == 2 and len(score.deployed_calib) == 6 and score.confirm_images == 32
+    policy = uniform_policy(m, "w4a3")
+    assign = {n: (b.weight_bits, b.act_bits) for n, b in policy.layers.items()}
+    loss, ok = score.confirm_(assign)
+    ev = evaluate_policy(m, policy, test=val[1:], calib=calib, calib_config=deployed, device="cpu")
+    assert float(loss.mean()) == pytest.approx(ev.accuracy.loss, rel=1e-6)
+    assert 100 * float(ok.double().mean()) == pytest.approx(ev.accuracy.top1)
+    scored, _ = score._measure(assign, score.confirm)  # the scoring calibration: another model
+    assert float(scored.mean()) != pytest.approx(ev.accuracy.loss, rel=1e-3)
+
+
 def test_select_config_rejects_bad_batch_counts():
     with pytest.raises(ConfigError, match="act_batches"):
         SelectConfig(act_batches=0)

@@ -104,7 +104,7 @@ def test_search_quality_names_a_longer_search_and_judges_no_speed_goal_on_it(ben
     row["policies"]["default"]["provenance"]["select"] = dataclasses.replace(
         SelectConfig(), refine_evaluations=48).to_dict()
     _, notes = search_quality.render([row], ["fisher"], 0)
-    assert "the default search given 48 refinement evaluations instead of 8" in notes
+    assert f"the default search given 48 refinement evaluations instead of {SelectConfig().refine_evaluations}" in notes
     assert "goal <= 60 s" not in notes  # the speed goal is the default search's, not a longer one's
     _, default_notes = search_quality.render([_row("BitOPs of W3A4", "ours", base, base, 140.0)], ["fisher"], 0)
     assert "Default search: `qpolicy search" in default_notes and "met in 0 of 1 rows" in default_notes
