@@ -2,9 +2,9 @@
 it has? And would another per-image statistic accept more?
 
 The default search keeps a non-uniform policy only when it beats every uniform candidate on the 4,000 validation
-images it did not score on: a one-sided paired t-test on per-image cross-entropy at p < 0.05 / k (Bonferroni over
-the k best-scoring candidates it confirms, ``SelectConfig.confirm_candidates``), and a top-1 there at least
-uniform's. For each goal row of
+images it did not score on, each policy's PTQ model calibrated as it will be deployed: a one-sided paired t-test
+on per-image cross-entropy at p < 0.05 / k (Bonferroni over the k best-scoring candidates it confirms,
+``SelectConfig.confirm_candidates``, and the fitted one), and a top-1 there at least uniform's. For each goal row of
 ``search_quality`` (a budget that is the cost of a uniform policy, and a quantizer) this script runs the default
 search, takes its ``CANDIDATES`` best-scoring non-uniform policies and the best-scoring uniform one, and compares
 them on those 4,000 images under four per-image statistics:
@@ -104,8 +104,8 @@ def run_row(model, name: str, label: str, q: str, *, calib, val, train, log) -> 
         float_logits = [model(x).float() for x, _ in score.confirm]
 
     def stats_of(policy):
-        return per_image(score.quantized({n: (lb.weight_bits, lb.act_bits) for n, lb in policy.layers.items()}),
-                         float_logits, score.confirm)
+        assign = {n: (lb.weight_bits, lb.act_bits) for n, lb in policy.layers.items()}
+        return per_image(score.quantized(assign, deployed=True), float_logits, score.confirm)  # as the search does
 
     base = stats_of(base_p)
     rows = []

@@ -208,7 +208,9 @@ def best_finalist(rec: dict) -> tuple[dict, tuple[float, float] | None] | None:
 def why(rec: dict) -> str | None:
     """For a goal row the default search did not meet: where the shortfall lies."""
     goal, met = goal_verdict(rec)
-    if not goal or met == "held":
+    if not goal:
+        return below_uniform(rec) if met == "not held" else None
+    if met == "held":
         return None
     parts = []
     if "float" in rec:
@@ -238,6 +240,20 @@ def why(rec: dict) -> str | None:
                 "than float could show it" if est > room else ""))
         parts.append(text)
     return "; ".join(parts) if parts else None
+
+
+def below_uniform(rec: dict) -> str | None:
+    """For a row whose default is below uniform by its whole interval: what the confirmation saw of the policy it
+    kept (None when the record has no kept candidate)."""
+    conf = rec.get("confirmation") or {}
+    kept = next((t for t in conf.get("tried", []) if t.get("kept")), None)
+    if kept is None:
+        return None
+    base = ", ".join(f"{u['source']} {u['val_top1']:.2f}%" for u in conf["uniform"])
+    return (f"the confirmation passed {kept['source']} on its {conf['images']:,} validation images (loss p = "
+            f"{max(kept['p_values']):.4f} at a level of {conf['level']:.4f}; top-1 {kept['val_top1']:.2f}% against "
+            f"{base}), and it is {rec['margin']:+.2f} on the report images: the level lets a policy no better than "
+            "uniform pass in up to 5% of rows, and a lower loss need not be a better top-1")
 
 
 def needed_for_held(rec: dict) -> tuple[float, float] | None:
@@ -307,7 +323,9 @@ def render(records: list[dict], metrics: list[str], randoms: int) -> tuple[str, 
                      rows)
     misses = [f"**{r['model']}, {r['budget']}, `{r['quantizer']}`**: {w}." for r in records if (w := why(r))]
     if misses:
-        table += "\n\nWhy the goals not held were missed:\n\n" + "\n".join(f"* {m}" for m in misses)
+        fell = any(not goal_verdict(r)[0] and why(r) for r in records)
+        table += ("\n\nWhy the goals not held were missed" + (" and where a row fell below uniform" if fell else "")
+                  + ":\n\n" + "\n".join(f"* {m}" for m in misses))
     sel = records[0]["policies"]["default"]["provenance"]["select"]
     below = [f"{r['model']} {r['budget']} {r['quantizer']} ({r['margin']:+.2f})" for r in records if r["margin"] < 0]
     r0 = records[0]

@@ -91,6 +91,28 @@ def test_search_quality_says_what_estimate_a_held_verdict_would_need(bench):
     assert search_quality.needed_for_held(_row("size of W4 (A8)", "ours", base, better)) is None  # no goal
 
 
+def test_search_quality_says_what_the_confirmation_saw_of_a_row_below_uniform(bench):
+    import numpy as np
+    import search_quality
+
+    base = (np.arange(2000) % 5 != 0).astype(float)
+    worse = base.copy()
+    worse[np.flatnonzero(base == 1)[:60]] = 0.0  # -3 points: below uniform by its whole interval
+    row = _row("size of W3 (A8)", "ours", base, worse)  # no gain asked: "never below"
+    row["confirmation"] = {"images": 4000, "level": 0.05 / 3,
+                           "uniform": [{"source": "uniform w3a8", "val_top1": 92.27}],
+                           "tried": [{"source": "refine round 1", "p_values": [0.0038, 0.0], "val_top1": 92.47,
+                                      "kept": True}]}
+    text = search_quality.why(row)
+    assert "passed refine round 1 on its 4,000 validation images (loss p = 0.0038 at a level of 0.0167" in text
+    assert "top-1 92.47% against uniform w3a8 92.27%), and it is -3.00 on the report images" in text
+    table, _ = search_quality.render([row], ["fisher"], 0)
+    assert "Why the goals not held were missed and where a row fell below uniform:" in table
+    assert search_quality.why(_row("size of W3 (A8)", "ours", base, base)) is None  # not below: nothing to explain
+    row["confirmation"]["tried"][0]["kept"] = False
+    assert search_quality.why(row) is None  # uniform returned: no kept candidate to explain
+
+
 def test_search_quality_names_a_longer_search_and_judges_no_speed_goal_on_it(bench):
     import dataclasses
 
