@@ -130,6 +130,12 @@ def test_search_quality_names_a_longer_search_and_judges_no_speed_goal_on_it(ben
     assert "goal <= 60 s" not in notes  # the speed goal is the default search's, not a longer one's
     _, default_notes = search_quality.render([_row("BitOPs of W3A4", "ours", base, base, 140.0)], ["fisher"], 0)
     assert "Default search: `qpolicy search" in default_notes and "met in 0 of 1 rows" in default_notes
+    row["policies"]["default"]["provenance"]["select"] = dataclasses.replace(
+        SelectConfig(), bn_batches=32, act_samples=2**20).to_dict()
+    _, notes = search_quality.render([row], ["fisher"], 0)
+    assert (f"the default search given 32 BatchNorm batches and 1,048,576 activation values per layer while scoring "
+            f"instead of {SelectConfig().bn_batches}") in notes
+    assert "refinement evaluations instead" not in notes and "goal <= 60 s" not in notes
 
 
 def test_qfa_compare_claims_are_paired_per_policy_with_verdicts(bench):
