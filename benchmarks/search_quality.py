@@ -117,7 +117,8 @@ def _variant(sel: dict) -> list[str]:
     if sel["refine_evaluations"] != default.refine_evaluations:
         out.append(f"{sel['refine_evaluations']} refinement evaluations instead of {default.refine_evaluations} "
                    "(how much a longer search buys)")
-    if (sel["bn_batches"], sel["act_samples"]) != (default.bn_batches, default.act_samples):
+    # records from before act_samples existed lack it: only bn_batches can tell their scoring apart
+    if (sel["bn_batches"], sel.get("act_samples", default.act_samples)) != (default.bn_batches, default.act_samples):
         out.append(f"{sel['bn_batches']} BatchNorm batches and {sel['act_samples']:,} activation values per layer "
                    f"while scoring instead of {default.bn_batches} and {default.act_samples:,} (each candidate "
                    "scored on the model it deploys)")
